@@ -1,0 +1,3 @@
+from clan_vm_tasks.cli import main
+
+main()

@@ -1,0 +1,41 @@
+"""qcow2 disk images through ``qemu-img``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clan_vm_tasks.errors import ClanVMError
+
+QEMU_IMG = "qemu-img"
+
+
+def _qemu_img(*args: str) -> str:
+    import sh  # lazy: only disk operations pay for it
+
+    try:
+        command = sh.Command(QEMU_IMG)
+    except sh.CommandNotFound:
+        raise ClanVMError("qemu-img not found: install QEMU's tools (Debian: qemu-utils)") from None
+    try:
+        return str(command(*args, _tty_out=False, _env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}))
+    except sh.ErrorReturnCode as error:
+        message = error.stderr.decode(errors="replace").strip().splitlines()
+        raise ClanVMError(
+            f"qemu-img {args[0]} failed: {message[-1] if message else error}"
+        ) from None
+
+
+def create(path: Path, size_mib: int) -> None:
+    # Metadata preallocation: the image stays sparse but never grows its tables mid-write.
+    _qemu_img(
+        "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", str(path), f"{size_mib}M"
+    )
+
+
+def info(path: Path) -> dict[str, Any]:
+    data = json.loads(_qemu_img("info", "--output=json", "--force-share", str(path)))
+    if not isinstance(data, dict):
+        raise ClanVMError(f"qemu-img info {path} returned no object")
+    return data

@@ -1,0 +1,24 @@
+"""Errors the user sees as one line; the exit code tells input mistakes from failures."""
+
+from __future__ import annotations
+
+
+class ClanVMError(Exception):
+    """A failed operation: exit code 1."""
+
+    exit_code = 1
+
+
+class InvalidInput(ClanVMError):
+    """The request itself is wrong (bad value, unknown VM): exit code 2."""
+
+    exit_code = 2
+
+
+class UnknownVM(InvalidInput):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no VM named '{name}' (see: clan-vm-manager list)")
+
+
+class StateConflict(ClanVMError):
+    """The operation makes no sense in the VM's current state (e.g. stop a stopped VM)."""

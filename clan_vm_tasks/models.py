@@ -1,0 +1,129 @@
+"""The one schema for VM definitions, whether they come from Nix JSON, YAML or CLI flags.
+
+Field names are snake_case in Python and in the state directory; the camelCase
+spelling used by Nix (``diskSize``, ``forwardPorts``) is accepted as an alias.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from clan_vm_tasks.errors import InvalidInput
+from clan_vm_tasks.names import name_problem
+
+NetworkMode = Literal["user", "nat", "bridge", "none"]
+Accel = Literal["auto", "kvm", "tcg"]
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+M = TypeVar("M", bound="BaseModel")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class PortForward(_Model):
+    """A host port on 127.0.0.1 forwarded to a guest port (user-mode networking)."""
+
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_port: Annotated[int, Field(ge=1, le=65535)]
+    guest_port: Annotated[int, Field(ge=1, le=65535)]
+
+    @classmethod
+    def parse(cls, spec: str) -> PortForward:
+        """``tcp:HOSTPORT:GUESTPORT`` (protocol optional)."""
+        parts = spec.split(":")
+        if len(parts) == 2:
+            parts.insert(0, "tcp")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise InvalidInput(f"invalid port forward {spec!r}: expected tcp:HOSTPORT:GUESTPORT")
+        return validate(
+            cls,
+            {"protocol": parts[0], "host_port": int(parts[1]), "guest_port": int(parts[2])},
+            "forward",
+        )
+
+    def __str__(self) -> str:
+        return f"{self.protocol}:127.0.0.1:{self.host_port}->{self.guest_port}"
+
+
+class NetworkConfig(_Model):
+    mode: NetworkMode = "user"
+    bridge: str | None = None
+    mac: str | None = None
+    forward_ports: list[PortForward] = Field(default_factory=list)
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        mac = value.lower()
+        if not _MAC.fullmatch(mac):
+            raise ValueError(f"{value!r} is not a MAC address like 02:ab:cd:ef:01:23")
+        if int(mac[:2], 16) & 1:
+            raise ValueError(f"{value!r} is a multicast address")
+        return mac
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, value: str | None) -> str | None:
+        if value is not None and not _IFNAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a network interface name")
+        return value
+
+
+class VMConfig(_Model):
+    """What a VM is: everything needed to launch it, nothing about whether it runs."""
+
+    name: str
+    cpus: Annotated[int, Field(ge=1, le=256)] = 2
+    memory: Annotated[int, Field(ge=16, le=4 * 1024 * 1024, description="MiB")] = 2048
+    disk_size: Annotated[int, Field(ge=1, le=64 * 1024 * 1024, description="MiB")] = 20480
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    machine: str = "q35"
+    accel: Accel = "auto"
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    qemu_args: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("machine")
+    @classmethod
+    def _machine(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError(f"{value!r} is not a QEMU machine type")
+        return value
+
+
+def describe_error(error: ValidationError, what: str) -> str:
+    """Pydantic's multi-line report as one line naming the offending fields."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or what
+        message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def validate(model: type[M], data: Any, what: str) -> M:
+    """Validate DATA as MODEL, turning pydantic's report into an InvalidInput."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise InvalidInput(describe_error(error, what)) from None

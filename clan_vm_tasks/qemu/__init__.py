@@ -1,0 +1,1 @@
+"""The QEMU driver: argument building, process control, QMP and the serial console."""

@@ -1,0 +1,113 @@
+"""The serial console: waiting for text in its log, and attaching a terminal to it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from clan_vm_tasks.errors import ClanVMError
+
+DETACH = b"\x1d"  # Ctrl-]
+
+
+def read_from(log: Path, offset: int) -> bytes:
+    try:
+        with log.open("rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def last_lines(log: Path, offset: int, count: int = 15) -> list[str]:
+    text = read_from(log, offset).decode(errors="replace").replace("\r", "")
+    return [line for line in text.splitlines() if line.strip()][-count:]
+
+
+def wait_for_text(
+    log: Path, text: str, offset: int, timeout: float, alive: Callable[[], bool]
+) -> bool:
+    """True once TEXT appears in LOG after OFFSET; False on timeout or when the VM dies."""
+    needle = text.encode()
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while True:
+        chunk = read_from(log, offset + len(seen))
+        seen += chunk
+        if needle in seen:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        if not chunk and not alive():
+            # One more read: the text may have landed just before QEMU exited.
+            return needle in seen + read_from(log, offset + len(seen))
+        time.sleep(0.02)
+
+
+def connect(serial_socket: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(serial_socket))
+    except OSError as error:
+        sock.close()
+        raise ClanVMError(f"cannot attach to the console at {serial_socket}: {error}") from None
+    return sock
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Iterator[None]:
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def relay(sock: socket.socket, stdin: int, stdout: int, idle_after_eof: float = 1.0) -> str:
+    """Copy between the console socket and stdin/stdout until detach, EOF or the VM ends.
+
+    On a terminal, Ctrl-] detaches. Without one, stdin is sent until it ends and
+    output keeps flowing until the guest has been quiet for IDLE_AFTER_EOF seconds.
+    Returns why it ended: "detached", "input ended" or "console closed".
+    """
+    interactive = os.isatty(stdin)
+    with _raw_terminal(stdin) if interactive else contextlib.nullcontext():
+        stdin_open = True
+        while True:
+            watch: list[Any] = [sock, stdin] if stdin_open else [sock]
+            ready, _, _ = select.select(watch, [], [], None if stdin_open else idle_after_eof)
+            if not ready:
+                return "input ended"
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return "console closed"
+                os.write(stdout, data)
+            if stdin in ready:
+                data = os.read(stdin, 4096)
+                if interactive and DETACH in data:
+                    data = data.split(DETACH, 1)[0]
+                    if data:
+                        sock.sendall(data)
+                    return "detached"
+                if not data:
+                    stdin_open = False
+                    continue
+                sock.sendall(data)
+
+
+def attach(serial_socket: Path) -> str:
+    with connect(serial_socket) as sock:
+        if os.isatty(sys.stdin.fileno()):
+            print("Connected to the serial console; press Ctrl-] to detach.\r", file=sys.stderr)
+        return relay(sock, sys.stdin.fileno(), sys.stdout.fileno())

@@ -1,0 +1,150 @@
+"""QEMU processes: launch, identity and signals.
+
+A pid alone proves nothing: it may have been recycled. A process is ours only
+if its /proc start time matches the one recorded at launch and its command
+line names our pidfile. Signals go through a pidfd opened before that check,
+so the process checked is the process signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from clan_vm_tasks.errors import ClanVMError
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    pid: int
+    start: int  # field 22 of /proc/PID/stat
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of a live process, or None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name may contain spaces and parentheses; fields follow the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return raw.decode(errors="replace").split("\0")
+
+
+def is_ours(proc: ProcessId, pidfile: Path) -> bool:
+    return start_time(proc.pid) == proc.start and str(pidfile) in _cmdline(proc.pid)
+
+
+@contextlib.contextmanager
+def _pidfd(proc: ProcessId, pidfile: Path) -> Iterator[int | None]:
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        yield None
+        return
+    try:
+        # Checked after opening: from here on the fd cannot refer to a recycled pid.
+        yield fd if is_ours(proc, pidfile) else None
+    finally:
+        os.close(fd)
+
+
+def send_signal(proc: ProcessId, pidfile: Path, sig: signal.Signals) -> bool:
+    """Signal our QEMU; False (and nothing sent) when that process is gone or not ours."""
+    with _pidfd(proc, pidfile) as fd:
+        if fd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def wait_gone(proc: ProcessId, pidfile: Path, timeout: float) -> bool:
+    """Wait until our process has exited; True if it did within TIMEOUT seconds."""
+    with _pidfd(proc, pidfile) as fd:
+        if fd is None:
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        # A pidfd turns readable when the process exits, even one we cannot reap.
+        return bool(poller.poll(max(timeout, 0) * 1000))
+
+
+def read_pidfile(pidfile: Path) -> ProcessId | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    start = start_time(pid)
+    return ProcessId(pid, start) if start is not None else None
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return " | ".join(line for line in text.strip().splitlines()[-lines:] if line)
+
+
+def launch_daemon(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0) -> ProcessId:
+    """Run QEMU with -daemonize: it returns once the VM is set up (sockets listening)."""
+    pidfile.unlink(missing_ok=True)
+    try:
+        result = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise ClanVMError(f"{argv[0]} not found: install QEMU (Debian: qemu-system-x86)") from None
+    except subprocess.TimeoutExpired:
+        raise ClanVMError(f"QEMU did not finish starting within {timeout:.0f}s") from None
+    log.write_text(result.stderr)
+    if result.returncode != 0:
+        raise ClanVMError(f"QEMU failed to start: {_tail(result.stderr) or 'no message'}")
+    proc = read_pidfile(pidfile)
+    if proc is None:
+        raise ClanVMError(f"QEMU exited right after starting: {_tail(result.stderr)}")
+    return proc
+
+
+def launch_foreground(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Run QEMU as our child in its own session (the terminal's Ctrl-C reaches us, not it)."""
+    try:
+        with log.open("wb") as err:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
+            )
+    except FileNotFoundError:
+        raise ClanVMError(f"{argv[0]} not found: install QEMU (Debian: qemu-system-x86)") from None
+
+
+def wait_for_pidfile(pidfile: Path, child: subprocess.Popen[bytes], timeout: float) -> ProcessId:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = read_pidfile(pidfile)
+        if proc is not None and proc.pid == child.pid:
+            return proc
+        if child.poll() is not None:
+            raise ClanVMError(f"QEMU exited with status {child.returncode} while starting")
+        time.sleep(0.01)
+    raise ClanVMError(f"QEMU wrote no pidfile within {timeout:.0f}s")
