@@ -1,6 +1,6 @@
 """invoke tasks for this repository: `invoke --list`, `invoke start NAME`."""
 
-from invoke import Collection
+from invoke.collection import Collection
 
 from clan_vm_tasks import tasks
 

@@ -45,7 +45,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in {" ".join(MODULES)}; do insmod /lib/modules/$m.ko 2>/dev/null; done
 hostname "$(sed -n 's/.*clan.hostname=\\([^ ]*\\).*/\\1/p' /proc/cmdline)"
-acpid -c /etc/acpi -a /etc/acpid.conf -l /var/log/acpid.log
+# clan.noacpid simulates a guest that ignores the power button.
+grep -q clan.noacpid /proc/cmdline || acpid -c /etc/acpi -a /etc/acpid.conf -l /var/log/acpid.log
 ip link set lo up
 for b in /sys/block/vd*; do
   [ -e "$b" ] && echo "clan-guest: disk $(basename $b) $(( $(cat $b/size) / 2048 )) MiB"

@@ -1,0 +1,102 @@
+"""Shared fixtures: the example guest, a private state directory, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clan_vm_tasks import example_guest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = example_guest.READY_LINE
+BOOT_TIMEOUT = "120"
+
+
+@dataclass(frozen=True)
+class Guest:
+    kernel: Path
+    initrd: Path
+
+
+@pytest.fixture(scope="session")
+def guest() -> Guest:
+    """The example guest that ./scripts/setup built (built here if it is missing)."""
+    out = Path(os.environ.get("CLAN_VM_TEST_GUEST", ROOT / ".cache" / "guest"))
+    kernel, initrd = out / "vmlinuz", out / "initrd"
+    if not (kernel.is_file() and initrd.is_file()):
+        example_guest.build(out)
+    return Guest(kernel, initrd)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+class CLI:
+    """Runs the real ``clan-vm-manager`` (or another entry point) against one state dir."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.env = {**os.environ, "CLAN_VM_STATE_DIR": str(state_dir), "CLAN_VM_CONFIG": "/nonexistent"}
+        self.env.pop("CLAN_VM_ACCEL", None)
+
+    def command(self, entry: str = "clan-vm-manager") -> list[str]:
+        bindir = Path(sys.executable).parent
+        if entry == "module":
+            return [sys.executable, "-m", "clan_vm_tasks"]
+        return [str(bindir / entry)]
+
+    def run(self, *args: str, entry: str = "clan-vm-manager", stdin: str | None = None,
+            timeout: float = 180, cwd: Path | None = None) -> Result:
+        proc = subprocess.run(
+            [*self.command(entry), *args], input=stdin, capture_output=True, text=True,
+            env=self.env, timeout=timeout, cwd=cwd or self.state_dir.parent, check=False,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, *args: str, **kwargs: object) -> Result:
+        result = self.run(*args, **kwargs)  # type: ignore[arg-type]
+        assert result.code == 0, f"{args} failed ({result.code}): {result.err}{result.out}"
+        return result
+
+    def create_guest(self, name: str, guest: Guest, *extra: str, append: str = "console=ttyS0 quiet") -> Result:
+        return self.ok("create", name, "--cpus", "1", "--memory", "192", "--disk", "64",
+                       "--kernel", str(guest.kernel), "--initrd", str(guest.initrd),
+                       "--append", append, *extra)
+
+    def boot(self, name: str, guest: Guest, *extra: str, **kwargs: str) -> Result:
+        self.create_guest(name, guest, *extra, **kwargs)
+        return self.ok("start", name, "--wait-for", READY, "--timeout", BOOT_TIMEOUT)
+
+
+def _kill_leftover_qemu(state_dir: Path) -> None:
+    """Whatever a failed test left running under this state dir must not outlive it."""
+    for pidfile in state_dir.glob("vms/*/qemu.pid"):
+        try:
+            pid = int(pidfile.read_text())
+            if str(pidfile) in Path(f"/proc/{pid}/cmdline").read_text():
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "state"
+    yield path
+    _kill_leftover_qemu(path)
+
+
+@pytest.fixture
+def cli(state_dir: Path) -> CLI:
+    return CLI(state_dir)
