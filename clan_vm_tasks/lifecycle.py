@@ -219,7 +219,7 @@ def start(
     if timeout <= 0:
         raise InvalidInput("--timeout must be positive")
     began = time.monotonic()
-    paths = store.paths(name)
+    paths = store.require(name)  # before locking: an unknown name leaves no lock file
     with store.lock(name):
         proc, state, child = _launch(store, name, settings, accel, foreground, notify)
         try:
@@ -385,6 +385,7 @@ def stop(
     if timeout <= 0:
         raise InvalidInput("--timeout must be positive")
     began = time.monotonic()
+    store.require(name)
     with store.lock(name):
         state = _require_active(store, name)
         step = _halt(store, name, state, force=force, timeout=timeout, notify=notify)
@@ -403,6 +404,7 @@ def restart(
     notify: Notify = _stderr,
 ) -> Started:
     """Stop (gracefully) if running, then start: one "restart" event in the history."""
+    store.require(name)
     with store.lock(name):
         store.require(name)
         state = reconcile.current(store, name, locked=True)
@@ -426,6 +428,7 @@ def delete(
     store: Store, name: str, *, force: bool = False, notify: Notify = _stderr
 ) -> Path | None:
     """Remove a VM. Without FORCE a running VM is refused and the disk is kept (path returned)."""
+    store.require(name)
     with store.lock(name):
         paths = store.require(name)
         state = reconcile.current(store, name, locked=True)
@@ -509,6 +512,7 @@ def console_log(store: Store, name: str) -> bytes:
 
 
 def attach_console(store: Store, name: str) -> str:
+    store.require(name)
     with store.lock(name, timeout=5):
         state = _require_active(store, name)
     del state
