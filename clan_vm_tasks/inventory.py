@@ -264,13 +264,13 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         # A new file gets 0o666 minus umask, like any file created with open().
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        with open(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             if mode is not None:
                 os.fchmod(f.fileno(), mode)  # the umask must not narrow the user's chosen mode
             f.write(text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp.replace(path)  # atomic rename over the old file
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dir_fd)  # make the rename itself durable

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +58,20 @@ class VMState:
         if not isinstance(data, dict):
             return cls()
         state = cls()
-        for field in dataclasses.fields(cls):
-            value = data.get(field.name)
-            expected = int if field.name in ("pid", "pid_start", "console_offset") else str
-            if isinstance(value, expected) and not isinstance(value, bool):
-                setattr(state, field.name, value)
+        for key, value in data.items():
+            expected = _FIELD_TYPES.get(key)
+            if expected is not None and type(value) is expected:  # bool is not an int here
+                setattr(state, key, value)
         if state.status not in STATES:
             state.status = "stopped"
         return state
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), indent=2).encode() + b"\n"
+
+
+_INT_FIELDS = ("pid", "pid_start", "console_offset")
+_FIELD_TYPES = {f.name: int if f.name in _INT_FIELDS else str for f in dataclasses.fields(VMState)}
 
 
 def runtime_root() -> Path:
@@ -78,40 +81,49 @@ def runtime_root() -> Path:
     return Path("/tmp") / f"clan-vm-{os.getuid()}"
 
 
-@dataclass(frozen=True)
 class VMPaths:
-    dir: Path
-    run: Path
+    """Where one VM's files live; each path is built on first use (``list`` touches two)."""
 
-    @property
+    def __init__(self, vm_dir: Path) -> None:
+        self.dir = vm_dir
+
+    @cached_property
+    def run(self) -> Path:
+        import hashlib  # lazy: most commands never need a socket path
+
+        # One short socket directory per VM directory, so two state dirs never collide.
+        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:16]
+        return runtime_root() / digest
+
+    @cached_property
     def config(self) -> Path:
         return self.dir / "config.json"
 
-    @property
+    @cached_property
     def state(self) -> Path:
         return self.dir / "state.json"
 
-    @property
+    @cached_property
     def disk(self) -> Path:
         return self.dir / "disk.qcow2"
 
-    @property
+    @cached_property
     def console_log(self) -> Path:
         return self.dir / "console.log"
 
-    @property
+    @cached_property
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 
-    @property
+    @cached_property
     def qemu_log(self) -> Path:
         return self.dir / "qemu.log"
 
-    @property
+    @cached_property
     def qmp_socket(self) -> Path:
         return self.run / "qmp.sock"
 
-    @property
+    @cached_property
     def serial_socket(self) -> Path:
         return self.run / "serial.sock"
 
@@ -122,6 +134,7 @@ class Store:
         self.vms = root / "vms"
         self.history = root / "history.jsonl"
         self._locks = root / "locks"
+        self._paths: dict[str, VMPaths] = {}
 
     def ensure(self) -> Store:
         for path in (self.root, self.vms, self._locks):
@@ -129,14 +142,14 @@ class Store:
         return self
 
     def paths(self, name: str) -> VMPaths:
-        check_name(name)
-        vm_dir = self.vms / name
-        # One short socket directory per VM directory, so two state dirs never collide.
-        digest = hashlib.sha256(str(vm_dir).encode()).hexdigest()[:16]
-        return VMPaths(dir=vm_dir, run=runtime_root() / digest)
+        cached = self._paths.get(name)
+        if cached is None:
+            check_name(name)
+            cached = self._paths[name] = VMPaths(self.vms / name)
+        return cached
 
     def exists(self, name: str) -> bool:
-        return (self.vms / name / "config.json").is_file()
+        return os.path.isfile(f"{self.vms}/{name}/config.json")
 
     def require(self, name: str) -> VMPaths:
         paths = self.paths(name)

@@ -47,7 +47,11 @@ class CLI:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.env = {**os.environ, "CLAN_VM_STATE_DIR": str(state_dir), "CLAN_VM_CONFIG": "/nonexistent"}
+        self.env = {
+            **os.environ,
+            "CLAN_VM_STATE_DIR": str(state_dir),
+            "CLAN_VM_CONFIG": "/nonexistent",
+        }
         self.env.pop("CLAN_VM_ACCEL", None)
 
     def command(self, entry: str = "clan-vm-manager") -> list[str]:
@@ -56,11 +60,23 @@ class CLI:
             return [sys.executable, "-m", "clan_vm_tasks"]
         return [str(bindir / entry)]
 
-    def run(self, *args: str, entry: str = "clan-vm-manager", stdin: str | None = None,
-            timeout: float = 180, cwd: Path | None = None) -> Result:
+    def run(
+        self,
+        *args: str,
+        entry: str = "clan-vm-manager",
+        stdin: str | None = None,
+        timeout: float = 180,
+        cwd: Path | None = None,
+    ) -> Result:
         proc = subprocess.run(
-            [*self.command(entry), *args], input=stdin, capture_output=True, text=True,
-            env=self.env, timeout=timeout, cwd=cwd or self.state_dir.parent, check=False,
+            [*self.command(entry), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            cwd=cwd or self.state_dir.parent,
+            check=False,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -69,10 +85,26 @@ class CLI:
         assert result.code == 0, f"{args} failed ({result.code}): {result.err}{result.out}"
         return result
 
-    def create_guest(self, name: str, guest: Guest, *extra: str, append: str = "console=ttyS0 quiet") -> Result:
-        return self.ok("create", name, "--cpus", "1", "--memory", "192", "--disk", "64",
-                       "--kernel", str(guest.kernel), "--initrd", str(guest.initrd),
-                       "--append", append, *extra)
+    def create_guest(
+        self, name: str, guest: Guest, *extra: str, append: str = "console=ttyS0 quiet"
+    ) -> Result:
+        return self.ok(
+            "create",
+            name,
+            "--cpus",
+            "1",
+            "--memory",
+            "192",
+            "--disk",
+            "64",
+            "--kernel",
+            str(guest.kernel),
+            "--initrd",
+            str(guest.initrd),
+            "--append",
+            append,
+            *extra,
+        )
 
     def boot(self, name: str, guest: Guest, *extra: str, **kwargs: str) -> Result:
         self.create_guest(name, guest, *extra, **kwargs)

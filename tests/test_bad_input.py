@@ -8,14 +8,26 @@ import pytest
 
 from tests.conftest import CLI, Guest
 
-BAD_NAMES = ["", "../x", "a/b", "has space", "x" * 65, "-leading-dash", ".hidden", "..", "tab\tname"]
+BAD_NAMES = [
+    "",
+    "../x",
+    "a/b",
+    "has space",
+    "x" * 65,
+    "-leading-dash",
+    ".hidden",
+    "..",
+    "tab\tname",
+]
 
 
 def snapshot(state_dir: Path) -> dict[str, bytes]:
     """Every file under the state dir with its content: "nothing changed" made checkable."""
     if not state_dir.exists():
         return {}
-    return {str(p.relative_to(state_dir)): p.read_bytes() for p in state_dir.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(state_dir)): p.read_bytes() for p in state_dir.rglob("*") if p.is_file()
+    }
 
 
 def assert_input_error(result_code: int, err: str, out: str, fragment: str) -> None:
@@ -60,11 +72,16 @@ def test_invalid_names_are_refused_everywhere(cli: CLI, guest: Guest, name: str)
 def test_invalid_create_options(cli: CLI, args: tuple[str, ...], fragment: str) -> None:
     result = cli.run("create", "vm1", *args)
     assert_input_error(result.code, result.err, result.out, fragment)
-    assert snapshot(cli.state_dir).keys() <= {"history.jsonl"} and not (cli.state_dir / "vms" / "vm1").exists()
+    assert (
+        snapshot(cli.state_dir).keys() <= {"history.jsonl"}
+        and not (cli.state_dir / "vms" / "vm1").exists()
+    )
     assert cli.run("status", "vm1").code == 2
 
 
-@pytest.mark.parametrize("verb", ["start", "stop", "restart", "delete", "show", "status", "console"])
+@pytest.mark.parametrize(
+    "verb", ["start", "stop", "restart", "delete", "show", "status", "console"]
+)
 def test_unknown_vm(cli: CLI, guest: Guest, verb: str) -> None:
     cli.create_guest("known", guest)
     before = snapshot(cli.state_dir)
@@ -93,6 +110,9 @@ def test_other_bad_options(cli: CLI, guest: Guest) -> None:
 @pytest.mark.parametrize("entry", ["clan-vm-manager", "module", "invoke"])
 def test_every_entry_point_reports_errors_the_same_way(cli: CLI, entry: str) -> None:
     repo = Path(__file__).resolve().parent.parent
-    for args, fragment in [(("create", "bad/name"), "invalid VM name"), (("status", "nope"), "no VM named")]:
+    for args, fragment in [
+        (("create", "bad/name"), "invalid VM name"),
+        (("status", "nope"), "no VM named"),
+    ]:
         result = cli.run(*args, entry=entry, cwd=repo)
         assert_input_error(result.code, result.err, result.out, fragment)

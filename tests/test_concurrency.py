@@ -32,13 +32,19 @@ def qemu_pids(state_dir: Path) -> list[int]:
 def test_two_simultaneous_starts_give_one_qemu_and_one_clear_error(cli: CLI, guest: Guest) -> None:
     cli.create_guest("race", guest)
     command = [*cli.command(), "start", "race"]
-    procs = [subprocess.Popen(command, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            command, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 1], results
     loser_err = next(err for code, _, err in results if code == 1)
-    assert loser_err.startswith("error: VM 'race' is already running") and "Traceback" not in loser_err
+    assert (
+        loser_err.startswith("error: VM 'race' is already running") and "Traceback" not in loser_err
+    )
     assert len(qemu_pids(cli.state_dir)) == 1
     events = json.loads(cli.ok("history", "--json").out)
     assert [e["action"] for e in events] == ["start", "create"]

@@ -17,10 +17,23 @@ from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.settings import Settings
 from tests.conftest import CLI, READY, ROOT, Guest
 
-TASKS = ["console", "create", "delete", "history", "list", "restart", "show", "start", "status", "stop"]
+TASKS = [
+    "console",
+    "create",
+    "delete",
+    "history",
+    "list",
+    "restart",
+    "show",
+    "start",
+    "status",
+    "stop",
+]
 
 
-@pytest.mark.parametrize("args", [("start", "--help"), ("--help", "start"), ("start", "web", "--help")])
+@pytest.mark.parametrize(
+    "args", [("start", "--help"), ("--help", "start"), ("start", "web", "--help")]
+)
 def test_task_help_both_ways(cli: CLI, args: tuple[str, ...]) -> None:
     result = cli.ok(*args)
     assert "Usage: clan-vm-manager [--core-opts] start" in result.out
@@ -36,12 +49,29 @@ def test_invoke_lists_the_tasks_in_the_repository(cli: CLI) -> None:
 
 @pytest.mark.vm
 def test_invoke_and_module_drive_the_same_vm(cli: CLI, guest: Guest) -> None:
-    cli.run("create", "shared", "--cpus", "1", "--memory", "192", "--disk", "64", "--kernel",
-            str(guest.kernel), "--initrd", str(guest.initrd), "--append", "console=ttyS0 quiet",
-            entry="invoke", cwd=ROOT)
+    cli.run(
+        "create",
+        "shared",
+        "--cpus",
+        "1",
+        "--memory",
+        "192",
+        "--disk",
+        "64",
+        "--kernel",
+        str(guest.kernel),
+        "--initrd",
+        str(guest.initrd),
+        "--append",
+        "console=ttyS0 quiet",
+        entry="invoke",
+        cwd=ROOT,
+    )
     started = cli.run("start", "shared", "--wait-for", READY, entry="invoke", cwd=ROOT)
     assert started.code == 0, started.err
-    assert json.loads(cli.ok("status", "shared", "--json", entry="module").out)["state"] == "running"
+    assert (
+        json.loads(cli.ok("status", "shared", "--json", entry="module").out)["state"] == "running"
+    )
     stopped = cli.run("stop", "shared", entry="invoke", cwd=ROOT)
     assert stopped.code == 0 and "(acpi)" in stopped.out
     actions = [e["action"] for e in json.loads(cli.ok("history", "--json").out)]
@@ -52,8 +82,15 @@ def test_invoke_and_module_drive_the_same_vm(cli: CLI, guest: Guest) -> None:
 def test_python_api(state_dir: Path, guest: Guest) -> None:
     settings = Settings(state_dir=state_dir, accel="tcg")
     store = lifecycle.open_store(settings)
-    config = VMConfig(name="api", cpus=1, memory=192, disk_size=32, kernel=guest.kernel,
-                      initrd=guest.initrd, append="console=ttyS0 quiet")
+    config = VMConfig(
+        name="api",
+        cpus=1,
+        memory=192,
+        disk_size=32,
+        kernel=guest.kernel,
+        initrd=guest.initrd,
+        append="console=ttyS0 quiet",
+    )
     lifecycle.create(store, config)
     started = lifecycle.start(store, settings, "api", wait_for=READY, timeout=120)
     assert started.accel == "tcg" and lifecycle.status(store, "api")["state"] == "running"
@@ -65,10 +102,16 @@ def test_python_api(state_dir: Path, guest: Guest) -> None:
 
 
 @pytest.mark.vm
-def test_foreground_streams_the_console_and_stops_gracefully_on_sigterm(cli: CLI, guest: Guest) -> None:
+def test_foreground_streams_the_console_and_stops_gracefully_on_sigterm(
+    cli: CLI, guest: Guest
+) -> None:
     cli.create_guest("front", guest)
-    proc = subprocess.Popen([*cli.command(), "start", "front", "--foreground"], env=cli.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*cli.command(), "start", "front", "--foreground"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     seen = b""
     deadline = time.monotonic() + 120

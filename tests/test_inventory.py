@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ CLAN: dict[str, Any] = {
             "tags": ["laptop"],
             "deploy": {"targetHost": "sara@192.168.1.22"},
         },
-        "web": {"name": "web", "tags": ["server"], "deploy": {"targetHost": "root@web.example.org"}},
+        "web": {
+            "name": "web",
+            "tags": ["server"],
+            "deploy": {"targetHost": "root@web.example.org"},
+        },
         # Ours, already up to date; key order deliberately unusual.
         "ci-runner": {
             "icon": "./icons/vm.svg",
@@ -116,6 +121,10 @@ def fingerprint(path: Path) -> tuple[bytes, int, int]:
     return path.read_bytes(), st.st_mtime_ns, st.st_ino
 
 
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
 def pin_mtime(path: Path) -> None:
     os.utime(path, ns=(OLD_NS, OLD_NS))
 
@@ -151,7 +160,7 @@ def test_push_new_machine_leaves_everything_else_identical(clan: Path) -> None:
         assert section(name, entry, 2) in new_text
     # Whole file is clan's layout; the atomic write leaves no temp files behind.
     assert new_text == clan_text(new)
-    assert sorted(os.listdir(clan)) == sorted([INV, LOCK_FILE])
+    assert listing(clan) == sorted([INV, LOCK_FILE])
 
 
 def test_push_new_machine_entry_content(clan: Path) -> None:
@@ -352,7 +361,7 @@ def test_invalid_machine_names_are_rejected(tmp_path: Path, name: Any) -> None:
         push(tmp_path, name, ssh_port=2222)
     with pytest.raises(InventoryError, match="invalid machine name"):
         remove(tmp_path, name)
-    assert os.listdir(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.parametrize("name", ["a", "_x", "web-01_B", "x" * 64])
@@ -380,7 +389,7 @@ def test_invalid_tags_and_ports_are_rejected(
     args: dict[str, Any] = {"ssh_port": 2222, **kwargs}
     with pytest.raises(InventoryError, match=match):
         push(tmp_path, "dev-vm", **args)
-    assert os.listdir(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 # --- malformed files -----------------------------------------------------------------------
@@ -409,18 +418,19 @@ def test_malformed_inventory_raises_and_is_left_untouched(clan: Path, case: str)
     pin_mtime(clan / INV)
     before = fingerprint(clan / INV)
 
-    for action in (
+    actions: list[Callable[[], bool]] = [
         lambda: push(clan, "dev-vm", ssh_port=2222),
         lambda: push(clan, "dev-vm", ssh_port=2222, force=True),
         lambda: remove(clan, "dev-vm", force=case != "tags-string"),
-    ):
+    ]
+    for action in actions:
         with pytest.raises(InventoryError) as excinfo:
             action()
         assert message in str(excinfo.value)
         assert "\n" not in str(excinfo.value)
 
     assert fingerprint(clan / INV) == before
-    assert sorted(os.listdir(clan)) == sorted([INV, LOCK_FILE])
+    assert listing(clan) == sorted([INV, LOCK_FILE])
 
 
 def test_invalid_json_message_names_the_file(clan: Path) -> None:
@@ -449,7 +459,7 @@ def test_remove_our_machine(clan: Path) -> None:
 def test_remove_refuses_foreign_machine_unless_forced(clan: Path) -> None:
     pin_mtime(clan / INV)
     before = fingerprint(clan / INV)
-    with pytest.raises(InventoryError, match="machine 'jon' .* not managed by clan-vm-tasks"):
+    with pytest.raises(InventoryError, match=r"machine 'jon' .* not managed by clan-vm-tasks"):
         remove(clan, "jon")
     assert fingerprint(clan / INV) == before
 
@@ -474,7 +484,7 @@ def test_remove_without_machines_key_is_a_noop(clan: Path) -> None:
 
 def test_remove_missing_file_creates_nothing(tmp_path: Path) -> None:
     assert remove(tmp_path, "dev-vm") is False
-    assert os.listdir(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def test_push_then_remove_restores_the_original_bytes(clan: Path) -> None:
@@ -508,26 +518,38 @@ def test_concurrent_pushes_from_separate_processes_all_land(tmp_path: Path) -> N
             proc.start()
         for proc in procs:
             proc.join(timeout=20)
+            if proc.is_alive():
+                proc.kill()
         assert [proc.exitcode for proc in procs] == [0] * len(names)
 
         new = read(clan_dir)
-        assert sorted(new["machines"])[-len(names) :] == sorted(names), f"attempt {attempt}"
+        assert sorted(list(new["machines"])[-len(names) :]) == sorted(names), f"attempt {attempt}"
         for name in names:
             del new["machines"][name]
         assert key_order(new) == key_order(CLAN)
 
 
+def _push_after_event(event: Any, clan_dir: Path) -> None:
+    event.wait()
+    push(clan_dir, "dev-vm", ssh_port=2222)
+
+
 def test_push_waits_for_the_lock_file(clan: Path) -> None:
     ctx = multiprocessing.get_context("fork")
     before = (clan / INV).read_bytes()
+    start = ctx.Event()
+    # Forked before the lock is opened: an inherited descriptor would share our flock.
+    proc = ctx.Process(target=_push_after_event, args=(start, clan))
+    proc.start()
     with (clan / LOCK_FILE).open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = ctx.Process(target=push, args=(clan, "dev-vm"), kwargs={"ssh_port": 2222})
-        proc.start()
+        start.set()
         time.sleep(0.3)
         assert proc.is_alive()
         assert (clan / INV).read_bytes() == before
     proc.join(timeout=10)  # closing the file released the lock
+    if proc.is_alive():
+        proc.kill()
     assert proc.exitcode == 0
     assert "dev-vm" in read(clan)["machines"]
 
@@ -625,7 +647,7 @@ def test_commit_of_a_new_inventory_file(tmp_path: Path, git_env: None) -> None:
     assert commits(repo) == ["inventory.json: add machine dev-vm", "init"]
     assert committed_files(repo) == [INV]
     assert git(repo, "diff", "--cached", "--name-only").split() == ["README.md"]
-    assert sorted(git(repo, "ls-files").split()) == ["flake.nix", INV]
+    assert git(repo, "ls-tree", "-r", "--name-only", "HEAD").split() == ["flake.nix", INV]
 
 
 def test_commit_in_a_repo_without_commits(tmp_path: Path, git_env: None) -> None:
@@ -707,7 +729,9 @@ def write_hook(repo: Path, hook: str, body: str) -> None:
 
 
 def test_failing_hook_is_reported_with_its_last_line(repo: Path) -> None:
-    write_hook(repo, "prepare-commit-msg", 'echo "first line" >&2\necho "hook says no" >&2\nexit 1\n')
+    write_hook(
+        repo, "prepare-commit-msg", 'echo "first line" >&2\necho "hook says no" >&2\nexit 1\n'
+    )
 
     with pytest.raises(InventoryError) as excinfo:
         push(repo, "dev-vm", ssh_port=2222, commit=True)

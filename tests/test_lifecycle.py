@@ -57,7 +57,9 @@ def test_full_lifecycle_with_graceful_stop(cli: CLI, guest: Guest) -> None:
     assert "(acpi)" in stopped.out
     # Graceful means the guest itself handled the power button before QEMU ended.
     assert POWER_BUTTON_LINE in console_log(cli, "web")
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert (
+        not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
     info = status(cli, "web")
     assert info["state"] == "stopped" and info["pid"] is None and info["last_stop"] == "acpi"
 
@@ -78,7 +80,9 @@ def test_forced_stop_is_immediate_and_skips_the_guest(cli: CLI, guest: Guest) ->
     assert "sigterm" in history(cli, "fast")[0]["details"]
 
 
-def test_stop_ladder_falls_through_when_the_guest_ignores_the_button(cli: CLI, guest: Guest) -> None:
+def test_stop_ladder_falls_through_when_the_guest_ignores_the_button(
+    cli: CLI, guest: Guest
+) -> None:
     cli.boot("deaf", guest, append="console=ttyS0 quiet clan.noacpid")
     began = time.monotonic()
     stopped = cli.ok("stop", "deaf", "--timeout", "2")
@@ -88,7 +92,9 @@ def test_stop_ladder_falls_through_when_the_guest_ignores_the_button(cli: CLI, g
     assert POWER_BUTTON_LINE not in console_log(cli, "deaf")
 
 
-def test_kill_behind_our_back_is_reported_as_crash_and_start_works_again(cli: CLI, guest: Guest) -> None:
+def test_kill_behind_our_back_is_reported_as_crash_and_start_works_again(
+    cli: CLI, guest: Guest
+) -> None:
     cli.boot("victim", guest)
     pid = status(cli, "victim")["pid"]
     assert isinstance(pid, int)
@@ -107,7 +113,9 @@ def test_kill_behind_our_back_is_reported_as_crash_and_start_works_again(cli: CL
     cli.ok("stop", "victim", "--force")
 
 
-def test_a_recycled_pid_is_never_running_and_never_signalled(cli: CLI, guest: Guest, state_dir: Path) -> None:
+def test_a_recycled_pid_is_never_running_and_never_signalled(
+    cli: CLI, guest: Guest, state_dir: Path
+) -> None:
     cli.boot("ghost", guest)
     cli.ok("stop", "ghost", "--force")
     # Another process now owns a pid that our state claims: same pid, different identity.
@@ -204,4 +212,4 @@ def test_delete_keeps_the_disk_unless_forced(cli: CLI, guest: Guest, state_dir: 
     assert not any(p.name.startswith("goner") for p in (state_dir / "kept-disks").iterdir())
     stat = Path(f"/proc/{pid}/stat")
     assert not stat.exists() or stat.read_text().split()[2] == "Z"
-    assert [e["action"] for e in history(cli, "goner")][0] == "delete"
+    assert history(cli, "goner")[0]["action"] == "delete"

@@ -1,0 +1,165 @@
+"""Benchmarks: each figure is a ratio against a baseline measured in the same run.
+
+    .venv/bin/python bench/run.py [--rounds N]
+
+(a) boot: ``clan-vm-manager start --wait-for READY`` against raw
+    ``qemu-system-x86_64`` with the same kernel, initrd, machine type and devices,
+    both timed until the guest's ready line (target: ratio <= 1.10).
+(b) list: ``clan-vm-manager list --json`` with 200 registered VMs against
+    ``python -c 'import invoke'`` (target: at most 25% more).
+(c) footprint: peak RSS of CLI calls, and processes left running per VM beside
+    QEMU (target: none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from clan_vm_tasks import example_guest  # noqa: E402
+
+READY = example_guest.READY_LINE
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "clan-vm-manager")
+APPEND = "console=ttyS0 quiet"
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - began
+
+
+def raw_qemu_boot(guest: Path, disk: Path) -> float:
+    """Raw QEMU, same kernel/initrd/machine/devices, serial on stdout, until the ready line."""
+    argv = [
+        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "192M",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-kernel", str(guest / "vmlinuz"), "-initrd", str(guest / "initrd"), "-append", APPEND,
+        "-drive", f"file={disk},if=none,id=disk0,format=qcow2", "-device", "virtio-blk-pci,drive=disk0",
+        "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
+        "-serial", "stdio",
+    ]  # fmt: skip
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    seen = b""
+    while READY.encode() not in seen:
+        chunk = proc.stdout.read1(4096)
+        if not chunk:
+            raise SystemExit("raw QEMU exited before the ready line")
+        seen += chunk
+    elapsed = time.perf_counter() - began
+    proc.kill()
+    proc.wait()
+    return elapsed
+
+
+def bench_boot(rounds: int, guest: Path, env: dict[str, str]) -> tuple[float, float]:
+    subprocess.run([CLI, "create", "bench", "--cpus", "1", "--memory", "192", "--disk", "64",
+                    "--kernel", str(guest / "vmlinuz"), "--initrd", str(guest / "initrd"),
+                    "--append", APPEND], env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    disk = Path(env["CLAN_VM_STATE_DIR"]) / "raw.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    tool, raw = [], []
+    for _ in range(rounds):  # interleaved, so drift in machine load hits both alike
+        raw.append(raw_qemu_boot(guest, disk))
+        tool.append(timed([CLI, "start", "bench", "--wait-for", READY, "--timeout", "120"], env))
+        subprocess.run(
+            [CLI, "stop", "bench", "--force"], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+    return statistics.median(tool), statistics.median(raw)
+
+
+def bench_list(rounds: int, env: dict[str, str]) -> tuple[float, float]:
+    sys.path.insert(0, str(ROOT))
+    from clan_vm_tasks import lifecycle
+    from clan_vm_tasks.models import VMConfig
+    from clan_vm_tasks.settings import Settings
+
+    store = lifecycle.open_store(Settings(state_dir=Path(env["CLAN_VM_STATE_DIR"])))
+    for i in range(200):
+        if not store.exists(f"vm{i:03}"):
+            lifecycle.create(store, VMConfig(name=f"vm{i:03}", disk_size=16))
+    tool, baseline = [], []
+    for _ in range(rounds):
+        baseline.append(timed([sys.executable, "-c", "import invoke"], env))
+        tool.append(timed([CLI, "list", "--json"], env))
+    return statistics.median(tool), statistics.median(baseline)
+
+
+def peak_rss_mib(argv: list[str], env: dict[str, str]) -> float:
+    """Peak RSS of one command, from a fresh helper process so earlier children do not count."""
+    code = (
+        "import resource,subprocess,sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL,"
+        " stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True
+    )
+    return int(out.stdout) / 1024
+
+
+def resident_helpers(state_dir: Path) -> list[str]:
+    """Processes other than QEMU that mention this state dir or our package."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if proc.name.isdigit() and int(proc.name) != os.getpid() and "qemu-system" not in cmdline:
+            if (
+                str(state_dir) in cmdline
+                or "clan_vm_tasks" in cmdline
+                or "clan-vm-manager" in cmdline
+            ):
+                found.append(cmdline)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    guest = Path(os.environ.get("CLAN_VM_TEST_GUEST", ROOT / ".cache" / "guest"))
+    if not (guest / "initrd").exists():
+        example_guest.build(guest)
+    work = Path(tempfile.mkdtemp(prefix="clan-vm-bench-"))
+    env = {**os.environ, "CLAN_VM_STATE_DIR": str(work / "boot"), "CLAN_VM_CONFIG": "/nonexistent"}
+    try:
+        tool, raw = bench_boot(args.rounds, guest, env)
+        print(
+            f"(a) boot to ready line: tool {tool:.2f}s, raw QEMU {raw:.2f}s, ratio {tool / raw:.3f} (target <= 1.10)"
+        )
+        subprocess.run([CLI, "start", "bench"], env=env, check=True, stdout=subprocess.DEVNULL)
+        helpers = resident_helpers(work / "boot")
+        rss = {verb: peak_rss_mib([CLI, *argv], env) for verb, argv in
+               (("list", ["list"]), ("status", ["status", "bench"]), ("show", ["show", "bench"]))}  # fmt: skip
+        subprocess.run(
+            [CLI, "stop", "bench", "--force"], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+        list_env = {**env, "CLAN_VM_STATE_DIR": str(work / "list")}
+        tool, base = bench_list(max(args.rounds * 4, 10), list_env)
+        print(f"(b) list --json, 200 VMs: tool {tool * 1000:.0f}ms, import invoke {base * 1000:.0f}ms, "
+              f"ratio {tool / base:.3f} (target <= 1.25)")  # fmt: skip
+        print("(c) peak RSS: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items())
+              + f"; processes per running VM beside QEMU: {len(helpers)} (target 0)")  # fmt: skip
+        for helper in helpers:
+            print(f"    resident: {helper}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
