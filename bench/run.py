@@ -43,13 +43,36 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 def raw_qemu_boot(guest: Path, disk: Path) -> float:
     """Raw QEMU, same kernel/initrd/machine/devices, serial on stdout, until the ready line."""
     argv = [
-        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "1", "-m", "192M",
-        "-nodefaults", "-no-user-config", "-display", "none",
-        "-kernel", str(guest / "vmlinuz"), "-initrd", str(guest / "initrd"), "-append", APPEND,
-        "-drive", f"file={disk},if=none,id=disk0,format=qcow2", "-device", "virtio-blk-pci,drive=disk0",
-        "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
-        "-serial", "stdio",
-    ]  # fmt: skip
+        "qemu-system-x86_64",
+        "-machine",
+        "q35,accel=tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+        "-m",
+        "192M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-kernel",
+        str(guest / "vmlinuz"),
+        "-initrd",
+        str(guest / "initrd"),
+        "-append",
+        APPEND,
+        "-drive",
+        f"file={disk},if=none,id=disk0,format=qcow2",
+        "-device",
+        "virtio-blk-pci,drive=disk0",
+        "-netdev",
+        "user,id=net0",
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-serial",
+        "stdio",
+    ]
     began = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
@@ -66,9 +89,28 @@ def raw_qemu_boot(guest: Path, disk: Path) -> float:
 
 
 def bench_boot(rounds: int, guest: Path, env: dict[str, str]) -> tuple[float, float]:
-    subprocess.run([CLI, "create", "bench", "--cpus", "1", "--memory", "192", "--disk", "64",
-                    "--kernel", str(guest / "vmlinuz"), "--initrd", str(guest / "initrd"),
-                    "--append", APPEND], env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [
+            CLI,
+            "create",
+            "bench",
+            "--cpus",
+            "1",
+            "--memory",
+            "192",
+            "--disk",
+            "64",
+            "--kernel",
+            str(guest / "vmlinuz"),
+            "--initrd",
+            str(guest / "initrd"),
+            "--append",
+            APPEND,
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     disk = Path(env["CLAN_VM_STATE_DIR"]) / "raw.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
     tool, raw = [], []
@@ -118,13 +160,12 @@ def resident_helpers(state_dir: Path) -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if proc.name.isdigit() and int(proc.name) != os.getpid() and "qemu-system" not in cmdline:
-            if (
-                str(state_dir) in cmdline
-                or "clan_vm_tasks" in cmdline
-                or "clan-vm-manager" in cmdline
-            ):
-                found.append(cmdline)
+        mentions_us = any(
+            m in cmdline for m in (str(state_dir), "clan_vm_tasks", "clan-vm-manager")
+        )
+        is_other = proc.name.isdigit() and int(proc.name) != os.getpid()
+        if is_other and mentions_us and "qemu-system" not in cmdline:
+            found.append(cmdline)
     return found
 
 
@@ -140,21 +181,34 @@ def main() -> None:
     try:
         tool, raw = bench_boot(args.rounds, guest, env)
         print(
-            f"(a) boot to ready line: tool {tool:.2f}s, raw QEMU {raw:.2f}s, ratio {tool / raw:.3f} (target <= 1.10)"
+            f"(a) boot to ready line: tool {tool:.2f}s, raw QEMU {raw:.2f}s, "
+            f"ratio {tool / raw:.3f} (target <= 1.10)"
         )
         subprocess.run([CLI, "start", "bench"], env=env, check=True, stdout=subprocess.DEVNULL)
         helpers = resident_helpers(work / "boot")
-        rss = {verb: peak_rss_mib([CLI, *argv], env) for verb, argv in
-               (("list", ["list"]), ("status", ["status", "bench"]), ("show", ["show", "bench"]))}  # fmt: skip
+        rss = {
+            verb: peak_rss_mib([CLI, *argv], env)
+            for verb, argv in (
+                ("list", ["list"]),
+                ("status", ["status", "bench"]),
+                ("show", ["show", "bench"]),
+            )
+        }
         subprocess.run(
             [CLI, "stop", "bench", "--force"], env=env, check=True, stdout=subprocess.DEVNULL
         )
         list_env = {**env, "CLAN_VM_STATE_DIR": str(work / "list")}
         tool, base = bench_list(max(args.rounds * 4, 10), list_env)
-        print(f"(b) list --json, 200 VMs: tool {tool * 1000:.0f}ms, import invoke {base * 1000:.0f}ms, "
-              f"ratio {tool / base:.3f} (target <= 1.25)")  # fmt: skip
-        print("(c) peak RSS: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items())
-              + f"; processes per running VM beside QEMU: {len(helpers)} (target 0)")  # fmt: skip
+        print(
+            f"(b) list --json, 200 VMs: tool {tool * 1000:.0f}ms, "
+            f"import invoke {base * 1000:.0f}ms, "
+            f"ratio {tool / base:.3f} (target <= 1.25)"
+        )
+        print(
+            "(c) peak RSS: "
+            + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items())
+            + f"; processes per running VM beside QEMU: {len(helpers)} (target 0)"
+        )
         for helper in helpers:
             print(f"    resident: {helper}")
     finally:
