@@ -39,3 +39,18 @@ def info(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ClanVMError(f"qemu-img info {path} returned no object")
     return data
+
+
+def virtual_size_mib(path: Path) -> int:
+    return int(info(path)["virtual-size"]) >> 20
+
+
+def resize(path: Path, size_mib: int) -> None:
+    """Grow a disk image; shrinking would destroy guest data and is refused."""
+    current = virtual_size_mib(path)
+    if size_mib < current:
+        raise ClanVMError(
+            f"refusing to shrink {path} from {current} MiB to {size_mib} MiB (data would be lost)"
+        )
+    if size_mib > current:
+        _qemu_img("resize", "-q", "-f", "qcow2", str(path), f"{size_mib}M")

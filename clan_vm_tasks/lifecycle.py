@@ -100,6 +100,31 @@ def create(store: Store, config: VMConfig) -> VMConfig:
     return config
 
 
+def reconfigure(store: Store, name: str, config: VMConfig) -> list[str]:
+    """Apply a changed definition to an existing VM; returns the names of changed fields.
+
+    The new settings take effect at the next start. Growing the disk needs the VM
+    stopped; shrinking is always refused.
+    """
+    config = _check_files(config)
+    if config.network.mac is None:
+        network = config.network.model_copy(update={"mac": mac_for(config.name)})
+        config = config.model_copy(update={"network": network})
+    with store.lock(name):
+        paths = store.require(name)
+        old = load_config(store, name)
+        changed = [f for f in VMConfig.model_fields if getattr(old, f) != getattr(config, f)]
+        if not changed:
+            return []
+        if "disk_size" in changed:
+            if reconcile.current(store, name, locked=True).status in reconcile.ACTIVE:
+                raise StateConflict(f"VM '{name}' is running; stop it to resize its disk")
+            disks.resize(paths.disk, config.disk_size)
+        fsutil.atomic_write(paths.config, config.model_dump_json(indent=2).encode())
+    history.record(store.history, name, "reconfigure", "changed " + ", ".join(changed))
+    return changed
+
+
 # --- start ------------------------------------------------------------------------------------
 
 
