@@ -21,6 +21,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from clan_vm_tasks.errors import ClanVMError, InvalidInput
+
 __all__ = [
     "DESCRIPTION",
     "INVENTORY_FILE",
@@ -47,8 +49,12 @@ _MACHINE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 JsonObject = dict[str, Any]
 
 
-class InventoryError(Exception):
+class InventoryError(ClanVMError):
     """A problem with inventory.json or committing it; the message is one readable line."""
+
+
+class InvalidInventoryInput(InventoryError, InvalidInput):
+    """A bad machine name, tag or port given to us (exit code 2, like other bad input)."""
 
 
 def find_clan_dir(explicit: Path | None, flake_dir: Path | None) -> Path | None:
@@ -66,7 +72,7 @@ def find_clan_dir(explicit: Path | None, flake_dir: Path | None) -> Path | None:
 def validate_machine_name(name: str) -> None:
     # fullmatch: "$" would also accept a trailing newline.
     if not isinstance(name, str) or not _MACHINE_NAME.fullmatch(name):
-        raise InventoryError(
+        raise InvalidInventoryInput(
             f"invalid machine name {name!r}: use 1-64 characters of A-Z a-z 0-9 _ -"
             " and do not start with '-'"
         )
@@ -75,17 +81,19 @@ def validate_machine_name(name: str) -> None:
 def validate_tags(tags: Sequence[str]) -> list[str]:
     # A bare string is a Sequence[str] too; iterating it would silently tag each letter.
     if isinstance(tags, str):
-        raise InventoryError(f"tags must be a list of strings, not the string {tags!r}")
+        raise InvalidInventoryInput(f"tags must be a list of strings, not the string {tags!r}")
     for tag in tags:
         if not isinstance(tag, str) or not tag or any(ch.isspace() for ch in tag):
-            raise InventoryError(f"invalid tag {tag!r}: tags are non-empty and contain no spaces")
+            raise InvalidInventoryInput(
+                f"invalid tag {tag!r}: tags are non-empty and contain no spaces"
+            )
     return list(tags)
 
 
 def validate_ssh_port(ssh_port: int) -> None:
     # bool is an int subclass; True would otherwise become port 1.
     if isinstance(ssh_port, bool) or not isinstance(ssh_port, int) or not 0 < ssh_port < 65536:
-        raise InventoryError(f"invalid ssh port {ssh_port!r}: expected 1-65535")
+        raise InvalidInventoryInput(f"invalid ssh port {ssh_port!r}: expected 1-65535")
 
 
 def merge_tags(existing: Sequence[Any], extra: Sequence[str]) -> list[Any]:

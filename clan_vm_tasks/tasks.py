@@ -17,7 +17,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from clan_vm_tasks import render
+from clan_vm_tasks import inventory_sync, render
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.settings import Settings
@@ -79,7 +79,12 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 NAME_HELP = "name of the VM"
+CLAN_DIR_HELP = "clan directory whose inventory.json lists this VM (default: $CLAN_DIR)"
 STATE_DIR_NOTE = " State lives in $CLAN_VM_STATE_DIR (default ~/.local/state/clan-vm)."
 
 
@@ -100,6 +105,7 @@ STATE_DIR_NOTE = " State lives in $CLAN_VM_STATE_DIR (default ~/.local/state/cla
         "qemu_arg": "extra QEMU argument (repeatable)",
         "machine": "QEMU machine type (default q35)",
         "accel": "auto (default), kvm or tcg",
+        "clan_dir": CLAN_DIR_HELP,
     },
 )
 def create(
@@ -118,6 +124,7 @@ def create(
     qemu_arg: list[str] | None = None,
     machine: str = "q35",
     accel: str = "auto",
+    clan_dir: str | None = None,
 ) -> None:
     """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks import lifecycle
@@ -145,6 +152,7 @@ def create(
     config = validate(VMConfig, definition, "VM definition")
     store, _ = _store()
     config = lifecycle.create(store, config)
+    inventory_sync.push(store, name, inventory_sync.clan_dir(clan_dir), _notice)
     _say(
         f"created VM '{name}': {config.cpus} cpus, {config.memory} MiB memory, "
         f"{config.disk_size} MiB disk at {store.paths(name).disk}"
@@ -158,6 +166,7 @@ def create(
         "wait_for": "return only after this text appears on the serial console",
         "timeout": "seconds to wait for --wait-for (default 60)",
         "accel": "override the accelerator: kvm or tcg",
+        "clan_dir": CLAN_DIR_HELP,
     }
 )
 def start(
@@ -167,6 +176,7 @@ def start(
     wait_for: str | None = None,
     timeout: str | None = None,
     accel: str | None = None,
+    clan_dir: str | None = None,
 ) -> None:
     """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared)."""
     from clan_vm_tasks import lifecycle
@@ -174,6 +184,9 @@ def start(
     check_name(name)
     seconds = _number(timeout, "timeout", 60, float)
     store, settings = _store(accel)
+    clan = inventory_sync.clan_dir(clan_dir)
+    if foreground:  # start only returns when the VM is gone again
+        inventory_sync.push(store, name, clan, _notice)
     started = lifecycle.start(
         store,
         settings,
@@ -184,6 +197,7 @@ def start(
         foreground=foreground,
     )
     if not foreground:
+        inventory_sync.push(store, name, clan, _notice)
         how = (
             f"{wait_for!r} appeared after {started.seconds:.1f}s"
             if wait_for
@@ -231,8 +245,14 @@ def restart(c: Context, name: str, timeout: str | None = None, wait_for: str | N
     _say(f"restarted VM '{name}' (pid {started.pid}, {started.accel})")
 
 
-@vm_task(help={"name": NAME_HELP, "force": "also stop a running VM and remove its disk image"})
-def delete(c: Context, name: str, force: bool = False) -> None:
+@vm_task(
+    help={
+        "name": NAME_HELP,
+        "force": "also stop a running VM and remove its disk image",
+        "clan_dir": CLAN_DIR_HELP,
+    }
+)
+def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = None) -> None:
     """Delete a VM. Keeps its disk image (and says where) unless --force."""
     from clan_vm_tasks import lifecycle
 
@@ -240,6 +260,51 @@ def delete(c: Context, name: str, force: bool = False) -> None:
     store, _ = _store()
     kept = lifecycle.delete(store, name, force=force)
     _say(f"deleted VM '{name}'" + (f"; its disk image is kept at {kept}" if kept else ""))
+    inventory_sync.forget(name, inventory_sync.clan_dir(clan_dir), _notice)
+
+
+@vm_task(
+    positional=["action", "name"],
+    iterable=["tag"],
+    help={
+        "action": "push or remove",
+        "name": NAME_HELP,
+        "clan_dir": CLAN_DIR_HELP,
+        "tag": "extra clan tag for the machine (repeatable; 'vm' is always set)",
+        "force": "take over (push) or remove a machine entry that is not ours",
+        "commit": "commit inventory.json in its git repository, like clan-cli does",
+    },
+)
+def inventory(
+    c: Context,
+    action: str,
+    name: str,
+    clan_dir: str | None = None,
+    tag: list[str] | None = None,
+    force: bool = False,
+    commit: bool = False,
+) -> None:
+    """Add a VM to the clan's inventory.json as a machine (push), or take it out (remove)."""
+    from clan_vm_tasks import inventory as inv
+
+    check_name(name)
+    directory = inventory_sync.clan_dir(clan_dir)
+    if directory is None:
+        raise InvalidInput("no clan directory: pass --clan-dir DIR or set CLAN_DIR")
+    path = directory / inv.INVENTORY_FILE
+    if action == "push":
+        store, _ = _store()
+        store.require(name)
+        port = inventory_sync.ssh_port(store, name)
+        changed = inv.push(
+            directory, name, ssh_port=port, tags=tag or [], force=force, commit=commit
+        )
+        _say(f"{'updated' if changed else 'unchanged:'} machine '{name}' in {path}")
+    elif action == "remove":
+        changed = inv.remove(directory, name, force=force, commit=commit)
+        _say(f"{'removed' if changed else 'nothing to remove:'} machine '{name}' from {path}")
+    else:
+        raise InvalidInput(f"unknown inventory action {action!r}: use push or remove")
 
 
 @vm_task(

@@ -1,0 +1,66 @@
+"""Keeping the clan inventory in step with VMs: pushed after create and start, removed on delete.
+
+A failed automatic update does not undo the VM operation that succeeded; it is
+reported as a warning (the explicit ``inventory push`` task reports it as an error).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from clan_vm_tasks import inventory
+from clan_vm_tasks.store import Store
+
+Notify = Callable[[str], None]
+
+
+def flake_dir(start: Path | None = None) -> Path | None:
+    """The local flake we run in: ``$CLAN_VM_FLAKE`` when it is a directory, else the nearest
+    directory with a flake.nix at or above START (the current directory)."""
+    explicit = os.environ.get("CLAN_VM_FLAKE")
+    if explicit:
+        path = Path(explicit.removeprefix("path:").removeprefix("git+file://"))
+        return path if path.is_dir() else None
+    here = (start or Path.cwd()).absolute()
+    for directory in (here, *here.parents):
+        if (directory / "flake.nix").is_file():
+            return directory
+    return None
+
+
+def clan_dir(explicit: str | None) -> Path | None:
+    return inventory.find_clan_dir(Path(explicit) if explicit else None, flake_dir())
+
+
+def ssh_port(store: Store, name: str) -> int | None:
+    """The host port forwarded to the guest's SSH port 22, if any."""
+    network = store.read_config(name).get("network")
+    forwards = network.get("forward_ports", []) if isinstance(network, dict) else []
+    for forward in forwards:
+        if not isinstance(forward, dict) or forward.get("protocol", "tcp") != "tcp":
+            continue
+        if forward.get("guest_port") == 22 and isinstance(forward.get("host_port"), int):
+            return int(forward["host_port"])
+    return None
+
+
+def push(store: Store, name: str, directory: Path | None, notify: Notify) -> None:
+    if directory is None:
+        return
+    try:
+        if inventory.push(directory, name, ssh_port=ssh_port(store, name)):
+            notify(f"added '{name}' to {directory / inventory.INVENTORY_FILE}")
+    except inventory.InventoryError as error:
+        notify(f"warning: the clan inventory was not updated: {error}")
+
+
+def forget(name: str, directory: Path | None, notify: Notify) -> None:
+    if directory is None:
+        return
+    try:
+        if inventory.remove(directory, name):
+            notify(f"removed '{name}' from {directory / inventory.INVENTORY_FILE}")
+    except inventory.InventoryError as error:
+        notify(f"warning: the clan inventory was not updated: {error}")

@@ -1,0 +1,117 @@
+"""The clan inventory follows VMs through the CLI: create, start, delete, inventory push/remove."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, READY, Guest
+
+CLAN = {
+    "meta": {"name": "homelab", "description": "test clan"},
+    "machines": {
+        "router": {"name": "router", "tags": ["infra"], "deploy": {"targetHost": "root@router"}}
+    },
+    "instances": {
+        "admin": {
+            "module": {"name": "admin", "input": "clan-core"},
+            "roles": {"default": {"tags": {"all": {}}}},
+        }
+    },
+}
+
+
+@pytest.fixture
+def clan_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "clan"
+    directory.mkdir()
+    (directory / "inventory.json").write_text(json.dumps(CLAN, indent=2))
+    return directory
+
+
+def machines(clan_dir: Path) -> dict[str, dict[str, object]]:
+    return json.loads((clan_dir / "inventory.json").read_text())["machines"]
+
+
+def test_create_pushes_and_delete_removes(cli: CLI, clan_dir: Path) -> None:
+    created = cli.ok(
+        "create", "web", "--disk", "16", "--forward", "tcp:2201:22", "--clan-dir", str(clan_dir)
+    )
+    assert f"added 'web' to {clan_dir}/inventory.json" in created.err
+    entry = machines(clan_dir)["web"]
+    assert entry["tags"] == ["vm"] and entry["machineClass"] == "nixos"
+    assert entry["deploy"] == {"targetHost": "root@127.0.0.1:2201"}
+    data = json.loads((clan_dir / "inventory.json").read_text())
+    assert data["meta"] == CLAN["meta"] and data["instances"] == CLAN["instances"]
+    assert machines(clan_dir)["router"] == CLAN["machines"]["router"]
+
+    cli.ok("delete", "web", "--force", "--clan-dir", str(clan_dir))
+    assert json.loads((clan_dir / "inventory.json").read_text()) == CLAN
+
+
+def test_clan_dir_from_environment_and_from_the_flake_directory(cli: CLI, clan_dir: Path) -> None:
+    cli.env["CLAN_DIR"] = str(clan_dir)
+    cli.ok("create", "envvm", "--disk", "16")
+    assert "envvm" in machines(clan_dir)
+    del cli.env["CLAN_DIR"]
+    (clan_dir / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    cli.ok("create", "flakevm", "--disk", "16", cwd=clan_dir)
+    assert "flakevm" in machines(clan_dir)
+    cli.ok("create", "elsewhere", "--disk", "16")  # no clan known here: nothing is written
+    assert "elsewhere" not in machines(clan_dir)
+
+
+@pytest.mark.vm
+def test_start_pushes_again(cli: CLI, guest: Guest, clan_dir: Path) -> None:
+    cli.create_guest("svc", guest, "--forward", "tcp:2202:22")
+    assert "svc" not in machines(clan_dir)
+    cli.ok("start", "svc", "--wait-for", READY, "--clan-dir", str(clan_dir))
+    assert machines(clan_dir)["svc"]["deploy"] == {"targetHost": "root@127.0.0.1:2202"}
+    cli.ok("stop", "svc", "--force")
+
+
+def test_explicit_push_with_tags_commit_and_foreign_entries(cli: CLI, clan_dir: Path) -> None:
+    git = ["git", "-C", str(clan_dir)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "config", "user.email", "t@example.invalid"], check=True)
+    subprocess.run([*git, "config", "user.name", "t"], check=True)
+    subprocess.run([*git, "add", "inventory.json"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    cli.ok("create", "db", "--disk", "16")
+    pushed = cli.ok(
+        "inventory", "push", "db", "--clan-dir", str(clan_dir), "--tag", "database", "--commit"
+    )
+    assert "updated machine 'db'" in pushed.out
+    assert machines(clan_dir)["db"]["tags"] == ["vm", "database"]
+    log = subprocess.run(
+        [*git, "log", "-1", "--format=%s", "--name-only"], capture_output=True, text=True
+    )
+    assert log.stdout.split() == ["inventory.json:", "add", "machine", "db", "inventory.json"]
+    again = cli.ok("inventory", "push", "db", "--clan-dir", str(clan_dir), "--tag", "database")
+    assert "unchanged" in again.out
+
+    foreign = cli.run("inventory", "remove", "router", "--clan-dir", str(clan_dir))
+    assert foreign.code == 1 and foreign.err.startswith("error: machine 'router'")
+    assert "router" in machines(clan_dir)
+    removed = cli.ok("inventory", "remove", "db", "--clan-dir", str(clan_dir), "--commit")
+    assert "removed machine 'db'" in removed.out
+    assert json.loads((clan_dir / "inventory.json").read_text()) == CLAN
+
+
+def test_a_malformed_inventory_is_left_alone(cli: CLI, clan_dir: Path) -> None:
+    broken = b'{"machines": [1, 2'
+    (clan_dir / "inventory.json").write_bytes(broken)
+    created = cli.ok("create", "vm1", "--disk", "16", "--clan-dir", str(clan_dir))
+    assert "warning: the clan inventory was not updated" in created.err
+    pushed = cli.run("inventory", "push", "vm1", "--clan-dir", str(clan_dir))
+    assert (
+        pushed.code == 1 and pushed.err.startswith("error:") and len(pushed.err.splitlines()) == 1
+    )
+    assert (clan_dir / "inventory.json").read_bytes() == broken
+    bad = cli.run("inventory", "push", "vm1", "--clan-dir", str(clan_dir), "--tag", "two words")
+    assert bad.code == 2 and bad.err.startswith("error: invalid tag")
+    nowhere = cli.run("inventory", "push", "vm1")
+    assert nowhere.code == 2 and "--clan-dir" in nowhere.err
