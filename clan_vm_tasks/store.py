@@ -52,9 +52,13 @@ class VMState:
     def from_json(cls, raw: bytes) -> VMState:
         """Parse state.json; anything unreadable becomes a stopped VM (repair, not crash)."""
         try:
-            data = json.loads(raw)
+            return cls.from_raw(json.loads(raw))
         except ValueError:
             return cls()
+
+    @classmethod
+    def from_raw(cls, data: Any) -> VMState:
+        """Like from_json, for already parsed JSON."""
         if not isinstance(data, dict):
             return cls()
         state = cls()

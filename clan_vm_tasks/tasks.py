@@ -17,7 +17,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from clan_vm_tasks import inventory_sync, render
+from clan_vm_tasks import render
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.settings import Settings
@@ -127,7 +127,7 @@ def create(
     clan_dir: str | None = None,
 ) -> None:
     """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
-    from clan_vm_tasks import lifecycle
+    from clan_vm_tasks import inventory_sync, lifecycle
     from clan_vm_tasks.models import PortForward, VMConfig, validate
 
     check_name(name)
@@ -179,7 +179,7 @@ def start(
     clan_dir: str | None = None,
 ) -> None:
     """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared)."""
-    from clan_vm_tasks import lifecycle
+    from clan_vm_tasks import inventory_sync, lifecycle
 
     check_name(name)
     seconds = _number(timeout, "timeout", 60, float)
@@ -254,7 +254,7 @@ def restart(c: Context, name: str, timeout: str | None = None, wait_for: str | N
 )
 def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = None) -> None:
     """Delete a VM. Keeps its disk image (and says where) unless --force."""
-    from clan_vm_tasks import lifecycle
+    from clan_vm_tasks import inventory_sync, lifecycle
 
     check_name(name)
     store, _ = _store()
@@ -286,6 +286,7 @@ def inventory(
 ) -> None:
     """Add a VM to the clan's inventory.json as a machine (push), or take it out (remove)."""
     from clan_vm_tasks import inventory as inv
+    from clan_vm_tasks import inventory_sync
 
     check_name(name)
     directory = inventory_sync.clan_dir(clan_dir)
