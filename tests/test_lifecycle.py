@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -213,3 +214,43 @@ def test_delete_keeps_the_disk_unless_forced(cli: CLI, guest: Guest, state_dir: 
     stat = Path(f"/proc/{pid}/stat")
     assert not stat.exists() or stat.read_text().split()[2] == "Z"
     assert history(cli, "goner")[0]["action"] == "delete"
+
+
+def test_interactive_console_on_a_terminal_detaches_with_ctrl_bracket(
+    cli: CLI, guest: Guest
+) -> None:
+    cli.boot("tty", guest)
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [*cli.command(), "console", "tty"],
+        env=cli.env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while text not in seen:
+            assert time.monotonic() < deadline, seen
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                seen += os.read(master, 4096)
+
+    try:
+        read_until(b"press Ctrl-] to detach")
+        os.write(master, b"echo tty-$((2*21))\r")
+        read_until(b"tty-42")
+        os.write(master, b"\x1d")
+        assert proc.wait(timeout=10) == 0
+        read_until(b"detached from the console")
+    finally:
+        proc.kill()
+        os.close(master)
+    # Detaching leaves the VM running.
+    assert status(cli, "tty")["state"] == "running"
+    cli.ok("stop", "tty", "--force")
