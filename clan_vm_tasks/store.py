@@ -79,9 +79,9 @@ _FIELD_TYPES = {f.name: int if f.name in _INT_FIELDS else str for f in dataclass
 
 
 def runtime_root() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and Path(base).is_dir():
-        return Path(base) / "clan-vm"
+    """Where sockets live. Fixed, not taken from $XDG_RUNTIME_DIR: a command run from cron
+    or another login must find the sockets of a VM started elsewhere (like tmux's /tmp/tmux-UID).
+    """
     return Path("/tmp") / f"clan-vm-{os.getuid()}"
 
 
