@@ -539,6 +539,12 @@ def console_log(store: Store, name: str) -> bytes:
 def attach_console(store: Store, name: str) -> str:
     store.require(name)
     with store.lock(name, timeout=5):
-        state = _require_active(store, name)
-    del state
-    return console.attach(store.paths(name).serial_socket)
+        _require_active(store, name)
+    # QEMU serves one console client at a time and would leave a second one hanging.
+    held = fsutil.try_lock(store.root / "locks" / f"{name}.console")
+    if held is None:
+        raise StateConflict(f"the console of VM '{name}' is already attached elsewhere")
+    try:
+        return console.attach(store.paths(name).serial_socket)
+    finally:
+        os.close(held)

@@ -254,3 +254,30 @@ def test_interactive_console_on_a_terminal_detaches_with_ctrl_bracket(
     # Detaching leaves the VM running.
     assert status(cli, "tty")["state"] == "running"
     cli.ok("stop", "tty", "--force")
+
+
+def test_a_second_console_client_is_refused_not_left_hanging(cli: CLI, guest: Guest) -> None:
+    cli.boot("busy", guest)
+    first = subprocess.Popen(
+        [*cli.command(), "console", "busy"],
+        env=cli.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert first.stdin is not None and first.stdout is not None
+    try:
+        # Make sure the first client is attached: the guest answers through it.
+        first.stdin.write(b"echo first-$((40+2))\n")
+        first.stdin.flush()
+        seen = b""
+        while b"first-42" not in seen:
+            chunk = first.stdout.read1(4096)
+            assert chunk, "the first console client ended early"
+            seen += chunk
+        second = cli.run("console", "busy", stdin="", timeout=30)
+        assert second.code == 1 and "already attached" in second.err
+    finally:
+        first.kill()
+        first.wait()
+    cli.ok("stop", "busy", "--force")
