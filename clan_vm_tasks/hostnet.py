@@ -143,7 +143,7 @@ def prepare(config: VMConfig, vm_dir: Path) -> Iterator[NetPlan]:
         lock = fsutil.private_dir(runtime_root()) / "ports.lock"
         with fsutil.locked(lock, "port allocation", PORT_LOCK_TIMEOUT):
             held = [_bind_free(f.protocol) for f in auto]
-            chosen = iter(s.getsockname()[1] for s in held)
+            chosen = iter([s.getsockname()[1] for s in held])
             for sock in held:
                 sock.close()  # QEMU binds them next, while we still hold the lock
             forwards = [

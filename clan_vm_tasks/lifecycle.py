@@ -556,8 +556,6 @@ def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
         requested = config.accel if config.accel != "auto" else settings.accel
         info["accel"] = accel_probe.choose(requested).accel
     disk = disks.info(paths.disk) if paths.disk.exists() else {}
-    if state.status in reconcile.ACTIVE and state.forwards:
-        info["forwards"] = state.forwards
     info.update(
         config=json.loads(config.model_dump_json()),
         console_log=str(paths.console_log),
