@@ -54,3 +54,32 @@ def resize(path: Path, size_mib: int) -> None:
         )
     if size_mib > current:
         _qemu_img("resize", "-q", "-f", "qcow2", str(path), f"{size_mib}M")
+
+
+def create_overlay(path: Path, base: Path, size_mib: int) -> None:
+    """A copy-on-write disk over BASE: QEMU only ever opens BASE read-only.
+
+    No preallocation and no copy, so creation takes the same time for any base size.
+    """
+    base_format = str(info(base).get("format", "raw"))
+    _qemu_img(
+        "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(path),
+        f"{size_mib}M",
+    )  # fmt: skip
+
+
+def size_mib_ceil(path: Path) -> int:
+    """The virtual size of an image in MiB, rounded up (a base image need not be MiB-aligned)."""
+    return -(-int(info(path)["virtual-size"]) // (1 << 20))
+
+
+def snapshots(path: Path) -> list[dict[str, Any]]:
+    """The internal snapshots of a qcow2 image, as qemu-img reports them."""
+    found = info(path).get("snapshots", [])
+    return [s for s in found if isinstance(s, dict)] if isinstance(found, list) else []
+
+
+def snapshot(path: Path, action: str, tag: str) -> None:
+    """``qemu-img snapshot``: -c creates, -a applies (reverts to), -d deletes the snapshot TAG."""
+    assert action in ("-c", "-a", "-d")
+    _qemu_img("snapshot", action, tag, str(path))

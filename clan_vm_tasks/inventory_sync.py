@@ -7,6 +7,7 @@ reported as a warning (the explicit ``inventory push`` task reports it as an err
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,15 @@ def clan_dir(explicit: str | None) -> Path | None:
 
 
 def ssh_port(store: Store, name: str) -> int | None:
-    """The host port forwarded to the guest's SSH port 22, if any."""
+    """The host port forwarded to the guest's SSH port 22, if any.
+
+    While the VM runs, the ports chosen at start count (``auto`` ones included);
+    otherwise only a fixed port from the definition is known.
+    """
+    for forward in store.read_state(name).forwards:
+        match = re.fullmatch(r"tcp:127\.0\.0\.1:(\d+)->22", forward)
+        if match:
+            return int(match.group(1))
     network = store.read_config(name).get("network")
     forwards = network.get("forward_ports", []) if isinstance(network, dict) else []
     for forward in forwards:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clan_vm_tasks import disks, fsutil, history, overview, reconcile
+from clan_vm_tasks import disks, fsutil, history, hostnet, overview, reconcile
 from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
 from clan_vm_tasks.models import VMConfig, validate
 from clan_vm_tasks.network import mac_for
@@ -60,6 +60,15 @@ def _check_files(config: VMConfig) -> VMConfig:
             updates[field] = path.absolute()
     if config.initrd and not config.kernel:
         raise InvalidInput("--initrd needs --kernel (direct kernel boot)")
+    if config.base_image is not None:
+        if not config.base_image.is_file():
+            raise InvalidInput(f"base image {config.base_image} does not exist or is not a file")
+        updates["base_image"] = config.base_image.absolute()
+        base_mib = disks.size_mib_ceil(config.base_image)
+        if config.disk_size < base_mib:
+            raise InvalidInput(
+                f"--disk {config.disk_size} MiB is smaller than the base image ({base_mib} MiB)"
+            )
     if config.network.mode == "bridge" and config.network.bridge is None:
         updates["network"] = config.network.model_copy(update={"bridge": "clan-br0"})
     return config.model_copy(update=updates)
@@ -68,19 +77,25 @@ def _check_files(config: VMConfig) -> VMConfig:
 def create(store: Store, config: VMConfig) -> VMConfig:
     """Register a new VM with a fresh qcow2 disk; an existing name is refused untouched."""
     config = _check_files(config)
+    explicit_mac = config.network.mac is not None
     if config.network.mac is None:
         network = config.network.model_copy(update={"mac": mac_for(config.name)})
         config = config.model_copy(update={"network": network})
     name = config.name
     paths = store.paths(name)
-    with store.lock(name):
+    # The MAC check and the rename that registers the VM happen under one store-wide lock.
+    with store.lock(name), fsutil.locked(store.root / "network.lock", "MAC registry", 120):
         if store.exists(name):
             raise StateConflict(f"VM '{name}' already exists")
+        hostnet.check_mac(config.network, name, _macs(store), explicit_mac)
         store.sweep_leftovers(name)
         # Built in a hidden directory and renamed into place: a crash leaves no half VM.
         staging = fsutil.private_dir(store.staging_dir(name, "creating"))
         try:
-            disks.create(staging / paths.disk.name, config.disk_size)
+            if config.base_image is not None:
+                disks.create_overlay(staging / paths.disk.name, config.base_image, config.disk_size)
+            else:
+                disks.create(staging / paths.disk.name, config.disk_size)
             fsutil.atomic_write(
                 staging / paths.config.name, config.model_dump_json(indent=2).encode()
             )
@@ -98,6 +113,19 @@ def create(store: Store, config: VMConfig) -> VMConfig:
         f"{config.cpus} cpus, {config.memory} MiB, {config.disk_size} MiB disk",
     )
     return config
+
+
+def _macs(store: Store) -> dict[str, str]:
+    """Every registered VM's MAC address (name -> mac)."""
+    macs = {}
+    for other in store.names():
+        try:
+            network = store.read_config(other).get("network")
+        except ClanVMError:
+            continue
+        if isinstance(network, dict) and isinstance(network.get("mac"), str):
+            macs[other] = network["mac"]
+    return macs
 
 
 def reconfigure(store: Store, name: str, config: VMConfig) -> list[str]:
@@ -136,8 +164,11 @@ class Started:
     seconds: float  # until QMP answered, or until the awaited text appeared
 
 
-def _plan(config: VMConfig, paths: VMPaths, accel: str, daemonize: bool) -> LaunchPlan:
+def _plan(
+    config: VMConfig, paths: VMPaths, accel: str, daemonize: bool, tap: str | None = None
+) -> LaunchPlan:
     return LaunchPlan(
+        tap=tap,
         config=config,
         accel=accel,
         mac=config.network.mac or mac_for(config.name),
@@ -184,14 +215,21 @@ def _launch(
         notify(choice.notice)
     _prepare_runtime(paths)
     offset = paths.console_log.stat().st_size if paths.console_log.exists() else 0
-    argv = build_argv(_plan(config, paths, choice.accel, daemonize=not foreground))
     child = None
     try:
-        if foreground:
-            child = process.launch_foreground(argv, paths.qemu_log)
-            proc = process.wait_for_pidfile(paths.pidfile, child, timeout=60)
-        else:
-            proc = process.launch_daemon(argv, paths.pidfile, paths.qemu_log)
+        with hostnet.prepare(config, paths.dir) as net:
+            argv = build_argv(_plan(net.config, paths, choice.accel, not foreground, net.tap))
+            if foreground:
+                child = process.launch_foreground(argv, paths.qemu_log)
+                proc = process.wait_for_pidfile(paths.pidfile, child, timeout=60)
+            else:
+                proc = process.launch_daemon(argv, paths.pidfile, paths.qemu_log)
+            if net.config != config:  # auto ports: QEMU listens once QMP answers
+                try:
+                    _await_qmp(paths, proc, 30.0)
+                except QMPUnavailable:
+                    _hard_stop(proc, paths.pidfile)
+                    raise
     except ClanVMError as error:
         history.record(store.history, name, "start", str(error), "failed")
         raise
@@ -205,6 +243,8 @@ def _launch(
         stopped_at=None,
         stop_step=None,
         console_offset=offset,
+        tap=net.tap,
+        forwards=net.forwards,
     )
     store.write_state(name, state)
     return proc, state, child
@@ -377,6 +417,8 @@ def _halt(
     paths.pidfile.unlink(missing_ok=True)  # gone after SIGKILL too: not a crash
     for sock in (paths.qmp_socket, paths.serial_socket):
         sock.unlink(missing_ok=True)
+    if state.tap:
+        hostnet.delete_tap(state.tap)
     store.write_state(
         name,
         dataclasses.replace(
@@ -384,6 +426,8 @@ def _halt(
             status="stopped",
             pid=None,
             pid_start=None,
+            tap=None,
+            forwards=[],
             stopped_at=history.now(),
             stop_step=step,
         ),
@@ -461,6 +505,8 @@ def delete(
             if not force:
                 raise StateConflict(f"VM '{name}' is running; stop it first or use --force")
             _halt(store, name, state, force=True, timeout=0, notify=notify)
+        elif state.tap:  # left behind by a crash
+            hostnet.delete_tap(state.tap)
         kept = None
         if not force and paths.disk.exists():
             kept_dir = fsutil.private_dir(store.root / "kept-disks")
@@ -524,7 +570,8 @@ def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
                 "format": disk.get("format"),
                 "virtual_size": disk.get("virtual-size"),
                 "actual_size": disk.get("actual-size"),
-                "backing_file": disk.get("backing-filename"),
+                "backing_file": disk.get("full-backing-filename", disk.get("backing-filename")),
+                "backing_format": disk.get("backing-filename-format"),
             }
         ],
     )

@@ -10,13 +10,20 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import name_problem
 
-NetworkMode = Literal["user", "nat", "bridge", "none"]
+NetworkMode = Literal["user", "nat", "bridge", "tap", "none"]
 Accel = Literal["auto", "kvm", "tcg"]
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
@@ -30,10 +37,13 @@ class _Model(BaseModel):
 
 
 class PortForward(_Model):
-    """A host port on 127.0.0.1 forwarded to a guest port (user-mode networking)."""
+    """A host port on 127.0.0.1 forwarded to a guest port (user-mode networking).
+
+    ``host_port`` "auto" is a free port chosen at each start (see ``hostnet``).
+    """
 
     protocol: Literal["tcp", "udp"] = "tcp"
-    host_port: Annotated[int, Field(ge=1, le=65535)]
+    host_port: Annotated[int, Field(ge=1, le=65535)] | Literal["auto"]
     guest_port: Annotated[int, Field(ge=1, le=65535)]
 
     @classmethod
@@ -42,12 +52,15 @@ class PortForward(_Model):
         parts = spec.split(":")
         if len(parts) == 2:
             parts.insert(0, "tcp")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            raise InvalidInput(f"invalid port forward {spec!r}: expected tcp:HOSTPORT:GUESTPORT")
+        host_ok = len(parts) == 3 and (parts[1].isdigit() or parts[1] == "auto")
+        if not host_ok or not parts[2].isdigit():
+            raise InvalidInput(
+                f"invalid port forward {spec!r}: expected tcp:HOSTPORT:GUESTPORT "
+                "(HOSTPORT may be auto)"
+            )
+        host: int | str = int(parts[1]) if parts[1].isdigit() else "auto"
         return validate(
-            cls,
-            {"protocol": parts[0], "host_port": int(parts[1]), "guest_port": int(parts[2])},
-            "forward",
+            cls, {"protocol": parts[0], "host_port": host, "guest_port": int(parts[2])}, "forward"
         )
 
     def __str__(self) -> str:
@@ -57,8 +70,21 @@ class PortForward(_Model):
 class NetworkConfig(_Model):
     mode: NetworkMode = "user"
     bridge: str | None = None
+    tap: str | None = None  # a tap device made by the user, for mode "tap"
     mac: str | None = None
     forward_ports: list[PortForward] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NetworkConfig:
+        if self.mode == "tap" and self.tap is None:
+            raise ValueError("network mode tap needs a tap device (--tap IFNAME)")
+        if self.tap is not None and self.mode != "tap":
+            raise ValueError("a tap device (--tap) needs network mode tap")
+        if self.bridge is not None and self.mode != "bridge":
+            raise ValueError("a bridge (--bridge) needs network mode bridge")
+        if self.forward_ports and self.mode not in ("user", "nat"):
+            raise ValueError("port forwards need user-mode networking (--network user)")
+        return self
 
     @field_validator("mac")
     @classmethod
@@ -72,9 +98,9 @@ class NetworkConfig(_Model):
             raise ValueError(f"{value!r} is a multicast address")
         return mac
 
-    @field_validator("bridge")
+    @field_validator("bridge", "tap")
     @classmethod
-    def _bridge(cls, value: str | None) -> str | None:
+    def _ifname(cls, value: str | None) -> str | None:
         if value is not None and not _IFNAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a network interface name")
         return value
@@ -89,6 +115,7 @@ class VMConfig(_Model):
     disk_size: Annotated[int, Field(ge=1, le=64 * 1024 * 1024, description="MiB")] = 20480
     kernel: Path | None = None
     initrd: Path | None = None
+    base_image: Path | None = None  # read-only backing file of a copy-on-write disk
     append: str | None = None
     machine: str = "q35"
     accel: Accel = "auto"

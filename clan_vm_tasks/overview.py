@@ -19,6 +19,8 @@ def view(name: str, state: VMState, config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(f, dict)
     ]
     active = state.status in reconcile.ACTIVE
+    if active and state.forwards:
+        forwards = state.forwards  # with the host ports chosen for "auto" at start
     return {
         "name": name,
         "state": state.status,

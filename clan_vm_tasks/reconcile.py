@@ -39,6 +39,8 @@ def settle(paths: VMPaths, state: VMState) -> tuple[VMState, str | None]:
         pid_start=None,
         stopped_at=history.now(),
         stop_step=None if crashed else "guest-poweroff",
+        tap=None,
+        forwards=[],
     )
     return settled, "crash" if crashed else "poweroff"
 
@@ -56,6 +58,10 @@ def persist_settled(store: Store, name: str, before: VMState, action: str) -> No
     store.write_state(name, settled)
     if action == "crash":
         paths.pidfile.unlink(missing_ok=True)
+    if before.tap:
+        from clan_vm_tasks import hostnet  # lazy: only a VM that had a tap needs it
+
+        hostnet.delete_tap(before.tap)
     history.record(store.history, name, action, _details(action, before), "ok")
 
 

@@ -47,6 +47,8 @@ class VMState:
     stopped_at: str | None = None
     stop_step: str | None = None
     console_offset: int = 0  # console.log size when the current boot began
+    tap: str | None = None  # a tap device we made for this boot; removed when it ends
+    forwards: list[str] = dataclasses.field(default_factory=list)  # as chosen at start
 
     @classmethod
     def from_json(cls, raw: bytes) -> VMState:
@@ -64,7 +66,12 @@ class VMState:
         state = cls()
         for key, value in data.items():
             expected = _FIELD_TYPES.get(key)
-            if expected is not None and type(value) is expected:  # bool is not an int here
+            # bool is not an int here; a list must hold strings only
+            if (
+                expected is not None
+                and type(value) is expected
+                and (not isinstance(value, list) or all(isinstance(v, str) for v in value))
+            ):
                 setattr(state, key, value)
         if state.status not in STATES:
             state.status = "stopped"
@@ -75,7 +82,10 @@ class VMState:
 
 
 _INT_FIELDS = ("pid", "pid_start", "console_offset")
-_FIELD_TYPES = {f.name: int if f.name in _INT_FIELDS else str for f in dataclasses.fields(VMState)}
+_FIELD_TYPES: dict[str, type] = {
+    f.name: int if f.name in _INT_FIELDS else list if f.name == "forwards" else str
+    for f in dataclasses.fields(VMState)
+}
 
 
 def runtime_root() -> Path:

@@ -98,10 +98,13 @@ STATE_DIR_NOTE = " State lives in $CLAN_VM_STATE_DIR (default ~/.local/state/cla
         "kernel": "kernel image for direct kernel boot",
         "initrd": "initrd for direct kernel boot",
         "append": "kernel command line",
-        "network": "user (default), nat (same as user), bridge or none",
+        "network": "user (default), nat (same as user), bridge, tap or none",
         "bridge": "bridge to join with --network bridge (default clan-br0)",
+        "tap": "existing tap device to use with --network tap",
         "mac": "MAC address (default: derived from the name)",
-        "forward": "forward tcp:HOSTPORT:GUESTPORT from 127.0.0.1 (repeatable)",
+        "forward": "forward tcp:HOSTPORT:GUESTPORT (or udp:) from 127.0.0.1; HOSTPORT may be "
+        "auto (repeatable)",
+        "from_image": "base image: the disk is a copy-on-write overlay on it (never written)",
         "qemu_arg": "extra QEMU argument (repeatable)",
         "machine": "QEMU machine type (default q35)",
         "accel": "auto (default), kvm or tcg",
@@ -119,11 +122,13 @@ def create(
     append: str | None = None,
     network: str = "user",
     bridge: str | None = None,
+    tap: str | None = None,
     mac: str | None = None,
     forward: list[str] | None = None,
     qemu_arg: list[str] | None = None,
     machine: str = "q35",
     accel: str = "auto",
+    from_image: str | None = None,
     clan_dir: str | None = None,
 ) -> None:
     """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
@@ -131,19 +136,31 @@ def create(
     from clan_vm_tasks.models import PortForward, VMConfig, validate
 
     check_name(name)
+    disk_size = _number(disk, "disk", 20480)
+    if from_image and disk is None:
+        from pathlib import Path
+
+        from clan_vm_tasks import disks
+
+        base = Path(from_image)
+        if not base.is_file():
+            raise InvalidInput(f"base image {base} does not exist or is not a file")
+        disk_size = disks.size_mib_ceil(base)  # an overlay is as large as its base
     definition = {
         "name": name,
         "cpus": _number(cpus, "cpus", 2),
         "memory": _number(memory, "memory", 2048),
-        "disk_size": _number(disk, "disk", 20480),
+        "disk_size": disk_size,
         "kernel": kernel,
         "initrd": initrd,
+        "base_image": from_image,
         "append": append,
         "machine": machine,
         "accel": accel,
         "network": {
             "mode": network,
             "bridge": bridge,
+            "tap": tap,
             "mac": mac,
             "forward_ports": [PortForward.parse(f) for f in forward or []],
         },
@@ -372,7 +389,6 @@ def show(c: Context, name: str, json: bool = False) -> None:
         _say(render.as_json(info))
         return
     config = info["config"]
-    disk = info["disks"][0]
     _say(
         render.key_values(
             [
@@ -381,9 +397,14 @@ def show(c: Context, name: str, json: bool = False) -> None:
                 ("accel", info["accel"]),
                 ("cpus", info["cpus"]),
                 ("memory", f"{info['memory']} MiB"),
-                (
-                    "disk",
-                    f"{disk['path']} ({disk['format']}, {(disk['virtual_size'] or 0) >> 20} MiB)",
+                *(
+                    (
+                        "disk",
+                        f"{d['path']} ({d['format']}, {(d['virtual_size'] or 0) >> 20} MiB"
+                        + (f", backing file {d['backing_file']}" if d["backing_file"] else "")
+                        + ")",
+                    )
+                    for d in info["disks"]
                 ),
                 ("kernel", config["kernel"]),
                 ("initrd", config["initrd"]),
@@ -458,3 +479,9 @@ def history(
             ],
         )
     )
+
+
+# Defined in their own module; imported here so every entry point's collection has them.
+from clan_vm_tasks.tasks_more import pause, resize, resume, revert, snapshot, snapshots  # noqa: E402
+
+__all__ = ["pause", "resize", "resume", "revert", "snapshot", "snapshots"]

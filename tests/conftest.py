@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -120,6 +121,14 @@ def _kill_leftover_qemu(state_dir: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
+    # Taps made for bridged VMs are host-wide: never leave one behind.
+    for state_file in state_dir.glob("vms/*/state.json"):
+        try:
+            tap = json.loads(state_file.read_text()).get("tap")
+        except (OSError, ValueError):
+            continue
+        if isinstance(tap, str) and Path(f"/sys/class/net/{tap}").exists():
+            subprocess.run(["ip", "link", "delete", tap], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from clan_vm_tasks.models import NetworkConfig, PortForward, VMConfig
 from clan_vm_tasks.qemu.argv import LaunchPlan, build_argv
 
@@ -98,3 +100,18 @@ def test_extra_arguments_come_last_and_commas_in_paths_are_escaped() -> None:
     argv = build_argv(p)
     assert argv[-2:] == ["-device", "virtio-rng-pci"]
     assert "file=/s/odd,,name/disk.qcow2,if=none,id=disk0,format=qcow2" in argv
+
+
+def test_tap_networking_for_a_given_tap_and_for_a_bridge_through_our_tap() -> None:
+    tapped = build_argv(plan(VMConfig(name="web", network=NetworkConfig(mode="tap", tap="tap7"))))
+    assert tapped[tapped.index("-netdev") + 1] == "tap,id=net0,ifname=tap7,script=no,downscript=no"
+    bridged = plan(VMConfig(name="web", network=NetworkConfig(mode="bridge", bridge="br7")))
+    argv = build_argv(LaunchPlan(**{**bridged.__dict__, "tap": "cvm0123"}))
+    assert argv[argv.index("-netdev") + 1] == "tap,id=net0,ifname=cvm0123,script=no,downscript=no"
+
+
+def test_auto_ports_must_be_resolved_before_the_command_line() -> None:
+    forwards = [PortForward(host_port="auto", guest_port=80)]
+    config = VMConfig(name="web", network=NetworkConfig(forward_ports=forwards))
+    with pytest.raises(ValueError):
+        build_argv(plan(config))

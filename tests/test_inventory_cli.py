@@ -65,11 +65,15 @@ def test_clan_dir_from_environment_and_from_the_flake_directory(cli: CLI, clan_d
 
 
 @pytest.mark.vm
-def test_start_pushes_again(cli: CLI, guest: Guest, clan_dir: Path) -> None:
-    cli.create_guest("svc", guest, "--forward", "tcp:2202:22")
-    assert "svc" not in machines(clan_dir)
+def test_start_pushes_the_port_chosen_for_auto(cli: CLI, guest: Guest, clan_dir: Path) -> None:
+    cli.create_guest("svc", guest, "--forward", "tcp:auto:22", "--clan-dir", str(clan_dir))
+    assert "deploy" not in machines(clan_dir)["svc"]  # no port is known before the start
     cli.ok("start", "svc", "--wait-for", READY, "--clan-dir", str(clan_dir))
-    assert machines(clan_dir)["svc"]["deploy"] == {"targetHost": "root@127.0.0.1:2202"}
+    forwards = json.loads(cli.ok("status", "svc", "--json").out)["forwards"]
+    (forward,) = forwards
+    port = int(forward.split(":")[2].split("->")[0])
+    assert forward == f"tcp:127.0.0.1:{port}->22"
+    assert machines(clan_dir)["svc"]["deploy"] == {"targetHost": f"root@127.0.0.1:{port}"}
     cli.ok("stop", "svc", "--force")
 
 

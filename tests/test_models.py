@@ -60,6 +60,8 @@ def test_port_forward_spec() -> None:
         protocol="tcp", host_port=2222, guest_port=22
     )
     assert PortForward.parse("udp:5353:53").protocol == "udp"
+    assert PortForward.parse("tcp:auto:80").host_port == "auto"
+    assert str(PortForward.parse("auto:80")) == "tcp:127.0.0.1:auto->80"
     for bad in ("ssh", "tcp:22", "icmp:1:2", "tcp:0:22", "tcp:1:99999"):
         with pytest.raises(InvalidInput):
             PortForward.parse(bad)

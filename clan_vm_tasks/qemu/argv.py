@@ -21,6 +21,7 @@ class LaunchPlan:
     console_log: Path
     pidfile: Path
     daemonize: bool = True
+    tap: str | None = None  # the tap device a bridged NIC uses (made by hostnet), if any
 
 
 def _escape(value: str) -> str:
@@ -28,12 +29,17 @@ def _escape(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def network_args(network: NetworkConfig, mac: str) -> list[str]:
+def network_args(network: NetworkConfig, mac: str, tap: str | None = None) -> list[str]:
     if network.mode == "none":
         return []
-    if network.mode == "bridge":
+    tap = network.tap if network.mode == "tap" else tap
+    if tap is not None:
+        netdev = f"tap,id=net0,ifname={tap},script=no,downscript=no"
+    elif network.mode == "bridge":  # without a tap of ours: through qemu-bridge-helper
         netdev = f"bridge,id=net0,br={network.bridge or 'clan-br0'}"
     else:  # "user", and "nat" which is the same thing: QEMU's user-mode NAT
+        if any(f.host_port == "auto" for f in network.forward_ports):
+            raise ValueError("auto host ports must be chosen before building the command line")
         netdev = "user,id=net0" + "".join(
             f",hostfwd={f.protocol}:127.0.0.1:{f.host_port}-:{f.guest_port}"
             for f in network.forward_ports
@@ -64,7 +70,7 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-drive", f"file={_escape(str(plan.disk))},if=none,id=disk0,format=qcow2",
         "-device", "virtio-blk-pci,drive=disk0",
     ]  # fmt: skip
-    argv += network_args(config.network, plan.mac)
+    argv += network_args(config.network, plan.mac, plan.tap)
     argv += [
         "-chardev",
         f"socket,id=serial0,path={_escape(str(plan.serial_socket))},server=on,wait=off,"
