@@ -67,7 +67,8 @@ def connect(serial_socket: Path) -> socket.socket:
 def _raw_terminal(fd: int) -> Iterator[None]:
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        # TCSANOW, not setraw's default TCSAFLUSH: keys typed while we attached are kept.
+        tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
@@ -82,6 +83,10 @@ def relay(sock: socket.socket, stdin: int, stdout: int, idle_after_eof: float = 
     """
     interactive = os.isatty(stdin)
     with _raw_terminal(stdin) if interactive else contextlib.nullcontext():
+        if interactive:
+            os.write(
+                sys.stderr.fileno(), b"Connected to the serial console; press Ctrl-] to detach.\r\n"
+            )
         stdin_open = True
         while True:
             watch: list[Any] = [sock, stdin] if stdin_open else [sock]
@@ -108,6 +113,4 @@ def relay(sock: socket.socket, stdin: int, stdout: int, idle_after_eof: float = 
 
 def attach(serial_socket: Path) -> str:
     with connect(serial_socket) as sock:
-        if os.isatty(sys.stdin.fileno()):
-            print("Connected to the serial console; press Ctrl-] to detach.\r", file=sys.stderr)
         return relay(sock, sys.stdin.fileno(), sys.stdout.fileno())
