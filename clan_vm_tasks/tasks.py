@@ -9,6 +9,7 @@ one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -80,6 +81,7 @@ def _say(text: str) -> None:
 
 
 NAME_HELP = "name of the VM"
+FLAKE_HELP = "flake declaring clanVms (default: $CLAN_VM_FLAKE, else the flake around the cwd)"
 STATE_DIR_NOTE = " State lives in $CLAN_VM_STATE_DIR (default ~/.local/state/clan-vm)."
 
 
@@ -100,6 +102,7 @@ STATE_DIR_NOTE = " State lives in $CLAN_VM_STATE_DIR (default ~/.local/state/cla
         "qemu_arg": "extra QEMU argument (repeatable)",
         "machine": "QEMU machine type (default q35)",
         "accel": "auto (default), kvm or tcg",
+        "flake": "create (or update) the VM from this flake's clanVms definition instead",
     },
 )
 def create(
@@ -118,12 +121,15 @@ def create(
     qemu_arg: list[str] | None = None,
     machine: str = "q35",
     accel: str = "auto",
+    flake: str | None = None,
 ) -> None:
     """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks import lifecycle
     from clan_vm_tasks.models import PortForward, VMConfig, validate
 
     check_name(name)
+    if flake:
+        return nix_tasks.create_from_flake(flake, name)
     definition = {
         "name": name,
         "cpus": _number(cpus, "cpus", 2),
@@ -158,6 +164,7 @@ def create(
         "wait_for": "return only after this text appears on the serial console",
         "timeout": "seconds to wait for --wait-for (default 60)",
         "accel": "override the accelerator: kvm or tcg",
+        "flake": FLAKE_HELP,
     }
 )
 def start(
@@ -167,6 +174,7 @@ def start(
     wait_for: str | None = None,
     timeout: str | None = None,
     accel: str | None = None,
+    flake: str | None = None,
 ) -> None:
     """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared)."""
     from clan_vm_tasks import lifecycle
@@ -174,6 +182,7 @@ def start(
     check_name(name)
     seconds = _number(timeout, "timeout", 60, float)
     store, settings = _store(accel)
+    nix_tasks.apply_flake(store, settings, flake, name)
     started = lifecycle.start(
         store,
         settings,
@@ -244,9 +253,16 @@ def delete(c: Context, name: str, force: bool = False) -> None:
 
 @vm_task(
     name="list",
-    help={"filter": "only VMs in this state: " + ", ".join(STATES), "json": "print a JSON array"},
+    optional=["flake"],
+    help={
+        "filter": "only VMs in this state: " + ", ".join(STATES),
+        "json": "print a JSON array",
+        "flake": "also list the VMs this flake declares (bare --flake: the flake around the cwd)",
+    },
 )
-def list_(c: Context, filter: str | None = None, json: bool = False) -> None:
+def list_(
+    c: Context, filter: str | None = None, json: bool = False, flake: str | bool | None = None
+) -> None:
     """List VMs with their state."""
     from clan_vm_tasks import overview
 
@@ -254,6 +270,8 @@ def list_(c: Context, filter: str | None = None, json: bool = False) -> None:
         raise InvalidInput(f"unknown state {filter!r}: use one of {', '.join(STATES)}")
     store, _ = _store()
     vms = overview.list_vms(store, filter)
+    if flake or os.environ.get("CLAN_VM_FLAKE"):
+        vms = nix_tasks.with_declared(store, flake, vms, filter)
     if json:
         _say(render.as_json(vms))
         return
@@ -266,7 +284,8 @@ def list_(c: Context, filter: str | None = None, json: bool = False) -> None:
         return
     _say(
         render.table(
-            ["NAME", "STATE", "PID", "CPUS", "MEMORY", "NETWORK", "FORWARDS"],
+            ["NAME", "STATE", "PID", "CPUS", "MEMORY", "NETWORK", "FORWARDS"]
+            + (["FLAKE"] if vms and "declared" in vms[0] else []),
             [
                 [
                     v["name"],
@@ -276,6 +295,7 @@ def list_(c: Context, filter: str | None = None, json: bool = False) -> None:
                     f"{v['memory']} MiB",
                     v["network"],
                     ", ".join(v["forwards"]) or None,
+                    *(["declared" if v["declared"] else None] if "declared" in v else []),
                 ]
                 for v in vms
             ],
@@ -294,14 +314,20 @@ def status(c: Context, name: str, json: bool = False) -> None:
     _say(render.as_json(info) if json else f"{name}: {render.state_word(info)}")
 
 
-@vm_task(help={"name": NAME_HELP, "json": "print a JSON object"})
-def show(c: Context, name: str, json: bool = False) -> None:
+@vm_task(help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP})
+def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
     """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
     from clan_vm_tasks import lifecycle
 
     check_name(name)
     store, settings = _store()
+    declared = nix_tasks.declared_definition(store, flake, name)
+    if declared is not None and not store.exists(name):
+        _say(render.as_json(declared) if json else nix_tasks.describe_declared(name, declared))
+        return
     info = lifecycle.show(store, settings, name)
+    if declared is not None:
+        info["declared"] = declared
     if json:
         _say(render.as_json(info))
         return
@@ -392,3 +418,8 @@ def history(
             ],
         )
     )
+
+
+# The Nix tasks (eval, build, boot-test) join the collection by being imported here.
+from clan_vm_tasks import nix_tasks  # noqa: E402
+from clan_vm_tasks.nix_tasks import boot_test, build, eval_  # noqa: E402, F401
