@@ -2,8 +2,9 @@
 #   nix run .#vm-start -- web   =   clan-vm-manager start --flake <that flake> web
 # TOOL is the clan-vm-manager executable (a path, or a command name found on PATH);
 # WRITESCRIPT name text makes an executable script (pkgs.writeShellScript, or a
-# builtins-only stand-in where nixpkgs is not available); FLAKE is the flake's source.
-{ tool, writeScript, flake }:
+# builtins-only stand-in where nixpkgs is not available); FLAKE is the flake whose
+# clanVms the apps use, or null for the flake around the working directory.
+{ tool, writeScript, flake ? null }:
 let
   # Tasks that read definitions get the flake; the others act on created VMs only.
   tasks = {
@@ -24,7 +25,7 @@ let
   app = task: withFlake: {
     type = "app";
     program = "${writeScript "vm-${task}" ''
-      exec ${tool} ${task} ${if withFlake then "--flake ${flake}" else ""} "$@"
+      exec ${tool} ${task} ${if withFlake && flake != null then "--flake ${flake}" else ""} "$@"
     ''}";
   };
 in
