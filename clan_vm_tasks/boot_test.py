@@ -7,6 +7,7 @@ never an abort of the whole run; the caller exits non-zero if any VM failed.
 from __future__ import annotations
 
 import os
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -22,6 +23,12 @@ from clan_vm_tasks.store import Store
 
 Notify = Callable[[str], None]
 POWER_OFF_TIMEOUT = 15.0
+# Console output carries control characters that XML 1.0 cannot hold.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("", text)
 
 
 @dataclass(frozen=True)
@@ -133,10 +140,10 @@ def junit(results: list[Result], path: Path, suite: str) -> None:
             root, "testcase", classname=suite, name=result.name, time=f"{result.seconds or 0:.3f}"
         )
         if result.passed:
-            ET.SubElement(case, "system-out").text = result.message
+            ET.SubElement(case, "system-out").text = _xml_text(result.message)
         else:
-            failure = ET.SubElement(case, "failure", message=result.message)
-            failure.text = result.console or result.message
+            failure = ET.SubElement(case, "failure", message=_xml_text(result.message))
+            failure.text = _xml_text(result.console or result.message)
     data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     path = path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,35 @@ def describe_declared(name: str, definition: dict[str, Any]) -> str:
 # --- the Nix tasks ----------------------------------------------------------------------------
 
 
+# Tasks whose VM names may also be given as bare words (clan-vm-manager build web db).
+NAMED_TASKS = {
+    "eval": ("--flake",),
+    "build": ("--flake",),
+    "boot-test": ("--flake", "--timeout", "--expect", "--junit"),
+}
+
+
+def expand_names(argv: list[str]) -> list[str]:
+    """``TASK a b`` -> ``TASK --vm a --vm b`` (invoke has no variadic positionals)."""
+    for i, arg in enumerate(argv):
+        if arg in NAMED_TASKS:
+            takes_value = NAMED_TASKS[arg]
+            out, rest = argv[: i + 1], argv[i + 1 :]
+            j = 0
+            while j < len(rest):
+                word = rest[j]
+                if word in takes_value and j + 1 < len(rest):
+                    out += [word, rest[j + 1]]
+                    j += 2
+                    continue
+                out += [word] if word.startswith("-") or "=" in word else ["--vm", word]
+                j += 1
+            return out
+        if not arg.startswith("-") and i > 0:
+            break
+    return argv
+
+
 def _names(names: list[str] | None) -> list[str]:
     for name in names or []:
         check_name(name)
@@ -144,48 +173,50 @@ def _names(names: list[str] | None) -> list[str]:
 
 @vm_task(
     name="eval",
-    iterable=["names"],
-    help={"names": "VMs to show (default: all)", "flake": FLAKE_HELP},
+    iterable=["vm"],
+    help={"vm": "a VM to show (repeatable; default: all)", "flake": FLAKE_HELP},
 )
-def eval_(c: Context, names: list[str] | None = None, flake: str | None = None) -> None:
+def eval_(c: Context, vm: list[str] | None = None, flake: str | None = None) -> None:
     """Print the evaluated clanVms definitions of a flake as JSON."""
     from clan_vm_tasks import flakes
 
-    chosen = _names(names)
+    chosen = _names(vm)
     store, _ = _store()
     selected = _explicit(flake)
     vms = flakes.declared(store, selected)
     result = {}
     for name in chosen or sorted(vms):
-        vm = flakes.require(vms, selected, name)
-        flakes.to_config(name, vm)  # a wrong type is an error here too
-        result[name] = vm.definition
+        found = flakes.require(vms, selected, name)
+        flakes.to_config(name, found)  # a wrong type is an error here too
+        result[name] = found.definition
     _say(render.as_json(result))
 
 
-@vm_task(iterable=["names"], help={"names": "VMs to build (default: all)", "flake": FLAKE_HELP})
-def build(c: Context, names: list[str] | None = None, flake: str | None = None) -> None:
+@vm_task(
+    iterable=["vm"], help={"vm": "a VM to build (repeatable; default: all)", "flake": FLAKE_HELP}
+)
+def build(c: Context, vm: list[str] | None = None, flake: str | None = None) -> None:
     """Build the kernels and initrds of declared VMs and print their store paths."""
     from clan_vm_tasks import flakes
 
-    chosen = _names(names)
+    chosen = _names(vm)
     store, _ = _store()
     selected = _explicit(flake)
     vms = flakes.declared(store, selected)
     rows = []
     for name in chosen or sorted(vms):
-        vm = flakes.require(vms, selected, name)
-        flakes.to_config(name, vm)
-        flakes.realise(store, selected, name, vm)
-        rows += [[name, field, vm.definition[field]] for field in vm.installables]
+        found = flakes.require(vms, selected, name)
+        flakes.to_config(name, found)
+        flakes.realise(store, selected, name, found)
+        rows += [[name, field, found.definition[field]] for field in found.installables]
     _say(render.table(["NAME", "FILE", "PATH"], rows))
 
 
 @vm_task(
     name="boot-test",
-    iterable=["names"],
+    iterable=["vm"],
     help={
-        "names": "VMs to boot (default: every declared VM)",
+        "vm": "a VM to boot (repeatable; default: every declared VM)",
         "flake": FLAKE_HELP,
         "timeout": "seconds each VM gets to show its ready text (default: its bootTest.timeout)",
         "expect": "ready text to wait for (default: each VM's bootTest.expect)",
@@ -194,7 +225,7 @@ def build(c: Context, names: list[str] | None = None, flake: str | None = None) 
 )
 def boot_test(
     c: Context,
-    names: list[str] | None = None,
+    vm: list[str] | None = None,
     flake: str | None = None,
     timeout: str | None = None,
     expect: str | None = None,
@@ -204,7 +235,7 @@ def boot_test(
     from clan_vm_tasks import boot_test as runner
     from clan_vm_tasks import flakes
 
-    chosen = _names(names)
+    chosen = _names(vm)
     seconds = None if timeout is None else _number(timeout, "timeout", 0, float)
     store, settings = _store()
     selected = _explicit(flake)
