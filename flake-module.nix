@@ -30,8 +30,12 @@ let
       accel = mkOption { type = types.enum [ "auto" "kvm" "tcg" ]; default = "auto"; };
       network = {
         mode = mkOption { type = types.enum [ "user" "nat" "bridge" "none" ]; default = "user"; };
-        bridge = mkOption { type = types.nullOr types.str; default = null; };
-        mac = mkOption { type = types.nullOr types.str; default = null; };
+        bridge = mkOption { type = types.nullOr (types.strMatching "[A-Za-z0-9_.-]{1,15}"); default = null; };
+        # Unicast is checked by the tool only.
+        mac = mkOption {
+          type = types.nullOr (types.strMatching "[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}");
+          default = null;
+        };
         forwardPorts = mkOption { type = types.listOf portForward; default = [ ]; };
       };
       qemuArgs = mkOption { type = types.listOf types.str; default = [ ]; };
