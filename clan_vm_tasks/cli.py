@@ -43,6 +43,9 @@ def _usage_errors() -> Iterator[None]:
 
 def normalise(argv: list[str]) -> list[str]:
     """Let ``TASK --help`` mean ``--help TASK``: invoke would take --help as TASK's argument."""
+    from clan_vm_tasks.nix_tasks import expand_names
+
+    argv = expand_names(argv)
     args = argv[1:]
     names = set(collection().task_names)
     for i, arg in enumerate(args):

@@ -106,6 +106,13 @@ class NetworkConfig(_Model):
         return value
 
 
+class BootTest(_Model):
+    """What ``boot-test`` waits for: text on the serial console, within a time limit."""
+
+    expect: str | None = None
+    timeout: Annotated[int, Field(ge=1, le=86400, description="seconds")] = 120
+
+
 class VMConfig(_Model):
     """What a VM is: everything needed to launch it, nothing about whether it runs."""
 
@@ -121,6 +128,7 @@ class VMConfig(_Model):
     accel: Accel = "auto"
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     qemu_args: list[str] = Field(default_factory=list)
+    boot_test: BootTest = Field(default_factory=BootTest)
 
     @field_validator("name")
     @classmethod

@@ -9,6 +9,7 @@ one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -85,6 +86,7 @@ def _notice(text: str) -> None:
 
 NAME_HELP = "name of the VM"
 CLAN_DIR_HELP = "clan directory whose inventory.json lists this VM (default: $CLAN_DIR)"
+FLAKE_HELP = "flake declaring clanVms (default: $CLAN_VM_FLAKE, else the flake around the cwd)"
 STATE_DIR_NOTE = " State lives in $CLAN_VM_STATE_DIR (default ~/.local/state/clan-vm)."
 
 
@@ -109,6 +111,7 @@ STATE_DIR_NOTE = " State lives in $CLAN_VM_STATE_DIR (default ~/.local/state/cla
         "machine": "QEMU machine type (default q35)",
         "accel": "auto (default), kvm or tcg",
         "clan_dir": CLAN_DIR_HELP,
+        "flake": "create (or update) the VM from this flake's clanVms definition instead",
     },
 )
 def create(
@@ -130,12 +133,18 @@ def create(
     accel: str = "auto",
     from_image: str | None = None,
     clan_dir: str | None = None,
+    flake: str | None = None,
 ) -> None:
     """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks import inventory_sync, lifecycle
     from clan_vm_tasks.models import PortForward, VMConfig, validate
 
     check_name(name)
+    if flake:
+        nix_tasks.create_from_flake(flake, name)
+        store, _ = _store()
+        inventory_sync.push(store, name, inventory_sync.clan_dir(clan_dir), _notice)
+        return
     disk_size = _number(disk, "disk", 20480)
     if from_image and disk is None:
         from pathlib import Path
@@ -184,6 +193,7 @@ def create(
         "timeout": "seconds to wait for --wait-for (default 60)",
         "accel": "override the accelerator: kvm or tcg",
         "clan_dir": CLAN_DIR_HELP,
+        "flake": FLAKE_HELP,
     }
 )
 def start(
@@ -194,6 +204,7 @@ def start(
     timeout: str | None = None,
     accel: str | None = None,
     clan_dir: str | None = None,
+    flake: str | None = None,
 ) -> None:
     """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared)."""
     from clan_vm_tasks import inventory_sync, lifecycle
@@ -201,6 +212,7 @@ def start(
     check_name(name)
     seconds = _number(timeout, "timeout", 60, float)
     store, settings = _store(accel)
+    nix_tasks.apply_flake(store, settings, flake, name)
     clan = inventory_sync.clan_dir(clan_dir)
     if foreground:  # start only returns when the VM is gone again
         inventory_sync.push(store, name, clan, _notice)
@@ -276,6 +288,9 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
     check_name(name)
     store, _ = _store()
     kept = lifecycle.delete(store, name, force=force)
+    from clan_vm_tasks import flakes
+
+    flakes.forget(store, name)  # its Nix GC roots, if it came from a flake
     _say(f"deleted VM '{name}'" + (f"; its disk image is kept at {kept}" if kept else ""))
     inventory_sync.forget(name, inventory_sync.clan_dir(clan_dir), _notice)
 
@@ -327,9 +342,16 @@ def inventory(
 
 @vm_task(
     name="list",
-    help={"filter": "only VMs in this state: " + ", ".join(STATES), "json": "print a JSON array"},
+    optional=["flake"],
+    help={
+        "filter": "only VMs in this state: " + ", ".join(STATES),
+        "json": "print a JSON array",
+        "flake": "also list the VMs this flake declares (bare --flake: the flake around the cwd)",
+    },
 )
-def list_(c: Context, filter: str | None = None, json: bool = False) -> None:
+def list_(
+    c: Context, filter: str | None = None, json: bool = False, flake: str | bool | None = None
+) -> None:
     """List VMs with their state."""
     from clan_vm_tasks import overview
 
@@ -337,6 +359,8 @@ def list_(c: Context, filter: str | None = None, json: bool = False) -> None:
         raise InvalidInput(f"unknown state {filter!r}: use one of {', '.join(STATES)}")
     store, _ = _store()
     vms = overview.list_vms(store, filter)
+    if flake or os.environ.get("CLAN_VM_FLAKE"):
+        vms = nix_tasks.with_declared(store, flake, vms, filter)
     if json:
         _say(render.as_json(vms))
         return
@@ -349,7 +373,8 @@ def list_(c: Context, filter: str | None = None, json: bool = False) -> None:
         return
     _say(
         render.table(
-            ["NAME", "STATE", "PID", "CPUS", "MEMORY", "NETWORK", "FORWARDS"],
+            ["NAME", "STATE", "PID", "CPUS", "MEMORY", "NETWORK", "FORWARDS"]
+            + (["FLAKE"] if vms and "declared" in vms[0] else []),
             [
                 [
                     v["name"],
@@ -359,6 +384,7 @@ def list_(c: Context, filter: str | None = None, json: bool = False) -> None:
                     f"{v['memory']} MiB",
                     v["network"],
                     ", ".join(v["forwards"]) or None,
+                    *(["declared" if v["declared"] else None] if "declared" in v else []),
                 ]
                 for v in vms
             ],
@@ -377,14 +403,20 @@ def status(c: Context, name: str, json: bool = False) -> None:
     _say(render.as_json(info) if json else f"{name}: {render.state_word(info)}")
 
 
-@vm_task(help={"name": NAME_HELP, "json": "print a JSON object"})
-def show(c: Context, name: str, json: bool = False) -> None:
+@vm_task(help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP})
+def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
     """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
     from clan_vm_tasks import lifecycle
 
     check_name(name)
     store, settings = _store()
+    declared = nix_tasks.declared_definition(store, flake, name)
+    if declared is not None and not store.exists(name):
+        _say(render.as_json(declared) if json else nix_tasks.describe_declared(name, declared))
+        return
     info = lifecycle.show(store, settings, name)
+    if declared is not None:
+        info["declared"] = declared
     if json:
         _say(render.as_json(info))
         return
@@ -481,7 +513,19 @@ def history(
     )
 
 
-# Defined in their own module; imported here so every entry point's collection has them.
+# Tasks defined in their own modules join the collection by being imported here.
+from clan_vm_tasks import nix_tasks  # noqa: E402
+from clan_vm_tasks.nix_tasks import boot_test, build, eval_  # noqa: E402
 from clan_vm_tasks.tasks_more import pause, resize, resume, revert, snapshot, snapshots  # noqa: E402
 
-__all__ = ["pause", "resize", "resume", "revert", "snapshot", "snapshots"]
+__all__ = [
+    "boot_test",
+    "build",
+    "eval_",
+    "pause",
+    "resize",
+    "resume",
+    "revert",
+    "snapshot",
+    "snapshots",
+]

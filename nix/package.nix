@@ -1,0 +1,18 @@
+# The Python application, built with nixpkgs' Python packaging; qemu and nix on its PATH.
+{ lib, buildPythonApplication, setuptools, pydantic, invoke, sh, pyyaml, qemu-qmp, qemu, nix }:
+buildPythonApplication {
+  pname = "clan-vm-tasks";
+  version = "0.1.0";
+  pyproject = true;
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [ ../pyproject.toml ../README.md ../clan_vm_tasks ];
+  };
+  build-system = [ setuptools ];
+  dependencies = [ pydantic invoke sh pyyaml qemu-qmp ];
+  # pyproject.toml pins exact versions for pip; nixpkgs has its own.
+  pythonRelaxDeps = true;
+  makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ qemu nix ]) ];
+  pythonImportsCheck = [ "clan_vm_tasks.cli" ];
+  meta.mainProgram = "clan-vm-manager";
+}

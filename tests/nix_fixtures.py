@@ -1,0 +1,78 @@
+"""The offline test flake (tests/nix/flake.nix) in a git repository of its own."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clan_vm_tasks import example_guest
+from tests.conftest import CLI, ROOT, Guest
+
+NIX = shutil.which("nix")
+needs_nix = pytest.mark.skipif(NIX is None, reason="nix is not installed (./scripts/setup)")
+
+
+def git(directory: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.email=test@example.invalid", "-c", "user.name=test", *args],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+    )
+
+
+def make_flake(directory: Path, guest: Guest) -> Path:
+    """Copy the test flake, kernel, modules, busybox and init scripts; commit them."""
+    (directory / "guest" / "modules").mkdir(parents=True)
+    for name in ("flake.nix", "build-initrd.sh"):
+        shutil.copy(ROOT / "tests" / "nix" / name, directory / name)
+    shutil.copy(ROOT / "lib" / "apps.nix", directory / "apps.nix")
+    shutil.copy(guest.kernel, directory / "vmlinuz")
+    shutil.copy("/bin/busybox", directory / "busybox")
+    for module in (guest.kernel.parent / "modules").glob("*.ko"):
+        shutil.copy(module, directory / "guest" / "modules" / module.name)
+    (directory / "guest" / "init").write_text(example_guest.INIT_SCRIPT)
+    (directory / "guest" / "power.sh").write_text(example_guest.POWER_SCRIPT)
+    (directory / "guest" / "acpid.conf").write_text("PWRF power.sh\n")
+    git(directory, "init", "-q")
+    git(directory, "add", "-A")
+    git(directory, "commit", "-qm", "test flake")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def test_flake(tmp_path_factory: pytest.TempPathFactory, guest: Guest) -> Path:
+    """One committed copy per test session (per xdist worker); tests must not edit it."""
+    return make_flake(tmp_path_factory.mktemp("flake"), guest)
+
+
+@pytest.fixture
+def own_flake(tmp_path: Path, guest: Guest) -> Path:
+    """A copy a test may edit."""
+    return make_flake(tmp_path / "flake", guest)
+
+
+class NixCLI(CLI):
+    """The CLI with nix kept offline and every nix invocation logged."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.nix_log = state_dir.parent / "nix.log"
+        self.env["CLAN_VM_NIX_OFFLINE"] = "1"
+        self.env["CLAN_VM_NIX_LOG"] = str(self.nix_log)
+        self.env.pop("CLAN_VM_FLAKE", None)
+
+    def nix_calls(self, kind: str = "") -> int:
+        """How many nix invocations were logged (only those with KIND among their arguments)."""
+        if not self.nix_log.exists():
+            return 0
+        lines = self.nix_log.read_text().splitlines()
+        return sum(1 for line in lines if f'"{kind}"' in line) if kind else len(lines)
+
+
+@pytest.fixture
+def ncli(state_dir: Path) -> NixCLI:
+    return NixCLI(state_dir)
