@@ -9,7 +9,8 @@ let
   portForward = types.submodule {
     options = {
       protocol = mkOption { type = types.enum [ "tcp" "udp" ]; default = "tcp"; };
-      hostPort = mkOption { type = types.ints.between 1 65535; };
+      # "auto": a free port chosen at each start.
+      hostPort = mkOption { type = types.either (types.ints.between 1 65535) (types.enum [ "auto" ]); };
       guestPort = mkOption { type = types.ints.between 1 65535; };
     };
   };
@@ -25,12 +26,19 @@ let
         description = "Kernel image (a derivation or a path) for direct kernel boot.";
       };
       initrd = mkOption { type = types.nullOr (types.either types.package types.str); default = null; };
+      baseImage = mkOption {
+        type = types.nullOr (types.either types.package types.str);
+        default = null;
+        description = "Read-only base image; the VM's disk is a copy-on-write overlay on it.";
+      };
       append = mkOption { type = types.nullOr types.str; default = null; };
       machine = mkOption { type = types.strMatching "[A-Za-z0-9_.-]+"; default = "q35"; };
       accel = mkOption { type = types.enum [ "auto" "kvm" "tcg" ]; default = "auto"; };
       network = {
-        mode = mkOption { type = types.enum [ "user" "nat" "bridge" "none" ]; default = "user"; };
+        # Which of bridge/tap/forwardPorts go with which mode is checked by the tool.
+        mode = mkOption { type = types.enum [ "user" "nat" "bridge" "tap" "none" ]; default = "user"; };
         bridge = mkOption { type = types.nullOr (types.strMatching "[A-Za-z0-9_.-]{1,15}"); default = null; };
+        tap = mkOption { type = types.nullOr (types.strMatching "[A-Za-z0-9_.-]{1,15}"); default = null; };
         # Unicast is checked by the tool only.
         mac = mkOption {
           type = types.nullOr (types.strMatching "[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}");

@@ -144,6 +144,11 @@ def reconfigure(store: Store, name: str, config: VMConfig) -> list[str]:
         changed = [f for f in VMConfig.model_fields if getattr(old, f) != getattr(config, f)]
         if not changed:
             return []
+        if "base_image" in changed:
+            raise StateConflict(
+                f"the base image of VM '{name}' changed; an existing disk cannot be moved to "
+                f"another base: delete the VM (clan-vm-manager delete {name}) and start it again"
+            )
         if "disk_size" in changed:
             if reconcile.current(store, name, locked=True).status in reconcile.ACTIVE:
                 raise StateConflict(f"VM '{name}' is running; stop it to resize its disk")

@@ -32,7 +32,7 @@ STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 # Fields of a definition that name files the runner needs built.
-BUILDABLE_FIELDS = ("kernel", "initrd")
+BUILDABLE_FIELDS = ("kernel", "initrd", "baseImage")
 
 # For each VM: the definition as JSON (derivations become their output paths, unbuilt)
 # and the string context of each buildable field, which says what to build.

@@ -189,3 +189,36 @@ def test_boot_test_boots_every_vm_and_writes_junit(
     assert "FAIL" in failed.out
     assert ET.parse(junit).getroot().get("failures") == "1"
     assert {v["state"] for v in json.loads(ncli.ok("list", "--json").out)} == {"stopped"}
+
+
+def test_a_base_image_from_the_flake_becomes_a_read_only_backing_file(
+    ncli: NixCLI, own_flake: Path
+) -> None:
+    base = own_flake / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 64k", str(base)],
+        check=True,
+        capture_output=True,
+    )
+    git(own_flake, "add", "base.qcow2")
+    text = (own_flake / "flake.nix").read_text()
+    (own_flake / "flake.nix").write_text(
+        text.replace("diskSize = 64;", 'diskSize = 64; baseImage = "${self}/base.qcow2";')
+    )
+    ncli.ok("create", "alpha", "--flake", str(own_flake))
+    disk = json.loads(ncli.ok("show", "alpha", "--json").out)["disks"][0]
+    backing = disk["backing_file"]
+    assert backing.startswith("/nix/store/") and backing.endswith("base.qcow2")
+    # The overlay shows the base's content without copying it.
+    read = subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0xab 0 64k", disk["path"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "read 65536/65536 bytes" in read.stdout
+
+    (own_flake / "flake.nix").write_text(text)  # the definition no longer names a base image
+    refused = ncli.run("start", "alpha", "--flake", str(own_flake))
+    assert refused.code == 1 and "base image of VM 'alpha' changed" in refused.err
