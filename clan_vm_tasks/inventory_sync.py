@@ -17,13 +17,17 @@ from clan_vm_tasks.store import Store
 Notify = Callable[[str], None]
 
 
-def flake_dir(start: Path | None = None) -> Path | None:
-    """The local flake we run in: ``$CLAN_VM_FLAKE`` when it is a directory, else the nearest
-    directory with a flake.nix at or above START (the current directory)."""
-    explicit = os.environ.get("CLAN_VM_FLAKE")
+def _local(ref: str) -> Path | None:
+    path = Path(ref.removeprefix("path:").removeprefix("git+file://"))
+    return path.absolute() if path.is_dir() else None
+
+
+def flake_dir(flake: str | None = None, start: Path | None = None) -> Path | None:
+    """The local flake we work with: FLAKE (``--flake``) or ``$CLAN_VM_FLAKE`` when they are
+    directories, else the nearest directory with a flake.nix at or above START (the cwd)."""
+    explicit = flake or os.environ.get("CLAN_VM_FLAKE")
     if explicit:
-        path = Path(explicit.removeprefix("path:").removeprefix("git+file://"))
-        return path if path.is_dir() else None
+        return _local(explicit)
     here = (start or Path.cwd()).absolute()
     for directory in (here, *here.parents):
         if (directory / "flake.nix").is_file():
@@ -31,8 +35,8 @@ def flake_dir(start: Path | None = None) -> Path | None:
     return None
 
 
-def clan_dir(explicit: str | None) -> Path | None:
-    return inventory.find_clan_dir(Path(explicit) if explicit else None, flake_dir())
+def clan_dir(explicit: str | None, flake: str | None = None) -> Path | None:
+    return inventory.find_clan_dir(Path(explicit) if explicit else None, flake_dir(flake))
 
 
 def ssh_port(store: Store, name: str) -> int | None:

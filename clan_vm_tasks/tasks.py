@@ -143,7 +143,7 @@ def create(
     if flake:
         nix_tasks.create_from_flake(flake, name)
         store, _ = _store()
-        inventory_sync.push(store, name, inventory_sync.clan_dir(clan_dir), _notice)
+        inventory_sync.push(store, name, inventory_sync.clan_dir(clan_dir, flake), _notice)
         return
     disk_size = _number(disk, "disk", 20480)
     if from_image and disk is None:
@@ -213,7 +213,7 @@ def start(
     seconds = _number(timeout, "timeout", 60, float)
     store, settings = _store(accel)
     nix_tasks.apply_flake(store, settings, flake, name)
-    clan = inventory_sync.clan_dir(clan_dir)
+    clan = inventory_sync.clan_dir(clan_dir, flake)
     if foreground:  # start only returns when the VM is gone again
         inventory_sync.push(store, name, clan, _notice)
     started = lifecycle.start(

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,7 +88,12 @@ class CLI:
         return result
 
     def create_guest(
-        self, name: str, guest: Guest, *extra: str, append: str = "console=ttyS0 quiet"
+        self,
+        name: str,
+        guest: Guest,
+        *extra: str,
+        append: str = "console=ttyS0 quiet",
+        **run_options: Any,
     ) -> Result:
         return self.ok(
             "create",
@@ -105,6 +111,7 @@ class CLI:
             "--append",
             append,
             *extra,
+            **run_options,
         )
 
     def boot(self, name: str, guest: Guest, *extra: str, **kwargs: str) -> Result:

@@ -49,24 +49,7 @@ def test_invoke_lists_the_tasks_in_the_repository(cli: CLI) -> None:
 
 @pytest.mark.vm
 def test_invoke_and_module_drive_the_same_vm(cli: CLI, guest: Guest) -> None:
-    cli.run(
-        "create",
-        "shared",
-        "--cpus",
-        "1",
-        "--memory",
-        "192",
-        "--disk",
-        "64",
-        "--kernel",
-        str(guest.kernel),
-        "--initrd",
-        str(guest.initrd),
-        "--append",
-        "console=ttyS0 quiet",
-        entry="invoke",
-        cwd=ROOT,
-    )
+    cli.create_guest("shared", guest, entry="invoke", cwd=ROOT)
     started = cli.run("start", "shared", "--wait-for", READY, entry="invoke", cwd=ROOT)
     assert started.code == 0, started.err
     assert (

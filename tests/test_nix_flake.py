@@ -222,3 +222,10 @@ def test_a_base_image_from_the_flake_becomes_a_read_only_backing_file(
     (own_flake / "flake.nix").write_text(text)  # the definition no longer names a base image
     refused = ncli.run("start", "alpha", "--flake", str(own_flake))
     assert refused.code == 1 and "base image of VM 'alpha' changed" in refused.err
+
+
+def test_a_flake_directory_with_an_inventory_is_the_clan(ncli: NixCLI, own_flake: Path) -> None:
+    (own_flake / "inventory.json").write_text('{\n  "machines": {}\n}')
+    ncli.ok("create", "alpha", "--flake", str(own_flake), cwd=own_flake.parent)
+    machines = json.loads((own_flake / "inventory.json").read_text())["machines"]
+    assert machines["alpha"]["tags"] == ["vm"]
