@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from clan_vm_tasks.store import Store, VMPaths, VMState
 Notify = Callable[[str], None]
 DEFAULT_STOP_TIMEOUT = 30.0
 HARD_STEP_WAIT = 5.0
+QMP_START_TIMEOUT = 30.0
 
 
 def _stderr(message: str) -> None:
@@ -203,8 +205,11 @@ def _hard_stop(proc: process.ProcessId, pidfile: Path) -> str:
 
 def _launch(
     store: Store, name: str, settings: Settings, accel: str | None, foreground: bool, notify: Notify
-) -> tuple[process.ProcessId, VMState, Any]:
-    """Launch QEMU for a stopped VM and record it running; the caller holds the lock."""
+) -> tuple[process.ProcessId, VMState, subprocess.Popen[bytes] | None]:
+    """Launch QEMU for a stopped VM, wait until QMP answers, record it running.
+
+    The caller holds the lock. On failure nothing is left running and the VM stays stopped.
+    """
     paths = store.require(name)
     state = reconcile.current(store, name, locked=True)
     if state.status in reconcile.ACTIVE:
@@ -229,14 +234,15 @@ def _launch(
                 proc = process.wait_for_pidfile(paths.pidfile, child, timeout=60)
             else:
                 proc = process.launch_daemon(argv, paths.pidfile, paths.qemu_log)
-            if net.config != config:  # auto ports: QEMU listens once QMP answers
-                try:
-                    _await_qmp(paths, proc, 30.0)
-                except QMPUnavailable:
-                    _hard_stop(proc, paths.pidfile)
-                    raise
+            # Inside the network block: "auto" ports stay reserved until QEMU listens.
+            try:
+                _await_qmp(paths, proc, QMP_START_TIMEOUT)
+            except QMPUnavailable as error:
+                _hard_stop(proc, paths.pidfile)
+                paths.pidfile.unlink(missing_ok=True)
+                raise ClanVMError(f"QEMU started but QMP never answered: {error}") from None
     except ClanVMError as error:
-        history.record(store.history, name, "start", str(error), "failed")
+        _record_failed_start(store, name, str(error))
         raise
     state = dataclasses.replace(
         state,
@@ -268,9 +274,8 @@ def _await_qmp(paths: VMPaths, proc: process.ProcessId, timeout: float) -> None:
             time.sleep(0.05)
 
 
-def _fail_start(store: Store, name: str, message: str) -> ClanVMError:
+def _record_failed_start(store: Store, name: str, message: str) -> None:
     history.record(store.history, name, "start", message, "failed")
-    return ClanVMError(message)
 
 
 def start(
@@ -292,14 +297,6 @@ def start(
     paths = store.require(name)  # before locking: an unknown name leaves no lock file
     with store.lock(name):
         proc, state, child = _launch(store, name, settings, accel, foreground, notify)
-        try:
-            _await_qmp(paths, proc, min(timeout, 30.0))
-        except QMPUnavailable as error:
-            _hard_stop(proc, paths.pidfile)
-            store.write_state(name, dataclasses.replace(state, status="stopped", pid=None))
-            raise _fail_start(
-                store, name, f"QEMU started but QMP never answered: {error}"
-            ) from None
     if wait_for is not None:
 
         def alive() -> bool:
@@ -320,7 +317,8 @@ def start(
             notify(
                 "last console lines:\n" + ("\n".join(f"  | {line}" for line in tail) or "  (none)")
             )
-            raise _fail_start(store, name, message)
+            _record_failed_start(store, name, message)
+            raise ClanVMError(message)
     seconds = time.monotonic() - began
     details = f"pid {proc.pid}, {state.accel}" + (
         f", {wait_for!r} after {seconds:.1f}s" if wait_for else ""
@@ -331,7 +329,9 @@ def start(
     return Started(name, proc.pid, state.accel or "", seconds)
 
 
-def _follow_foreground(store: Store, name: str, child: Any, notify: Notify) -> None:
+def _follow_foreground(
+    store: Store, name: str, child: subprocess.Popen[bytes], notify: Notify
+) -> None:
     """Stream the console until QEMU exits; Ctrl-C or SIGTERM stops the VM gracefully."""
     paths = store.paths(name)
     offset = store.read_state(name).console_offset
