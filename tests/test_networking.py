@@ -116,10 +116,10 @@ def test_two_vms_on_one_bridge_reach_each_other(cli: CLI, guest: Guest, bridge_n
             ip("link", "delete", tap)
 
 
-def forwarded_port(cli: CLI, name: str, guest_port: int) -> int:
+def forwarded_port(cli: CLI, name: str, guest_port: int, protocol: str = "tcp") -> int:
     for forward in status(cli, name)["forwards"]:
         head, target = forward.split("->")
-        if target == str(guest_port) and head.startswith("tcp:"):
+        if target == str(guest_port) and head.startswith(f"{protocol}:"):
             return int(head.rsplit(":", 1)[1])
     raise AssertionError(f"no forward to {guest_port} in {status(cli, name)['forwards']}")
 
@@ -151,6 +151,20 @@ def test_auto_ports_are_distinct_and_reach_the_guest(cli: CLI, guest: Guest) -> 
     )
     with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/", timeout=20) as response:
         assert response.read().decode().strip() == "served-by-fw-a"
+
+    # UDP: nothing listens on guest port 53, so each datagram that arrives is counted by
+    # the guest kernel as "NoPorts" in /proc/net/snmp.
+    def udp_no_ports(marker: str) -> int:
+        out = guest_run(cli, "fw-a", f"echo {marker} $(grep Udp: /proc/net/snmp | tail -1)", marker)
+        fields = out.split(marker, 2)[2].split()  # the echo of the command line comes first
+        return int(fields[2])  # "Udp:" InDatagrams NoPorts ...
+
+    before = udp_no_ports("udp-before")
+    udp_port = forwarded_port(cli, "fw-a", 53, "udp")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(3):
+            sender.sendto(b"ping", ("127.0.0.1", udp_port))
+    assert udp_no_ports("udp-after") >= before + 3
     cli.ok("stop", "fw-a", "--force")
     assert status(cli, "fw-a")["forwards"] == [
         "tcp:127.0.0.1:auto->8080",
