@@ -366,7 +366,9 @@ def push(
         git_dir = git_dir_of(clan_dir) if commit else None
         loaded = _load(path)
         data, old_text = loaded if loaded is not None else ({}, "")
-        trailing_newline = old_text.endswith("\n")
+        # A file we create ends with a newline; an existing one keeps its own convention,
+        # so alternating writes by clan and by us do not flip it back and forth.
+        trailing_newline = loaded is None or old_text.endswith("\n")
         # Compare renderings rather than bytes: a no-op push must not reformat a
         # hand-formatted file.
         before = render_inventory(data, trailing_newline=trailing_newline)

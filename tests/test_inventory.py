@@ -277,7 +277,7 @@ def test_missing_inventory_is_created_with_only_machines(tmp_path: Path) -> None
     data = json.loads(text)
     assert list(data) == ["machines"]
     assert list(data["machines"]) == ["dev-vm"]
-    assert text == clan_text(data)
+    assert text == clan_text(data) + "\n"  # 2-space indent, and a new file ends with a newline
 
 
 def test_new_file_mode_follows_umask(tmp_path: Path) -> None:
