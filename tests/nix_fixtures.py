@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -64,6 +65,20 @@ class NixCLI(CLI):
         self.env["CLAN_VM_NIX_OFFLINE"] = "1"
         self.env["CLAN_VM_NIX_LOG"] = str(self.nix_log)
         self.env.pop("CLAN_VM_FLAKE", None)
+
+    def nix_run(self, flake: Path, app: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``nix run FLAKE#APP -- ARGS``, offline; the app finds clan-vm-manager on PATH."""
+        bindir = Path(self.command()[0]).parent
+        argv = ["nix", "--extra-experimental-features", "nix-command flakes"]
+        argv += ["--option", "substituters", "", "run", f"{flake}#{app}", "--", *args]
+        return subprocess.run(
+            argv,
+            env={**self.env, "PATH": f"{bindir}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     def nix_calls(self, kind: str = "") -> int:
         """How many nix invocations were logged (only those with KIND among their arguments)."""

@@ -148,17 +148,7 @@ def test_a_type_error_in_a_definition_is_one_line_naming_the_attribute(
 def test_generated_apps_run_the_tool_against_the_users_flake(
     ncli: NixCLI, user_flake: Path
 ) -> None:
-    bindir = Path(ncli.command()[0]).parent
-    argv = ["nix", "--extra-experimental-features", "nix-command flakes"]
-    argv += ["--option", "substituters", "", "run", f"{user_flake}#vm-list", "--", "--json"]
-    proc = subprocess.run(
-        argv,
-        env={**ncli.env, "PATH": f"{bindir}:{os.environ['PATH']}"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = ncli.nix_run(user_flake, "vm-list", "--json")
     assert proc.returncode == 0, proc.stderr
     listed = {vm["name"]: vm for vm in json.loads(proc.stdout)}
     assert listed["web"]["state"] == "not-created" and listed["web"]["memory"] == 256

@@ -143,18 +143,7 @@ def test_invoke_start_uses_the_flake_around_the_working_directory(
 
 @pytest.mark.vm
 def test_the_flake_app_program_starts_a_vm(ncli: NixCLI, test_flake: Path) -> None:
-    bindir = Path(ncli.command()[0]).parent  # the app runs clan-vm-manager from PATH
-    argv = ["nix", "--extra-experimental-features", "nix-command flakes"]
-    argv += ["--option", "substituters", "", "run", f"{test_flake}#vm-start", "--"]
-    argv += ["alpha", "--wait-for", READY, "--timeout", "120"]
-    proc = subprocess.run(
-        argv,
-        env={**ncli.env, "PATH": f"{bindir}:{os.environ['PATH']}"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = ncli.nix_run(test_flake, "vm-start", "alpha", "--wait-for", READY, "--timeout", "120")
     assert proc.returncode == 0, proc.stderr
     assert "started VM 'alpha'" in proc.stdout
     assert ncli.ok("status", "alpha").out.startswith("alpha: running")
