@@ -157,7 +157,7 @@ def test_console_relays_stdin_and_stdout_without_a_tty(cli: CLI, guest: Guest) -
 
 def test_wait_for_timeout_fails_and_prints_the_last_console_lines(cli: CLI, guest: Guest) -> None:
     cli.create_guest("slow", guest)
-    result = cli.run("start", "slow", "--wait-for", "this never appears", "--timeout", "8")
+    result = cli.run("start", "slow", "--wait-for", "this never appears", "--timeout", "15")
     assert result.code == 1
     assert "error: 'this never appears' did not appear" in result.err
     assert "still running" in result.err
