@@ -41,13 +41,9 @@ def info(path: Path) -> dict[str, Any]:
     return data
 
 
-def virtual_size_mib(path: Path) -> int:
-    return int(info(path)["virtual-size"]) >> 20
-
-
 def resize(path: Path, size_mib: int) -> None:
     """Grow a disk image; shrinking would destroy guest data and is refused."""
-    current = virtual_size_mib(path)
+    current = size_mib_ceil(path)
     if size_mib < current:
         raise ClanVMError(
             f"refusing to shrink {path} from {current} MiB to {size_mib} MiB (data would be lost)"

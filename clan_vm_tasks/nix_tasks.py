@@ -7,7 +7,6 @@ so ``list`` without a flake stays fast.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +16,12 @@ from invoke.exceptions import Exit
 from clan_vm_tasks import render
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
-from clan_vm_tasks.tasks import FLAKE_HELP, _number, _say, _store, vm_task
+from clan_vm_tasks.tasks import FLAKE_HELP, _notice, _number, _say, _store, vm_task
 
 if TYPE_CHECKING:
     from clan_vm_tasks.flakes import Flake
     from clan_vm_tasks.settings import Settings
     from clan_vm_tasks.store import Store
-
-
-def _notify(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _explicit(option: str | bool | None) -> Flake:
@@ -54,7 +49,7 @@ def apply_flake(store: Store, settings: Settings, option: str | None, name: str)
     flake = flakes.resolve(option)
     if flake is None or not flakes.uses_flake(store, flake, name):
         return
-    flakes.prepare(store, settings, flake, name, _notify)
+    flakes.prepare(store, settings, flake, name, _notice)
 
 
 def create_from_flake(option: str, name: str) -> None:
@@ -62,7 +57,7 @@ def create_from_flake(option: str, name: str) -> None:
 
     store, settings = _store()
     existed = store.exists(name)
-    config = flakes.prepare(store, settings, _explicit(option), name, _notify)
+    config = flakes.prepare(store, settings, _explicit(option), name, _notice)
     assert config is not None
     if existed:
         _say(f"VM '{name}' is up to date with its definition")
@@ -240,7 +235,7 @@ def boot_test(
     store, settings = _store()
     selected = _explicit(flake)
     results = runner.run(
-        store, settings, selected, chosen, expect=expect or None, timeout=seconds, notify=_notify
+        store, settings, selected, chosen, expect=expect or None, timeout=seconds, notify=_notice
     )
     if junit:
         runner.junit(results, Path(junit), f"clanVms.{flakes.current_system()}")
