@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clan_vm_tasks import example_guest  # noqa: E402
+from clan_vm_tasks.guests import example as example_guest  # noqa: E402
 
 READY = example_guest.READY_LINE
 BIN = Path(sys.executable).parent
@@ -126,13 +126,11 @@ def bench_boot(rounds: int, guest: Path, env: dict[str, str]) -> tuple[float, fl
 def bench_list(rounds: int, env: dict[str, str]) -> tuple[float, float]:
     sys.path.insert(0, str(ROOT))
     from clan_vm_tasks import lifecycle
-    from clan_vm_tasks.models import VMConfig
-    from clan_vm_tasks.settings import Settings
 
-    store = lifecycle.open_store(Settings(state_dir=Path(env["CLAN_VM_STATE_DIR"])))
+    store = lifecycle.open_store(lifecycle.Settings(state_dir=Path(env["CLAN_VM_STATE_DIR"])))
     for i in range(200):
         if not store.exists(f"vm{i:03}"):
-            lifecycle.create(store, VMConfig(name=f"vm{i:03}", disk_size=16))
+            lifecycle.create(store, lifecycle.VMConfig(name=f"vm{i:03}", disk_size=16))
     tool, baseline = [], []
     for _ in range(rounds):
         baseline.append(timed([sys.executable, "-c", "import invoke"], env))

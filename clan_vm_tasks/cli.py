@@ -14,10 +14,17 @@ from invoke.program import Program
 from clan_vm_tasks import __version__, tasks
 
 HELP_FLAGS = ("--help", "-h")
+# Tasks whose VM names may also be given as bare words (clan-vm-manager build web db), with
+# the options of theirs that take a value.
+NAMED_TASKS = {
+    "eval": ("--flake",),
+    "build": ("--flake",),
+    "boot-test": ("--flake", "--timeout", "--expect", "--junit"),
+}
 
 
 def collection() -> Collection:
-    return Collection.from_module(tasks)
+    return tasks.ns
 
 
 class VMProgram(Program):
@@ -41,10 +48,29 @@ def _usage_errors() -> Iterator[None]:
         sys.exit(2)
 
 
+def expand_names(argv: list[str]) -> list[str]:
+    """``TASK a b`` -> ``TASK --vm a --vm b`` (invoke has no variadic positionals)."""
+    for i, arg in enumerate(argv):
+        if arg in NAMED_TASKS:
+            takes_value = NAMED_TASKS[arg]
+            out, rest = argv[: i + 1], argv[i + 1 :]
+            j = 0
+            while j < len(rest):
+                word = rest[j]
+                if word in takes_value and j + 1 < len(rest):
+                    out += [word, rest[j + 1]]
+                    j += 2
+                    continue
+                out += [word] if word.startswith("-") or "=" in word else ["--vm", word]
+                j += 1
+            return out
+        if not arg.startswith("-") and i > 0:
+            break
+    return argv
+
+
 def normalise(argv: list[str]) -> list[str]:
     """Let ``TASK --help`` mean ``--help TASK``: invoke would take --help as TASK's argument."""
-    from clan_vm_tasks.nix_tasks import expand_names
-
     argv = expand_names(argv)
     args = argv[1:]
     names = set(collection().task_names)

@@ -1,4 +1,5 @@
-"""VM names double as directory and clan machine names, so they are kept strict."""
+"""VM names double as directory and clan machine names, so they are kept strict; a VM's
+MAC address is derived from its name."""
 
 from __future__ import annotations
 
@@ -29,3 +30,12 @@ def check_name(name: str) -> str:
     if problem:
         raise InvalidInput(problem)
     return name
+
+
+def mac_for(name: str) -> str:
+    """A locally administered unicast MAC that is the same for a name on every host."""
+    import hashlib  # lazy: names are checked on the list path, MACs are not needed there
+
+    digest = hashlib.sha256(f"clan-vm:{name}".encode()).digest()
+    octets = [0x02, *digest[:5]]  # 0x02: locally administered, unicast
+    return ":".join(f"{o:02x}" for o in octets)

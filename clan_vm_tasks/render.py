@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
+
+Notify = Callable[[str], None]  # how operations report progress and warnings
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -31,3 +34,8 @@ def state_word(info: dict[str, Any]) -> str:
 def key_values(pairs: Sequence[tuple[str, object]]) -> str:
     width = max(len(k) for k, _ in pairs)
     return "\n".join(f"{k + ':':<{width + 1}} {'-' if v is None else v}" for k, v in pairs)
+
+
+def notice(message: str) -> None:
+    """The default Notify: one line on stderr, at once."""
+    print(message, file=sys.stderr, flush=True)

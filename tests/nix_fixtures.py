@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clan_vm_tasks import example_guest
+from clan_vm_tasks.guests import example as example_guest
 from tests.conftest import CLI, ROOT, Guest
 
 NIX = shutil.which("nix")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,24 +12,34 @@ from pathlib import Path
 
 import pytest
 
-from clan_vm_tasks import lifecycle, overview
-from clan_vm_tasks.example_guest import POWER_BUTTON_LINE
-from clan_vm_tasks.models import VMConfig
-from clan_vm_tasks.settings import Settings
+from clan_vm_tasks import lifecycle
+from clan_vm_tasks.guests.example import POWER_BUTTON_LINE
 from tests.conftest import CLI, READY, ROOT, Guest
 
-TASKS = [
-    "console",
-    "create",
-    "delete",
-    "history",
-    "list",
-    "restart",
-    "show",
-    "start",
-    "status",
-    "stop",
-]
+TASKS = sorted(
+    [
+        "boot-test",
+        "build",
+        "console",
+        "create",
+        "delete",
+        "eval",
+        "history",
+        "inventory",
+        "list",
+        "pause",
+        "resize",
+        "restart",
+        "resume",
+        "revert",
+        "show",
+        "snapshot",
+        "snapshots",
+        "start",
+        "status",
+        "stop",
+    ]
+)
 
 
 @pytest.mark.parametrize(
@@ -40,10 +51,10 @@ def test_task_help_both_ways(cli: CLI, args: tuple[str, ...]) -> None:
     assert "--wait-for" in result.out and "--foreground" in result.out
 
 
-def test_invoke_lists_the_tasks_in_the_repository(cli: CLI) -> None:
-    listed = cli.ok("--list", entry="invoke", cwd=ROOT).out
-    for name in TASKS:
-        assert f"  {name} " in listed
+@pytest.mark.parametrize("where", [ROOT, ROOT / "templates" / "default"])
+def test_invoke_finds_every_task_in_the_repository_and_the_template(cli: CLI, where: Path) -> None:
+    listed = cli.ok("--list", entry="invoke", cwd=where).out
+    assert sorted(re.findall(r"^  (\S+)", listed, re.MULTILINE)) == TASKS
     assert cli.ok("--list", entry="module").out == cli.ok("--list").out
 
 
@@ -63,9 +74,9 @@ def test_invoke_and_module_drive_the_same_vm(cli: CLI, guest: Guest) -> None:
 
 @pytest.mark.vm
 def test_python_api(state_dir: Path, guest: Guest) -> None:
-    settings = Settings(state_dir=state_dir, accel="tcg")
+    settings = lifecycle.Settings(state_dir=state_dir, accel="tcg")
     store = lifecycle.open_store(settings)
-    config = VMConfig(
+    config = lifecycle.VMConfig(
         name="api",
         cpus=1,
         memory=192,
@@ -81,7 +92,7 @@ def test_python_api(state_dir: Path, guest: Guest) -> None:
     stopped = lifecycle.stop(store, "api")
     assert stopped.step == "acpi"
     assert lifecycle.delete(store, "api", force=True) is None
-    assert overview.list_vms(store) == []
+    assert lifecycle.list_vms(store) == []
 
 
 @pytest.mark.vm

@@ -6,8 +6,7 @@ import pytest
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.models import PortForward, VMConfig, validate
-from clan_vm_tasks.names import check_name
-from clan_vm_tasks.network import mac_for
+from clan_vm_tasks.names import check_name, mac_for
 
 
 def test_nix_camel_case_and_python_snake_case_are_the_same_definition() -> None:

@@ -1,0 +1,1 @@
+"""Hypervisor backends: the interface the VM operations use, and its implementations."""

@@ -1,0 +1,2 @@
+"""The local QEMU backend: command line, processes, QMP, console, accelerator, images, host
+networking."""

@@ -1,0 +1,1 @@
+"""The clan inventory: ``inventory.json`` and keeping it in step with VMs."""

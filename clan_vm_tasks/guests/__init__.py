@@ -1,0 +1,1 @@
+"""Guests bundled for the demo, the tests and the benchmarks."""

@@ -1,0 +1,153 @@
+"""``boot-test``: build and boot declared VMs, wait for their ready text, power them off.
+
+Meant for CI: every failure is a row in the result table (and a JUnit failure),
+never an abort of the whole run; the caller exits non-zero if any VM failed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.nix.declared import declared as declared_vms
+from clan_vm_tasks.nix.flakes import Flake
+from clan_vm_tasks.nix.prepare import prepare
+from clan_vm_tasks.render import Notify
+from clan_vm_tasks.state import files
+from clan_vm_tasks.state.settings import Settings
+from clan_vm_tasks.state.store import Store
+from clan_vm_tasks.vm import machines, reconcile
+from clan_vm_tasks.vm.start import start
+from clan_vm_tasks.vm.stop import stop
+
+POWER_OFF_TIMEOUT = 15.0
+# Console output carries control characters that XML 1.0 cannot hold.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("", text)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    passed: bool
+    seconds: float | None  # until the ready text appeared
+    message: str
+    console: str = ""  # last console lines, for the failure report
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    expect: str
+    timeout: float
+
+
+def _plan(
+    store: Store,
+    settings: Settings,
+    flake: Flake,
+    name: str,
+    expect: str | None,
+    timeout: float | None,
+    notify: Notify,
+) -> Plan | Result:
+    """Build and create (or update) one VM; a problem becomes that VM's failed result."""
+    try:
+        if reconcile.current(store, name).status in reconcile.ACTIVE:
+            return Result(name, False, None, "already running; stop it before a boot test")
+        config = prepare(store, settings, flake, name, notify)
+        assert config is not None  # the flake is explicit here
+    except ClanVMError as error:
+        return Result(name, False, None, str(error))
+    text = expect or config.boot_test.expect
+    if not text:
+        return Result(name, False, None, "no bootTest.expect declared and no --expect given")
+    return Plan(name, text, timeout or float(config.boot_test.timeout))
+
+
+def _boot(store: Store, settings: Settings, plan: Plan) -> Result:
+    offset = 0
+    try:
+        offset = store.read_state(plan.name).console_offset
+        started = start(
+            store, settings, plan.name, wait_for=plan.expect, timeout=plan.timeout, notify=_quiet
+        )
+    except ClanVMError as error:
+        state = store.read_state(plan.name)
+        tail = machines.machine(store, plan.name, state).console_tail(
+            state.console_offset or offset
+        )
+        _power_off(store, plan.name)
+        return Result(plan.name, False, None, str(error), "\n".join(tail))
+    try:
+        stopped = stop(store, plan.name, timeout=POWER_OFF_TIMEOUT, notify=_quiet)
+    except ClanVMError as error:
+        return Result(plan.name, False, started.seconds, f"booted but did not stop: {error}")
+    return Result(plan.name, True, started.seconds, f"{plan.expect!r} seen; {stopped.words}")
+
+
+def _quiet(message: str) -> None:
+    del message
+
+
+def _power_off(store: Store, name: str) -> None:
+    try:
+        if reconcile.current(store, name).status in reconcile.ACTIVE:
+            stop(store, name, force=True, notify=_quiet)
+    except ClanVMError:
+        pass
+
+
+def run(
+    store: Store,
+    settings: Settings,
+    flake: Flake,
+    names: list[str],
+    *,
+    expect: str | None = None,
+    timeout: float | None = None,
+    notify: Notify,
+) -> list[Result]:
+    declared = declared_vms(store, flake)
+    chosen = names or sorted(declared)
+    prepared = [_plan(store, settings, flake, n, expect, timeout, notify) for n in chosen]
+    plans = [p for p in prepared if isinstance(p, Plan)]
+    workers = max(1, min(len(plans), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        booted = {r.name: r for r in pool.map(lambda p: _boot(store, settings, p), plans)}
+    return [booted[p.name] if isinstance(p, Plan) else p for p in prepared]
+
+
+def junit(results: list[Result], path: Path, suite: str) -> None:
+    total = sum(r.seconds or 0.0 for r in results)
+    root = ET.Element(
+        "testsuite",
+        name=suite,
+        tests=str(len(results)),
+        failures=str(sum(not r.passed for r in results)),
+        errors="0",
+        time=f"{total:.3f}",
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    for result in results:
+        case = ET.SubElement(
+            root, "testcase", classname=suite, name=result.name, time=f"{result.seconds or 0:.3f}"
+        )
+        if result.passed:
+            ET.SubElement(case, "system-out").text = _xml_text(result.message)
+        else:
+            failure = ET.SubElement(case, "failure", message=_xml_text(result.message))
+            failure.text = _xml_text(result.console or result.message)
+    data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    path = path.absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.atomic_write(path, data + b"\n", mode=0o644)

@@ -1,0 +1,117 @@
+"""What a flake declares: every VM of ``clanVms.SYSTEM`` (from the evaluation cache when the
+flake is unchanged), one of them as a validated ``VMConfig``, and the rows ``list --flake`` adds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from clan_vm_tasks.errors import ClanVMError, InvalidInput
+from clan_vm_tasks.nix import cache as evalcache
+from clan_vm_tasks.nix import command, evaluate, flakes
+from clan_vm_tasks.nix.flakes import Flake, current_system, where
+
+if TYPE_CHECKING:
+    from clan_vm_tasks.models import VMConfig
+    from clan_vm_tasks.state.store import Store
+
+
+def declared(store: Store, flake: Flake) -> dict[str, evaluate.Evaluated]:
+    """Every VM the flake declares for this system; from the cache when the flake is unchanged."""
+    system = current_system()
+    key = evalcache.key(flake.ref, flake.directory, system)
+    cached = evalcache.load(store.root, key)
+    if cached is not None:
+        return {name: evaluate.Evaluated(**value) for name, value in cached.items()}
+    known: dict[str, str] = {}
+    if evaluate.have_eval_jobs():
+        for job in evaluate.eval_jobs(flake.ref, system):
+            if job.error and job.attr_path:
+                path = command.attr("clanVms", system, *job.attr_path)
+                known.setdefault(job.attr_path[0], f"nix evaluation of {path} failed: {job.error}")
+    vms = evaluate.evaluate(flake.ref, system, known)
+    if not any(vm.error for vm in vms.values()):  # a failure may be transient: never cached
+        evalcache.save(store.root, key, {name: asdict(vm) for name, vm in vms.items()})
+    return vms
+
+
+def require(vms: dict[str, evaluate.Evaluated], flake: Flake, name: str) -> evaluate.Evaluated:
+    found = vms.get(name)
+    if found is None:
+        names = ", ".join(sorted(vms)) or "none"
+        raise InvalidInput(
+            f"flake {flake.ref} declares no VM '{name}' for {current_system()} (declared: {names})"
+        )
+    if found.error:
+        raise ClanVMError(found.error)
+    return found
+
+
+def to_config(name: str, evaluated: evaluate.Evaluated) -> VMConfig:
+    """The definition as a VMConfig; a wrong type names the attribute path, like Nix would."""
+    from pydantic import ValidationError
+
+    from clan_vm_tasks.models import VMConfig
+
+    data = dict(evaluated.definition)
+    if data.setdefault("name", name) != name:
+        raise InvalidInput(f"{where(name)}.name: must be {name!r}, got {data['name']!r}")
+    try:
+        return VMConfig.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            path = ".".join([where(name), *(str(p) for p in item["loc"])])
+            message = str(item["msg"]).removeprefix("Value error, ")
+            got = json.dumps(item.get("input"), default=str)
+            problems.append(f"{path}: {message[0].lower()}{message[1:]}, got {got}")
+        raise InvalidInput("; ".join(problems)) from None
+
+
+def list_rows(
+    store: Store, flake: Flake, vms: list[dict[str, Any]], state_filter: str | None
+) -> list[dict[str, Any]]:
+    """list --flake: created VMs marked declared or not, plus declared VMs not created yet."""
+    found = declared(store, flake)
+    listed = {v["name"] for v in vms}
+    rows = [{**v, "declared": v["name"] in found} for v in vms]
+    if state_filter in (None, "not-created"):
+        for name, vm in sorted(found.items()):
+            if name in listed or store.exists(name):
+                continue
+            definition = vm.definition
+            network = definition.get("network") or {}
+            rows.append(
+                {
+                    "name": name,
+                    "state": "eval-error" if vm.error else "not-created",
+                    "pid": None,
+                    "cpus": definition.get("cpus"),
+                    "memory": definition.get("memory"),
+                    "disk_size": definition.get("diskSize"),
+                    "network": network.get("mode") if isinstance(network, dict) else None,
+                    "forwards": [],
+                    "declared": True,
+                    "error": vm.error,
+                }
+            )
+    return sorted(rows, key=lambda v: str(v["name"]))
+
+
+def definition_for_show(store: Store, option: str | None, name: str) -> dict[str, Any] | None:
+    """show NAME: the flake's definition of NAME, when a flake applies to it."""
+    from clan_vm_tasks.nix.realise import uses_flake
+
+    if not flakes.around(option):
+        return None
+    flake = flakes.resolve(option)
+    if flake is None or not uses_flake(store, flake, name):
+        return None
+    vms = declared(store, flake)
+    if name not in vms:
+        if flake.explicit and not store.exists(name):
+            require(vms, flake, name)
+        return None
+    return require(vms, flake, name).definition

@@ -1,1 +1,0 @@
-"""The QEMU driver: argument building, process control, QMP and the serial console."""

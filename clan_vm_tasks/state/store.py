@@ -1,0 +1,223 @@
+"""The state directory: one directory per VM, its recorded state, and per-VM locks.
+
+Layout under the state dir (mode 0700)::
+
+    vms/NAME/config.json   the resolved definition (VMConfig)
+    vms/NAME/state.json    what we last recorded (VMState); reconciled before use
+    vms/NAME/disk.qcow2, console.log, qemu.pid, qemu.log
+    locks/NAME.lock        serialises commands on one VM, not across VMs
+    history.jsonl          append-only event log
+    kept-disks/            disks of VMs deleted without --force
+
+Sockets live in a short runtime directory because unix socket paths are limited
+to 108 bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from clan_vm_tasks.errors import ClanVMError, UnknownVM
+from clan_vm_tasks.names import check_name
+from clan_vm_tasks.state import files
+
+LOCK_TIMEOUT = 120.0
+STATES = ("running", "stopped", "paused", "crashed")
+
+
+@dataclass
+class VMState:
+    """What we recorded about a VM. ``status`` is only a claim until reconciled."""
+
+    status: str = "stopped"
+    pid: int | None = None
+    pid_start: int | None = None  # /proc start time, so a recycled pid is never ours
+    accel: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    stopped_at: str | None = None
+    stop_step: str | None = None
+    console_offset: int = 0  # console.log size when the current boot began
+    tap: str | None = None  # a tap device we made for this boot; removed when it ends
+    forwards: list[str] = dataclasses.field(default_factory=list)  # as chosen at start
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> VMState:
+        """Parse state.json; anything unreadable becomes a stopped VM (repair, not crash)."""
+        try:
+            return cls.from_raw(json.loads(raw))
+        except ValueError:
+            return cls()
+
+    @classmethod
+    def from_raw(cls, data: Any) -> VMState:
+        """Like from_json, for already parsed JSON."""
+        if not isinstance(data, dict):
+            return cls()
+        state = cls()
+        for key, value in data.items():
+            expected = _FIELD_TYPES.get(key)
+            # bool is not an int here; a list must hold strings only
+            if (
+                expected is not None
+                and type(value) is expected
+                and (not isinstance(value, list) or all(isinstance(v, str) for v in value))
+            ):
+                setattr(state, key, value)
+        if state.status not in STATES:
+            state.status = "stopped"
+        return state
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=2).encode() + b"\n"
+
+
+_INT_FIELDS = ("pid", "pid_start", "console_offset")
+_FIELD_TYPES: dict[str, type] = {
+    f.name: int if f.name in _INT_FIELDS else list if f.name == "forwards" else str
+    for f in dataclasses.fields(VMState)
+}
+
+
+def runtime_root() -> Path:
+    """Where sockets live. Fixed, not taken from $XDG_RUNTIME_DIR: a command run from cron
+    or another login must find the sockets of a VM started elsewhere (like tmux's /tmp/tmux-UID).
+    """
+    return Path("/tmp") / f"clan-vm-{os.getuid()}"
+
+
+class VMPaths:
+    """Where one VM's files live; each path is built on first use (``list`` touches two)."""
+
+    def __init__(self, vm_dir: Path) -> None:
+        self.dir = vm_dir
+
+    @cached_property
+    def run(self) -> Path:
+        import hashlib  # lazy: most commands never need a socket path
+
+        # One short socket directory per VM directory, so two state dirs never collide.
+        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:16]
+        return runtime_root() / digest
+
+    @cached_property
+    def config(self) -> Path:
+        return self.dir / "config.json"
+
+    @cached_property
+    def state(self) -> Path:
+        return self.dir / "state.json"
+
+    @cached_property
+    def disk(self) -> Path:
+        return self.dir / "disk.qcow2"
+
+    @cached_property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @cached_property
+    def pidfile(self) -> Path:
+        return self.dir / "qemu.pid"
+
+    @cached_property
+    def qemu_log(self) -> Path:
+        return self.dir / "qemu.log"
+
+    @cached_property
+    def qmp_socket(self) -> Path:
+        return self.run / "qmp.sock"
+
+    @cached_property
+    def serial_socket(self) -> Path:
+        return self.run / "serial.sock"
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.vms = root / "vms"
+        self.history = root / "history.jsonl"
+        self._locks = root / "locks"
+        self._paths: dict[str, VMPaths] = {}
+
+    def ensure(self) -> Store:
+        for path in (self.root, self.vms, self._locks):
+            files.private_dir(path)
+        return self
+
+    def paths(self, name: str) -> VMPaths:
+        cached = self._paths.get(name)
+        if cached is None:
+            check_name(name)
+            cached = self._paths[name] = VMPaths(self.vms / name)
+        return cached
+
+    def exists(self, name: str) -> bool:
+        return os.path.isfile(f"{self.vms}/{name}/config.json")
+
+    def require(self, name: str) -> VMPaths:
+        paths = self.paths(name)
+        if not paths.config.is_file():
+            raise UnknownVM(name)
+        return paths
+
+    def names(self) -> list[str]:
+        try:
+            entries = os.listdir(self.vms)
+        except FileNotFoundError:
+            return []
+        # Hidden entries are half-created or half-deleted VMs, never listed.
+        return sorted(e for e in entries if not e.startswith(".") and self.exists(e))
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+        check_name(name)
+        files.private_dir(self._locks)
+        with files.locked(self._locks / f"{name}.lock", f"VM '{name}'", timeout):
+            yield
+
+    def try_lock(self, name: str) -> int | None:
+        files.private_dir(self._locks)
+        return files.try_lock(self._locks / f"{name}.lock")
+
+    def read_state(self, name: str) -> VMState:
+        try:
+            return VMState.from_json(self.paths(name).state.read_bytes())
+        except FileNotFoundError:
+            return VMState()
+
+    def write_state(self, name: str, state: VMState) -> None:
+        files.atomic_write(self.paths(name).state, state.to_json())
+
+    def read_config(self, name: str) -> dict[str, Any]:
+        paths = self.require(name)
+        try:
+            data = json.loads(paths.config.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ClanVMError(f"VM '{name}' has an unreadable {paths.config}: {error}") from None
+        if not isinstance(data, dict):
+            raise ClanVMError(f"VM '{name}' has an unreadable {paths.config}")
+        return data
+
+    def staging_dir(self, name: str, purpose: str) -> Path:
+        """A hidden sibling of the VM directory, for building or tearing one down atomically."""
+        return self.vms / f".{purpose}-{name}-{os.getpid()}"
+
+    def sweep_leftovers(self, name: str) -> None:
+        """Remove what an interrupted create or delete of NAME left behind (caller holds lock)."""
+        for purpose in ("creating", "deleting"):
+            prefix = f".{purpose}-{name}-"
+            for leftover in self.vms.glob(f"{prefix}*"):
+                # "web-2" shares the prefix of "web"; only "<prefix><pid>" is ours.
+                if leftover.name.removeprefix(prefix).isdigit():
+                    shutil.rmtree(leftover, ignore_errors=True)

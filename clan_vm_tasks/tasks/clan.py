@@ -1,0 +1,54 @@
+"""The clan task: ``inventory push|remove NAME``."""
+
+from __future__ import annotations
+
+from invoke.context import Context
+
+from clan_vm_tasks.errors import InvalidInput
+from clan_vm_tasks.names import check_name
+from clan_vm_tasks.tasks.common import CLAN_DIR_HELP, NAME_HELP, open_store, say, vm_task
+
+
+@vm_task(
+    positional=["action", "name"],
+    iterable=["tag"],
+    help={
+        "action": "push or remove",
+        "name": NAME_HELP,
+        "clan_dir": CLAN_DIR_HELP,
+        "tag": "extra clan tag for the machine (repeatable; 'vm' is always set)",
+        "force": "take over (push) or remove a machine entry that is not ours",
+        "commit": "commit inventory.json in its git repository, like clan-cli does",
+    },
+)
+def inventory(
+    c: Context,
+    action: str,
+    name: str,
+    clan_dir: str | None = None,
+    tag: list[str] | None = None,
+    force: bool = False,
+    commit: bool = False,
+) -> None:
+    """Add a VM to the clan's inventory.json as a machine (push), or take it out (remove)."""
+    from clan_vm_tasks.clan import inventory as inv
+    from clan_vm_tasks.clan import sync
+
+    check_name(name)
+    directory = sync.clan_dir(clan_dir)
+    if directory is None:
+        raise InvalidInput("no clan directory: pass --clan-dir DIR or set CLAN_DIR")
+    path = directory / inv.INVENTORY_FILE
+    if action == "push":
+        store, _ = open_store()
+        store.require(name)
+        port = sync.ssh_port(store, name)
+        changed = inv.push(
+            directory, name, ssh_port=port, tags=tag or [], force=force, commit=commit
+        )
+        say(f"{'updated' if changed else 'unchanged:'} machine '{name}' in {path}")
+    elif action == "remove":
+        changed = inv.remove(directory, name, force=force, commit=commit)
+        say(f"{'removed' if changed else 'nothing to remove:'} machine '{name}' from {path}")
+    else:
+        raise InvalidInput(f"unknown inventory action {action!r}: use push or remove")

@@ -1,0 +1,90 @@
+"""The disk tasks: snapshot, revert, snapshots, resize."""
+
+from __future__ import annotations
+
+from invoke.context import Context
+
+from clan_vm_tasks import render
+from clan_vm_tasks.names import check_name
+from clan_vm_tasks.tasks.common import NAME_HELP, number, open_store, say, vm_task
+
+
+@vm_task(
+    help={
+        "name": NAME_HELP,
+        "snap": "name of the snapshot",
+        "delete": "delete the snapshot instead of taking it",
+        "live": "require a running VM (snapshot with memory state); fail if it is stopped",
+    }
+)
+def snapshot(c: Context, name: str, snap: str, delete: bool = False, live: bool = False) -> None:
+    """Take a snapshot: with memory state if the VM runs, of the disk if it is stopped."""
+    from clan_vm_tasks.vm import snapshots
+
+    check_name(name)
+    store, _ = open_store()
+    if delete:
+        snapshots.delete(store, name, snap)
+        say(f"deleted snapshot '{snap}' of VM '{name}'")
+        return
+    taken = snapshots.take(store, name, snap, live=live)
+    what = "with memory state" if taken.memory else "of the disk"
+    say(f"took snapshot '{snap}' of VM '{name}' {what}")
+
+
+@vm_task(help={"name": NAME_HELP, "snap": "name of the snapshot"})
+def revert(c: Context, name: str, snap: str) -> None:
+    """Revert a VM to a snapshot: a running VM gets memory and disk back, a stopped one its disk."""
+    from clan_vm_tasks.vm import snapshots
+
+    check_name(name)
+    store, _ = open_store()
+    target, status = snapshots.revert(store, name, snap)
+    if status in ("running", "paused"):
+        say(f"reverted VM '{name}' to snapshot '{snap}' (memory and disk); it is {status}")
+    else:
+        note = " (its memory state is only restored into a running VM)" if target.memory else ""
+        say(f"reverted the disk of VM '{name}' to snapshot '{snap}'{note}")
+
+
+@vm_task(help={"name": NAME_HELP, "json": "print a JSON array"})
+def snapshots(c: Context, name: str, json: bool = False) -> None:
+    """List a VM's snapshots: name, date, size of saved memory state."""
+    from clan_vm_tasks.vm import snapshots as snaps
+
+    check_name(name)
+    store, _ = open_store()
+    found = snaps.list_snapshots(store, name)
+    if json:
+        say(render.as_json([s.as_dict() for s in found]))
+        return
+    if not found:
+        say(f"VM '{name}' has no snapshots")
+        return
+    say(
+        render.table(
+            ["NAME", "DATE", "MEMORY", "VM STATE SIZE"],
+            [
+                [s.name, s.date, "yes" if s.memory else "no", f"{s.vm_state_size >> 20} MiB"]
+                for s in found
+            ],
+        )
+    )
+
+
+@vm_task(help={"name": NAME_HELP, "disk": "new disk size in MiB (only growing is allowed)"})
+def resize(c: Context, name: str, disk: str | None = None) -> None:
+    """Grow the disk of a stopped VM."""
+    from clan_vm_tasks.errors import InvalidInput
+    from clan_vm_tasks.vm.resize import resize as resize_vm
+
+    check_name(name)
+    if disk is None:
+        raise InvalidInput("resize needs --disk MIB")
+    size = number(disk, "disk", 0)
+    store, _ = open_store()
+    old, new = resize_vm(store, name, size)
+    if old == new:
+        say(f"the disk of VM '{name}' already is {new} MiB")
+    else:
+        say(f"grew the disk of VM '{name}' from {old} MiB to {new} MiB")

@@ -1,0 +1,203 @@
+"""The tasks that look without changing anything: list, status, show, console, history."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from invoke.context import Context
+
+from clan_vm_tasks import render
+from clan_vm_tasks.errors import InvalidInput
+from clan_vm_tasks.names import check_name
+from clan_vm_tasks.state.store import STATES
+from clan_vm_tasks.tasks.common import FLAKE_HELP, NAME_HELP, number, open_store, say, vm_task
+
+
+def _describe_declared(name: str, definition: dict[str, Any]) -> str:
+    pairs: list[tuple[str, object]] = [("name", name), ("state", "not created (declared)")]
+    pairs += [
+        (k, render.as_json(v) if isinstance(v, dict | list) else v) for k, v in definition.items()
+    ]
+    return render.key_values(pairs)
+
+
+@vm_task(
+    name="list",
+    optional=["flake"],
+    help={
+        "filter": "only VMs in this state: " + ", ".join(STATES),
+        "json": "print a JSON array",
+        "flake": "also list the VMs this flake declares (bare --flake: the flake around the cwd)",
+    },
+)
+def list_(
+    c: Context, filter: str | None = None, json: bool = False, flake: str | bool | None = None
+) -> None:
+    """List VMs with their state."""
+    from clan_vm_tasks.vm.listing import list_vms
+
+    if filter is not None and filter not in STATES:
+        raise InvalidInput(f"unknown state {filter!r}: use one of {', '.join(STATES)}")
+    store, _ = open_store()
+    vms = list_vms(store, filter)
+    if flake or os.environ.get("CLAN_VM_FLAKE"):
+        from clan_vm_tasks.nix import declared, flakes
+
+        vms = declared.list_rows(store, flakes.chosen(flake), vms, filter)
+    if json:
+        say(render.as_json(vms))
+        return
+    if not vms:
+        say(
+            "no VMs"
+            + (f" in state {filter}" if filter else "")
+            + " (create one: clan-vm-manager create NAME)"
+        )
+        return
+    say(
+        render.table(
+            ["NAME", "STATE", "PID", "CPUS", "MEMORY", "NETWORK", "FORWARDS"]
+            + (["FLAKE"] if vms and "declared" in vms[0] else []),
+            [
+                [
+                    v["name"],
+                    v["state"],
+                    v["pid"],
+                    v["cpus"],
+                    f"{v['memory']} MiB",
+                    v["network"],
+                    ", ".join(v["forwards"]) or None,
+                    *(["declared" if v["declared"] else None] if "declared" in v else []),
+                ]
+                for v in vms
+            ],
+        )
+    )
+
+
+@vm_task(help={"name": NAME_HELP, "json": "print a JSON object"})
+def status(c: Context, name: str, json: bool = False) -> None:
+    """Show whether a VM runs, checked against its process and QMP."""
+    from clan_vm_tasks.vm.inspect import status as vm_status
+
+    check_name(name)
+    store, _ = open_store()
+    info = vm_status(store, name)
+    say(render.as_json(info) if json else f"{name}: {render.state_word(info)}")
+
+
+@vm_task(help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP})
+def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
+    """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
+    from clan_vm_tasks.nix import flakes
+    from clan_vm_tasks.vm.inspect import show as vm_show
+
+    check_name(name)
+    store, settings = open_store()
+    declared = None
+    if flakes.around(flake):
+        from clan_vm_tasks.nix.declared import definition_for_show
+
+        declared = definition_for_show(store, flake, name)
+    if declared is not None and not store.exists(name):
+        say(render.as_json(declared) if json else _describe_declared(name, declared))
+        return
+    info = vm_show(store, settings, name)
+    if declared is not None:
+        info["declared"] = declared
+    if json:
+        say(render.as_json(info))
+        return
+    config = info["config"]
+    say(
+        render.key_values(
+            [
+                ("name", name),
+                ("state", render.state_word(info)),
+                ("accel", info["accel"]),
+                ("cpus", info["cpus"]),
+                ("memory", f"{info['memory']} MiB"),
+                *(
+                    (
+                        "disk",
+                        f"{d['path']} ({d['format']}, {(d['virtual_size'] or 0) >> 20} MiB"
+                        + (f", backing file {d['backing_file']}" if d["backing_file"] else "")
+                        + ")",
+                    )
+                    for d in info["disks"]
+                ),
+                ("kernel", config["kernel"]),
+                ("initrd", config["initrd"]),
+                ("append", config["append"]),
+                ("machine", config["machine"]),
+                ("network", f"{info['network']}, mac {info['mac']}"),
+                ("forwards", ", ".join(info["forwards"]) or None),
+                ("qemu args", " ".join(config["qemu_args"]) or None),
+                ("console log", info["console_log"]),
+                ("qmp socket", info["qmp_socket"]),
+                ("directory", info["directory"]),
+                ("created", info["created_at"]),
+            ]
+        )
+    )
+
+
+@vm_task(help={"name": NAME_HELP, "log": "print the console output so far instead of attaching"})
+def console(c: Context, name: str, log: bool = False) -> None:
+    """Attach to a VM's serial console (Ctrl-] detaches); without a TTY, relay stdin/stdout."""
+    from clan_vm_tasks.vm.inspect import attach_console, console_log
+
+    check_name(name)
+    store, _ = open_store()
+    if log:
+        sys.stdout.buffer.write(console_log(store, name))
+        sys.stdout.flush()
+        return
+    why = attach_console(store, name)
+    if why == "detached":
+        print("\r\ndetached from the console", file=sys.stderr)
+
+
+@vm_task(
+    help={
+        "vm": "only events of this VM",
+        "limit": "at most this many events",
+        "json": "print a JSON array",
+    }
+)
+def history(
+    c: Context, vm: str | None = None, limit: str | None = None, json: bool = False
+) -> None:
+    """Show what happened to VMs, newest first."""
+    from dataclasses import asdict
+
+    from clan_vm_tasks.state import history as log
+
+    if vm is not None:
+        check_name(vm)
+    count = None if limit is None else number(limit, "limit", 0)
+    store, _ = open_store()
+    events = log.read(store.history, vm, count)
+    if json:
+        say(render.as_json([asdict(e) for e in events]))
+        return
+    if not events:
+        say("no history yet")
+        return
+    say(
+        render.table(
+            ["TIME", "VM", "ACTION", "USER", "DETAILS"],
+            [
+                [
+                    e.timestamp,
+                    e.vm,
+                    e.action + (" (failed)" if e.result != "ok" else ""),
+                    e.user,
+                    e.details,
+                ]
+                for e in events
+            ],
+        )
+    )

@@ -1,0 +1,120 @@
+"""The Nix tasks: ``eval``, ``build``, ``boot-test``.
+
+The Nix modules (and pydantic) are imported inside the tasks, so tasks that do
+not use a flake never pay for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke.context import Context
+from invoke.exceptions import Exit
+
+from clan_vm_tasks import render
+from clan_vm_tasks.names import check_name
+from clan_vm_tasks.render import notice
+from clan_vm_tasks.tasks.common import FLAKE_HELP, number, open_store, say, vm_task
+
+
+def _names(names: list[str] | None) -> list[str]:
+    for name in names or []:
+        check_name(name)
+    return list(names or [])
+
+
+@vm_task(
+    name="eval",
+    iterable=["vm"],
+    help={"vm": "a VM to show (repeatable; default: all)", "flake": FLAKE_HELP},
+)
+def eval_(c: Context, vm: list[str] | None = None, flake: str | None = None) -> None:
+    """Print the evaluated clanVms definitions of a flake as JSON."""
+    from clan_vm_tasks.nix import flakes
+    from clan_vm_tasks.nix.declared import declared, require, to_config
+
+    chosen = _names(vm)
+    store, _ = open_store()
+    selected = flakes.chosen(flake)
+    vms = declared(store, selected)
+    result = {}
+    for name in chosen or sorted(vms):
+        found = require(vms, selected, name)
+        to_config(name, found)  # a wrong type is an error here too
+        result[name] = found.definition
+    say(render.as_json(result))
+
+
+@vm_task(
+    iterable=["vm"], help={"vm": "a VM to build (repeatable; default: all)", "flake": FLAKE_HELP}
+)
+def build(c: Context, vm: list[str] | None = None, flake: str | None = None) -> None:
+    """Build the kernels and initrds of declared VMs and print their store paths."""
+    from clan_vm_tasks.nix import flakes
+    from clan_vm_tasks.nix.declared import declared, require, to_config
+    from clan_vm_tasks.nix.realise import realise
+
+    chosen = _names(vm)
+    store, _ = open_store()
+    selected = flakes.chosen(flake)
+    vms = declared(store, selected)
+    rows = []
+    for name in chosen or sorted(vms):
+        found = require(vms, selected, name)
+        to_config(name, found)
+        realise(store, selected, name, found)
+        rows += [[name, field, found.definition[field]] for field in found.installables]
+    say(render.table(["NAME", "FILE", "PATH"], rows))
+
+
+@vm_task(
+    name="boot-test",
+    iterable=["vm"],
+    help={
+        "vm": "a VM to boot (repeatable; default: every declared VM)",
+        "flake": FLAKE_HELP,
+        "timeout": "seconds each VM gets to show its ready text (default: its bootTest.timeout)",
+        "expect": "ready text to wait for (default: each VM's bootTest.expect)",
+        "junit": "also write the results as JUnit XML to this file",
+    },
+)
+def boot_test(
+    c: Context,
+    vm: list[str] | None = None,
+    flake: str | None = None,
+    timeout: str | None = None,
+    expect: str | None = None,
+    junit: str | None = None,
+) -> None:
+    """Build and boot declared VMs in parallel, wait until each is ready, power them off (CI)."""
+    from clan_vm_tasks.nix import boot_test as runner
+    from clan_vm_tasks.nix import flakes
+
+    chosen = _names(vm)
+    seconds = None if timeout is None else number(timeout, "timeout", 0, float)
+    store, settings = open_store()
+    selected = flakes.chosen(flake)
+    results = runner.run(
+        store, settings, selected, chosen, expect=expect or None, timeout=seconds, notify=notice
+    )
+    if junit:
+        runner.junit(results, Path(junit), f"clanVms.{flakes.current_system()}")
+    say(
+        render.table(
+            ["NAME", "RESULT", "BOOT", "DETAILS"],
+            [
+                [
+                    r.name,
+                    "pass" if r.passed else "FAIL",
+                    None if r.seconds is None else f"{r.seconds:.1f}s",
+                    r.message,
+                ]
+                for r in results
+            ],
+        )
+    )
+    failed = [r.name for r in results if not r.passed]
+    if failed:
+        raise Exit(f"error: boot test failed for {', '.join(failed)}", code=1)
+    if not results:
+        raise Exit("error: the flake declares no VMs to boot", code=1)

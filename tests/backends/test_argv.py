@@ -1,0 +1,117 @@
+"""The generated QEMU command line, pinned: a change here is a change users will see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clan_vm_tasks.backends.qemu.argv import LaunchPlan, build_argv
+from clan_vm_tasks.models import NetworkConfig, PortForward, VMConfig
+
+
+def plan(config: VMConfig, accel: str = "tcg", daemonize: bool = True) -> LaunchPlan:
+    return LaunchPlan(
+        config=config,
+        accel=accel,
+        mac="02:00:00:00:00:01",
+        disk=Path("/s/vms/web/disk.qcow2"),
+        qmp_socket=Path("/run/c/qmp.sock"),
+        serial_socket=Path("/run/c/serial.sock"),
+        console_log=Path("/s/vms/web/console.log"),
+        pidfile=Path("/s/vms/web/qemu.pid"),
+        daemonize=daemonize,
+    )
+
+
+def test_direct_kernel_boot_with_user_networking() -> None:
+    config = VMConfig(
+        name="web",
+        cpus=2,
+        memory=512,
+        kernel=Path("/k/bzImage"),
+        initrd=Path("/k/initrd"),
+        append="console=ttyS0",
+        network=NetworkConfig(forward_ports=[PortForward(host_port=2222, guest_port=22)]),
+    )
+    assert build_argv(plan(config)) == [
+        "qemu-system-x86_64",
+        "-name", "guest=web,process=clan-vm-web",
+        "-machine", "q35,accel=tcg",
+        "-cpu", "max",
+        "-smp", "2",
+        "-m", "512M",
+        "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-kernel", "/k/bzImage",
+        "-initrd", "/k/initrd",
+        "-append", "console=ttyS0 clan.hostname=web",
+        "-drive", "file=/s/vms/web/disk.qcow2,if=none,id=disk0,format=qcow2",
+        "-device", "virtio-blk-pci,drive=disk0",
+        "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22",
+        "-device", "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01",
+        "-chardev", "socket,id=serial0,path=/run/c/serial.sock,server=on,wait=off,"
+                    "logfile=/s/vms/web/console.log,logappend=on",
+        "-serial", "chardev:serial0",
+        "-chardev", "socket,id=qmp,path=/run/c/qmp.sock,server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-pidfile", "/s/vms/web/qemu.pid",
+        "-daemonize",
+    ]  # fmt: skip
+
+
+def test_kvm_uses_the_host_cpu() -> None:
+    argv = build_argv(plan(VMConfig(name="web"), accel="kvm"))
+    assert argv[argv.index("-machine") + 1] == "q35,accel=kvm"
+    assert argv[argv.index("-cpu") + 1] == "host"
+
+
+def test_no_kernel_means_no_direct_boot_and_foreground_means_no_daemonize() -> None:
+    argv = build_argv(plan(VMConfig(name="web"), daemonize=False))
+    assert "-kernel" not in argv and "-append" not in argv and "-daemonize" not in argv
+
+
+def test_forwarded_ports_are_bound_to_loopback_only() -> None:
+    forwards = [
+        PortForward(host_port=8080, guest_port=80),
+        PortForward(protocol="udp", host_port=5353, guest_port=53),
+    ]
+    argv = build_argv(
+        plan(VMConfig(name="web", network=NetworkConfig(mode="nat", forward_ports=forwards)))
+    )
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev == "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53"
+
+
+def test_bridge_and_none_networking() -> None:
+    bridged = build_argv(
+        plan(VMConfig(name="web", network=NetworkConfig(mode="bridge", bridge="br7")))
+    )
+    assert bridged[bridged.index("-netdev") + 1] == "bridge,id=net0,br=br7"
+    assert "-netdev" not in build_argv(
+        plan(VMConfig(name="web", network=NetworkConfig(mode="none")))
+    )
+
+
+def test_extra_arguments_come_last_and_commas_in_paths_are_escaped() -> None:
+    config = VMConfig(name="web", qemu_args=["-device", "virtio-rng-pci"])
+    p = plan(config)
+    p = LaunchPlan(**{**p.__dict__, "disk": Path("/s/odd,name/disk.qcow2")})
+    argv = build_argv(p)
+    assert argv[-2:] == ["-device", "virtio-rng-pci"]
+    assert "file=/s/odd,,name/disk.qcow2,if=none,id=disk0,format=qcow2" in argv
+
+
+def test_tap_networking_for_a_given_tap_and_for_a_bridge_through_our_tap() -> None:
+    tapped = build_argv(plan(VMConfig(name="web", network=NetworkConfig(mode="tap", tap="tap7"))))
+    assert tapped[tapped.index("-netdev") + 1] == "tap,id=net0,ifname=tap7,script=no,downscript=no"
+    bridged = plan(VMConfig(name="web", network=NetworkConfig(mode="bridge", bridge="br7")))
+    argv = build_argv(LaunchPlan(**{**bridged.__dict__, "tap": "cvm0123"}))
+    assert argv[argv.index("-netdev") + 1] == "tap,id=net0,ifname=cvm0123,script=no,downscript=no"
+
+
+def test_auto_ports_must_be_resolved_before_the_command_line() -> None:
+    forwards = [PortForward(host_port="auto", guest_port=80)]
+    config = VMConfig(name="web", network=NetworkConfig(forward_ports=forwards))
+    with pytest.raises(ValueError):
+        build_argv(plan(config))

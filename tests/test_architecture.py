@@ -1,0 +1,112 @@
+"""The package's layout holds: layers only import downwards, no cycles, small modules, task
+modules independent of each other, and no heavy import on the ``list`` path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.import_graph import PACKAGE, Module, cycles, modules
+
+# Lowest first. A module may import its own package and any package of a lower layer.
+LAYERS = [
+    ["", "errors", "render"],  # "" is the package itself (its version)
+    ["names"],
+    ["models"],
+    ["state", "guests"],
+    ["backends"],
+    ["vm"],
+    ["nix", "clan"],
+    ["tasks"],
+    ["cli", "lifecycle"],  # the entry points: the command line and the Python API
+    ["__main__"],
+]
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+MAX_LINES = 450
+MAX_TOP_LEVEL = 8
+
+
+def unit(module: str) -> str:
+    """The layer unit of a module: its subpackage, or the module itself at the top."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_has_a_layer() -> None:
+    graph = modules()
+    assert {unit(m) for m in graph} <= set(RANK), "a new package needs a place in LAYERS"
+
+
+def test_no_import_cycles_counting_lazy_imports() -> None:
+    assert cycles(modules()) == []
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    upward = [
+        f"{m.name} -> {target}"
+        for m in modules().values()
+        for target in m.imports
+        if unit(target) != unit(m.name) and RANK[unit(target)] >= RANK[unit(m.name)]
+    ]
+    assert upward == []
+
+
+def test_modules_are_small_and_the_top_is_only_entry_points_and_shared_things() -> None:
+    graph = modules()
+    large = {m.name: m.lines for m in graph.values() if m.lines > MAX_LINES}
+    assert large == {}
+    top = sorted(m.path.name for m in graph.values() if m.path.parent.name == PACKAGE)
+    assert len(top) <= MAX_TOP_LEVEL, top
+
+
+def test_task_modules_import_no_other_task_module() -> None:
+    graph = modules()
+
+    def task_imports(module: Module) -> set[str]:
+        return {t for t in module.imports if t.startswith(f"{PACKAGE}.tasks")}
+
+    offenders = {
+        m.name: sorted(task_imports(m) - {f"{PACKAGE}.tasks.common"})
+        for m in graph.values()
+        if m.name.startswith(f"{PACKAGE}.tasks.") and m.name != f"{PACKAGE}.tasks.common"
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+# What a fast command must not pay for (invoke itself already brings yaml and asyncio).
+HEAVY = ("pydantic", "qemu", "sh", "clan_vm_tasks.models", "clan_vm_tasks.nix")
+
+
+def test_list_imports_nothing_heavy(tmp_path: Path) -> None:
+    """``list`` over a stopped VM and one recorded running whose process is gone."""
+    state = tmp_path / "state"
+    for name, status in (("idle", "stopped"), ("gone", "running")):
+        vm = state / "vms" / name
+        vm.mkdir(parents=True)
+        (vm / "config.json").write_text(json.dumps({"name": name, "cpus": 1, "memory": 64}))
+        record = {"status": status, "pid": 1, "pid_start": 1} if status == "running" else {}
+        (vm / "state.json").write_text(json.dumps(record))
+    probe = (
+        "import sys\n"
+        "from clan_vm_tasks.cli import main\n"
+        "try:\n"
+        "    main(['clan-vm-manager', 'list', '--json'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"CLAN_VM_STATE_DIR": str(state), "CLAN_VM_CONFIG": "/nonexistent", "HOME": "/"},
+        check=True,
+    )
+    listed = {vm["name"]: vm["state"] for vm in json.loads(result.stdout)}
+    assert listed == {"idle": "stopped", "gone": "stopped"}
+    loaded = result.stderr.split()
+    assert "clan_vm_tasks.vm.listing" in loaded
+    assert [m for m in loaded if m in HEAVY or m.startswith(tuple(f"{h}." for h in HEAVY))] == []
