@@ -20,6 +20,7 @@ from clan_vm_tasks.vm.delete import delete
 from clan_vm_tasks.vm.inspect import attach_console, console_log, show, status
 from clan_vm_tasks.vm.listing import list_vms
 from clan_vm_tasks.vm.pause import pause, resume
+from clan_vm_tasks.vm.recovery import recover
 from clan_vm_tasks.vm.resize import resize
 from clan_vm_tasks.vm.restart import restart
 from clan_vm_tasks.vm.snapshots import delete as delete_snapshot
@@ -57,5 +58,8 @@ __all__ = [
 
 
 def open_store(settings: Settings) -> Store:
-    """The state directory SETTINGS name, created (mode 0700) if needed."""
-    return Store(settings.state_dir).ensure()
+    """The state directory SETTINGS name, created (mode 0700) if needed, with what killed
+    commands left finished."""
+    store = Store(settings.state_dir).ensure()
+    recover(store)
+    return store

@@ -27,6 +27,7 @@ NetworkMode = Literal["user", "nat", "bridge", "tap", "none"]
 Accel = Literal["auto", "kvm", "tcg"]
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_DIGITS = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() also takes "²" and "٢"
 M = TypeVar("M", bound="BaseModel")
 
 
@@ -52,13 +53,13 @@ class PortForward(_Model):
         parts = spec.split(":")
         if len(parts) == 2:
             parts.insert(0, "tcp")
-        host_ok = len(parts) == 3 and (parts[1].isdigit() or parts[1] == "auto")
-        if not host_ok or not parts[2].isdigit():
+        host_ok = len(parts) == 3 and (_DIGITS.fullmatch(parts[1]) or parts[1] == "auto")
+        if not host_ok or not _DIGITS.fullmatch(parts[2]):
             raise InvalidInput(
                 f"invalid port forward {spec!r}: expected tcp:HOSTPORT:GUESTPORT "
                 "(HOSTPORT may be auto)"
             )
-        host: int | str = int(parts[1]) if parts[1].isdigit() else "auto"
+        host: int | str = "auto" if parts[1] == "auto" else int(parts[1])
         return validate(
             cls, {"protocol": parts[0], "host_port": host, "guest_port": int(parts[2])}, "forward"
         )
@@ -84,6 +85,14 @@ class NetworkConfig(_Model):
             raise ValueError("a bridge (--bridge) needs network mode bridge")
         if self.forward_ports and self.mode not in ("user", "nat"):
             raise ValueError("port forwards need user-mode networking (--network user)")
+        seen: set[tuple[str, int | str]] = set()
+        for forward in self.forward_ports:
+            key = (forward.protocol, forward.host_port)
+            if forward.host_port != "auto" and key in seen:
+                raise ValueError(
+                    f"host port {forward.protocol}:{forward.host_port} is forwarded twice"
+                )
+            seen.add(key)
         return self
 
     @field_validator("mac")
@@ -96,6 +105,8 @@ class NetworkConfig(_Model):
             raise ValueError(f"{value!r} is not a MAC address like 02:ab:cd:ef:01:23")
         if int(mac[:2], 16) & 1:
             raise ValueError(f"{value!r} is a multicast address")
+        if mac == "00:00:00:00:00:00":
+            raise ValueError(f"{value!r} is not a usable MAC address")
         return mac
 
     @field_validator("bridge", "tap")

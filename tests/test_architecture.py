@@ -85,7 +85,8 @@ def test_list_imports_nothing_heavy(tmp_path: Path) -> None:
     for name, status in (("idle", "stopped"), ("gone", "running")):
         vm = state / "vms" / name
         vm.mkdir(parents=True)
-        (vm / "config.json").write_text(json.dumps({"name": name, "cpus": 1, "memory": 64}))
+        config = {"name": name, "cpus": 1, "memory": 64, "disk_size": 64, "network": {}}
+        (vm / "config.json").write_text(json.dumps(config))
         record = {"status": status, "pid": 1, "pid_start": 1} if status == "running" else {}
         (vm / "state.json").write_text(json.dumps(record))
     probe = (

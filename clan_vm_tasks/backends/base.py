@@ -54,6 +54,15 @@ class Launched:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How a VM that ran ended without a stop of ours."""
+
+    action: Literal["crash", "poweroff"]  # the history event; "crash" leaves the VM crashed
+    step: str | None  # what ended it, for ``last_stop`` (None for a crash)
+    details: str  # one sentence for the history and error messages
+
+
+@dataclass(frozen=True)
 class Snapshot:
     name: str
     date: str  # ISO 8601, UTC
@@ -75,13 +84,24 @@ class Machine(Protocol):
 
     # --- running it
     def launch(
-        self, config: VMConfig, accel: AccelChoice, *, foreground: bool, notify: Notify
+        self,
+        config: VMConfig,
+        accel: AccelChoice,
+        *,
+        foreground: bool,
+        notify: Notify,
+        on_spawned: Callable[[int, int], None],
     ) -> Launched:
         """Boot CONFIG; return once the hypervisor's control channel answers.
 
-        From then on this Machine stands for the launched VM. On failure nothing of
-        this launch is left running.
+        ON_SPAWNED(pid, pid_start) is called as soon as the VM's process is known, before
+        waiting for it. From then on this Machine stands for the launched VM. On failure
+        nothing of this launch is left running.
         """
+
+    def abandon(self) -> None:
+        """End at once whatever a launch of this VM started, found by the VM's own paths
+        even when no pid was recorded, and release what it made on the host."""
 
     def follow(self, offset: int, on_interrupt: Callable[[], None]) -> None:
         """After a foreground launch: stream the console until the VM ends; Ctrl-C or SIGTERM
@@ -91,8 +111,12 @@ class Machine(Protocol):
     def alive(self) -> bool:
         """The recorded VM still runs (cheap: used by ``list``)."""
 
-    def ended(self) -> Literal["crash", "poweroff"]:
+    def ended(self) -> Ending:
         """How a recorded VM that is no longer alive ended."""
+
+    def find_running(self) -> Launched | None:
+        """This VM running on the hypervisor although our record does not say so (cheap
+        when it does not run: ``list`` asks it of stopped VMs whose pidfile exists)."""
 
     def run_state(self, timeout: float = 2.0) -> str | None:
         """``running`` or ``paused`` as the hypervisor says; None when it does not answer."""
@@ -148,5 +172,10 @@ class Backend(Protocol):
     def create_disk(self, path: Path, size_mib: int, base: Path | None) -> None:
         """A new disk at PATH: empty, or a copy-on-write overlay on BASE (never written)."""
 
-    def image_size_mib(self, path: Path) -> int:
-        """The virtual size of the image at PATH in MiB, rounded up."""
+    def check_config(self, config: VMConfig) -> None:
+        """Refuse (InvalidInput) a definition this backend cannot run as given, such as extra
+        arguments that clash with its own."""
+
+    def check_base_image(self, path: Path) -> int:
+        """Refuse (InvalidInput) a base image that is not safe to lay a disk over; its
+        virtual size in MiB, rounded up."""

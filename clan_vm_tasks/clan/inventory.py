@@ -43,8 +43,8 @@ VM_TAG = "vm"
 DESCRIPTION = "QEMU VM managed by clan-vm-tasks"
 MACHINE_CLASS = "nixos"
 
-# clan machine names end up as Nix attribute names and hostnames.
-_MACHINE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+# clan machine names end up as Nix attribute names and hostnames: clan-cli's own rule.
+_MACHINE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 JsonObject = dict[str, Any]
 
@@ -73,8 +73,8 @@ def validate_machine_name(name: str) -> None:
     # fullmatch: "$" would also accept a trailing newline.
     if not isinstance(name, str) or not _MACHINE_NAME.fullmatch(name):
         raise InvalidInventoryInput(
-            f"invalid machine name {name!r}: use 1-64 characters of A-Z a-z 0-9 _ -"
-            " and do not start with '-'"
+            f"invalid machine name {name!r}: use 1-63 letters, digits and '-',"
+            " not starting or ending with '-'"
         )
 
 

@@ -58,20 +58,29 @@ def ssh_port(store: Store, name: str) -> int | None:
 
 
 def push(store: Store, name: str, directory: Path | None, notify: Notify) -> None:
+    """After create or start. Under the VM's lock, and only while the VM exists: a late
+    push never brings back an entry that a racing delete took out."""
     if directory is None:
         return
-    try:
-        if inventory.push(directory, name, ssh_port=ssh_port(store, name)):
-            notify(f"added '{name}' to {directory / inventory.INVENTORY_FILE}")
-    except inventory.InventoryError as error:
-        notify(f"warning: the clan inventory was not updated: {error}")
+    with store.lock(name):
+        if not store.exists(name):
+            return
+        try:
+            if inventory.push(directory, name, ssh_port=ssh_port(store, name)):
+                notify(f"added '{name}' to {directory / inventory.INVENTORY_FILE}")
+        except inventory.InventoryError as error:
+            notify(f"warning: the clan inventory was not updated: {error}")
 
 
-def forget(name: str, directory: Path | None, notify: Notify) -> None:
+def forget(store: Store, name: str, directory: Path | None, notify: Notify) -> None:
+    """After delete, under the VM's lock (unless the name was created again meanwhile)."""
     if directory is None:
         return
-    try:
-        if inventory.remove(directory, name):
-            notify(f"removed '{name}' from {directory / inventory.INVENTORY_FILE}")
-    except inventory.InventoryError as error:
-        notify(f"warning: the clan inventory was not updated: {error}")
+    with store.lock(name):
+        if store.exists(name):
+            return
+        try:
+            if inventory.remove(directory, name):
+                notify(f"removed '{name}' from {directory / inventory.INVENTORY_FILE}")
+        except inventory.InventoryError as error:
+            notify(f"warning: the clan inventory was not updated: {error}")

@@ -59,13 +59,13 @@ def _plan(
     expect: str | None,
     timeout: float | None,
     notify: Notify,
+    allow_qemu_args: bool,
 ) -> Plan | Result:
     """Build and create (or update) one VM; a problem becomes that VM's failed result."""
     try:
         if reconcile.current(store, name).status in reconcile.ACTIVE:
             return Result(name, False, None, "already running; stop it before a boot test")
-        config = prepare(store, settings, flake, name, notify)
-        assert config is not None  # the flake is explicit here
+        config = prepare(store, settings, flake, name, notify, allow_qemu_args)
     except ClanVMError as error:
         return Result(name, False, None, str(error))
     text = expect or config.boot_test.expect
@@ -116,10 +116,13 @@ def run(
     expect: str | None = None,
     timeout: float | None = None,
     notify: Notify,
+    allow_qemu_args: bool = False,
 ) -> list[Result]:
     declared = declared_vms(store, flake)
     chosen = names or sorted(declared)
-    prepared = [_plan(store, settings, flake, n, expect, timeout, notify) for n in chosen]
+    prepared = [
+        _plan(store, settings, flake, n, expect, timeout, notify, allow_qemu_args) for n in chosen
+    ]
     plans = [p for p in prepared if isinstance(p, Plan)]
     workers = max(1, min(len(plans), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -100,8 +100,18 @@ def run(args: Sequence[str], *, what: str, cwd: Path | None = None) -> str:
     finally:
         log_call(argv, time.monotonic() - began)
     if proc.returncode != 0:
-        raise NixError(f"{what} failed: {first_error_line(proc.stderr)}")
+        raise NixError(f"{what} failed: {first_error_line(proc.stderr)}{_hint(proc.stderr)}")
     return proc.stdout
+
+
+def _hint(stderr: str) -> str:
+    """What to do about a Nix that is installed but not set up."""
+    if "build-users-group" in stderr and "does not exist" in stderr:
+        return (
+            "; Nix has no build users: set them up (Debian: apt install nix-setup-systemd, "
+            "or ./scripts/setup of clan-vm-tasks)"
+        )
+    return ""
 
 
 def _json(text: str, what: str) -> Any:

@@ -100,15 +100,9 @@ def list_rows(
     return sorted(rows, key=lambda v: str(v["name"]))
 
 
-def definition_for_show(store: Store, option: str | None, name: str) -> dict[str, Any] | None:
-    """show NAME: the flake's definition of NAME, when a flake applies to it."""
-    from clan_vm_tasks.nix.realise import uses_flake
-
-    if not flakes.around(option):
-        return None
-    flake = flakes.resolve(option)
-    if flake is None or not uses_flake(store, flake, name):
-        return None
+def definition_for_show(store: Store, option: str, name: str) -> dict[str, Any] | None:
+    """show NAME --flake REF: the flake's definition of NAME."""
+    flake = flakes.chosen(option)
     vms = declared(store, flake)
     if name not in vms:
         if flake.explicit and not store.exists(name):

@@ -69,11 +69,6 @@ def where(name: str) -> str:
     return attr("clanVms", current_system(), name)
 
 
-def around(option: str | bool | None) -> bool:
-    """Whether any flake could apply: given, in $CLAN_VM_FLAKE, or around the cwd (no nix run)."""
-    return bool(option or os.environ.get("CLAN_VM_FLAKE") or find_local(Path.cwd()))
-
-
 def chosen(option: str | bool | None) -> Flake:
     """The flake a Nix task works on; one found around the cwd counts as chosen."""
     flake = resolve(option)

@@ -3,12 +3,13 @@ schema in ``models``, build and root what it needs, then create the VM or apply 
 
 from __future__ import annotations
 
-from clan_vm_tasks.errors import StateConflict
+from clan_vm_tasks.errors import InvalidInput, StateConflict
 from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.nix import flakes
+from clan_vm_tasks.nix.command import STORE_DIR
 from clan_vm_tasks.nix.declared import declared, require, to_config
-from clan_vm_tasks.nix.flakes import Flake
-from clan_vm_tasks.nix.realise import realise, uses_flake
+from clan_vm_tasks.nix.flakes import Flake, where
+from clan_vm_tasks.nix.realise import read_origin, realise
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
@@ -16,19 +17,18 @@ from clan_vm_tasks.vm.create import create, reconfigure
 
 
 def prepare(
-    store: Store, settings: Settings, flake: Flake, name: str, notify: Notify
-) -> VMConfig | None:
-    """Evaluate, validate, build and create or update VM NAME from FLAKE.
-
-    Returns None (and does nothing) when a discovered flake does not declare an
-    existing VM: that VM is then started as it is.
-    """
-    vms = declared(store, flake)
-    if name not in vms and not flake.explicit and store.exists(name):
-        return None
-    evaluated = require(vms, flake, name)
+    store: Store,
+    settings: Settings,
+    flake: Flake,
+    name: str,
+    notify: Notify,
+    allow_qemu_args: bool = False,
+) -> VMConfig:
+    """Evaluate, validate, build and create or update VM NAME from FLAKE."""
+    evaluated = require(declared(store, flake), flake, name)
     config = to_config(name, evaluated)
-    realise(store, flake, name, evaluated)
+    allowed = _check_trust(store, settings, flake, name, config, allow_qemu_args)
+    realise(store, flake, name, evaluated, allowed)
     try:
         if not store.exists(name):
             config = create(store, config)
@@ -42,14 +42,67 @@ def prepare(
     return config
 
 
+def _check_trust(
+    store: Store, settings: Settings, flake: Flake, name: str, config: VMConfig, allow: bool
+) -> list[str]:
+    """A flake is someone else's code: it may name only files in the Nix store, and pass
+    extra arguments to QEMU (which can run host programs) only when the user allows it,
+    on the command line, in the settings file, or before for these same arguments.
+    Returns the extra arguments allowed (to be remembered)."""
+    for field, attribute in (
+        ("kernel", "kernel"),
+        ("initrd", "initrd"),
+        ("base_image", "baseImage"),
+    ):
+        value = getattr(config, field)
+        if value is not None and not str(value).startswith(STORE_DIR + "/"):
+            raise InvalidInput(
+                f"{where(name)}.{attribute} is {value}, a file outside the Nix store; a flake "
+                "may only name files in the store (a path in the flake like ./vmlinuz, or a "
+                "derivation)"
+            )
+    args = list(config.qemu_args)
+    if not args:
+        return []
+    remembered = read_origin(store, name).get("allowed_qemu_args")
+    if allow or remembered == args or {name, "*"} & set(settings.allow_qemu_args):
+        return args
+    raise InvalidInput(
+        f"{where(name)}.qemuArgs of {flake.ref} would run QEMU with {' '.join(args)!r}, which "
+        "can run programs or open files on this host; allow it for this VM with "
+        f"--allow-qemu-args, or with 'allow_qemu_args: [{name}]' in the settings file"
+    )
+
+
+def flake_of(store: Store, option: str | None, name: str) -> Flake | None:
+    """The flake NAME's definition comes from: ``--flake``; else the flake it was created
+    from; else, for a VM not created yet, $CLAN_VM_FLAKE or the flake around the working
+    directory. A VM created on the command line has none: it is started as it is."""
+    if option:
+        return flakes.resolve(option)
+    if not store.exists(name):
+        return flakes.resolve(None)
+    ref = read_origin(store, name).get("flake")
+    if not isinstance(ref, str) or not ref:
+        return None
+    try:
+        return flakes.resolve(ref)
+    except InvalidInput as error:
+        raise InvalidInput(
+            f"VM '{name}' was created from the flake {ref}, which is gone ({error}); "
+            f"start it with --flake REF"
+        ) from None
+
+
 def apply_flake(
-    store: Store, settings: Settings, option: str | None, name: str, notify: Notify
+    store: Store,
+    settings: Settings,
+    option: str | None,
+    name: str,
+    notify: Notify,
+    allow_qemu_args: bool = False,
 ) -> None:
     """Before ``start NAME``: bring NAME up to date with its flake definition, if it has one."""
-    # Cheap checks first: no flake anywhere means no nix run.
-    if not flakes.around(option):
-        return
-    flake = flakes.resolve(option)
-    if flake is None or not uses_flake(store, flake, name):
-        return
-    prepare(store, settings, flake, name, notify)
+    flake = flake_of(store, option, name)
+    if flake is not None:
+        prepare(store, settings, flake, name, notify, allow_qemu_args)

@@ -41,8 +41,16 @@ def _write_origin(store: Store, name: str, data: dict[str, Any]) -> None:
     files.atomic_write(directory / ORIGIN, json.dumps(data, indent=2).encode())
 
 
-def realise(store: Store, flake: Flake, name: str, evaluated: evaluate.Evaluated) -> dict[str, Any]:
-    """Build what the VM's files need (one nix build), unless its GC roots already hold it."""
+def realise(
+    store: Store,
+    flake: Flake,
+    name: str,
+    evaluated: evaluate.Evaluated,
+    allowed_qemu_args: list[str] | None = None,
+) -> dict[str, Any]:
+    """Build what the VM's files need (one nix build), unless its GC roots already hold it.
+
+    The origin it writes also remembers extra QEMU arguments the user allowed."""
     objects = sorted({o for objs in evaluated.installables.values() for o in objs})
     origin = read_origin(store, name)
     rooted: dict[str, list[str]] = origin.get("roots") or {}
@@ -64,6 +72,8 @@ def realise(store: Store, flake: Flake, name: str, evaluated: evaluate.Evaluated
         if isinstance(value, str) and not os.path.exists(value):
             raise ClanVMError(f"{where(name)}.{field}: {value} does not exist after building it")
     data = {"flake": flake.ref, "system": current_system(), "roots": built}
+    if allowed_qemu_args:
+        data["allowed_qemu_args"] = allowed_qemu_args
     _write_origin(store, name, data)
     return data
 
@@ -71,12 +81,3 @@ def realise(store: Store, flake: Flake, name: str, evaluated: evaluate.Evaluated
 def forget(store: Store, name: str) -> None:
     """Drop the GC roots of a VM that no longer exists."""
     shutil.rmtree(roots_dir(store, name), ignore_errors=True)
-
-
-def uses_flake(store: Store, flake: Flake, name: str) -> bool:
-    """Whether ``start NAME`` should take NAME's definition from FLAKE.
-
-    A flake named explicitly always applies. A flake merely found around the working
-    directory does not take over a VM that was created by hand (it has no origin).
-    """
-    return flake.explicit or not store.exists(name) or bool(read_origin(store, name))

@@ -35,10 +35,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace PATH with DATA so that readers see the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, tmp_dir: Path | None = None) -> None:
+    """Replace PATH with DATA so that readers see the old or the new file, never a mix.
+
+    The temporary file goes to TMP_DIR (same file system) when given, so that what a
+    killed writer leaves behind is found in one place; it is named after our pid.
+    """
+    if tmp_dir is not None:
+        tmp = tmp_dir / f"{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    else:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -51,35 +58,46 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
+def _open_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on the file now at PATH, or None if it is busy.
+
+    A lock file may be removed by whoever holds it (a VM that no longer exists), so after
+    locking we check that the file we locked is still the one at PATH.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed (and maybe re-created) while we waited: lock the new one
+
+
+Locked = contextlib.AbstractContextManager[int]
+
+
 @contextlib.contextmanager
-def locked(path: Path, what: str, timeout: float) -> Iterator[None]:
+def locked(path: Path, what: str, timeout: float) -> Iterator[int]:
     """Hold an exclusive flock on PATH; give up with a clear error after TIMEOUT seconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + timeout
+    while (fd := _open_lock(path)) is None:
+        if time.monotonic() >= deadline:
+            raise ClanVMError(f"{what} is busy: another command is still working on it")
+        time.sleep(0.02)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise ClanVMError(
-                        f"{what} is busy: another command is still working on it"
-                    ) from None
-                time.sleep(0.02)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
 
 def try_lock(path: Path) -> int | None:
     """A held exclusive flock's fd, or None when somebody else holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    return _open_lock(path)

@@ -14,6 +14,7 @@ from typing import Any
 from clan_vm_tasks.errors import InvalidInput
 
 ACCELS = ("auto", "kvm", "tcg")
+KEYS = {"state_dir", "accel", "allow_qemu_args"}
 
 
 def _config_file() -> Path:
@@ -35,8 +36,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise InvalidInput(f"cannot read settings file {path}: {error}".splitlines()[0]) from None
     if data is None:
         return {}
-    if not isinstance(data, dict) or not set(data) <= {"state_dir", "accel"}:
-        raise InvalidInput(f"settings file {path} may only set 'state_dir' and 'accel'")
+    if not isinstance(data, dict) or not set(data) <= KEYS:
+        raise InvalidInput(f"settings file {path} may only set {', '.join(sorted(KEYS))}")
+    allowed = data.get("allow_qemu_args", [])
+    if not isinstance(allowed, list) or not all(isinstance(n, str) for n in allowed):
+        raise InvalidInput(f"settings file {path}: allow_qemu_args must be a list of VM names")
     return data
 
 
@@ -52,6 +56,8 @@ def default_state_dir() -> Path:
 class Settings:
     state_dir: Path
     accel: str = "auto"
+    # VMs whose flake definitions may pass extra arguments to QEMU ("*": every VM).
+    allow_qemu_args: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, state_dir: Path | None = None, accel: str | None = None) -> Settings:
@@ -64,4 +70,5 @@ class Settings:
         chosen = accel or os.environ.get("CLAN_VM_ACCEL") or str(file.get("accel", "auto"))
         if chosen not in ACCELS:
             raise InvalidInput(f"unknown accelerator {chosen!r}: use auto, kvm or tcg")
-        return cls(state_dir=state_dir.absolute(), accel=chosen)
+        allowed = tuple(file.get("allow_qemu_args", ()))
+        return cls(state_dir=state_dir.absolute(), accel=chosen, allow_qemu_args=allowed)

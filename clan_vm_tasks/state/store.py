@@ -4,10 +4,16 @@ Layout under the state dir (mode 0700)::
 
     vms/NAME/config.json   the resolved definition (VMConfig)
     vms/NAME/state.json    what we last recorded (VMState); reconciled before use
-    vms/NAME/disk.qcow2, console.log, qemu.pid, qemu.log
+    vms/NAME/disk.qcow2, console.log (console.log.1: the boot before), qemu.pid, qemu.log,
+      events.in and events.out (QEMU's event log of the current boot)
     locks/NAME.lock        serialises commands on one VM, not across VMs
     history.jsonl          append-only event log
     kept-disks/            disks of VMs deleted without --force
+    tmp/                   files being written atomically (named after the writer's pid)
+    pending/NAME.ACTION    an action on NAME under way (written ahead): if its command
+                           dies, the next command records its event or repairs it
+    vms/.PURPOSE-NAME-PID  a VM being created or deleted (PURPOSE: creating, deleting,
+                           keeping = deleting but keeping the disk)
 
 Sockets live in a short runtime directory because unix socket paths are limited
 to 108 bytes.
@@ -17,9 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
-import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,7 +38,8 @@ from clan_vm_tasks.names import check_name
 from clan_vm_tasks.state import files
 
 LOCK_TIMEOUT = 120.0
-STATES = ("running", "stopped", "paused", "crashed")
+STATES = ("running", "stopped", "paused", "crashed", "starting", "broken")
+RECORDED = STATES[:-1]  # "broken" is what list says of a VM whose definition is unusable
 
 
 @dataclass
@@ -73,7 +81,7 @@ class VMState:
                 and (not isinstance(value, list) or all(isinstance(v, str) for v in value))
             ):
                 setattr(state, key, value)
-        if state.status not in STATES:
+        if state.status not in RECORDED:
             state.status = "stopped"
         return state
 
@@ -134,6 +142,11 @@ class VMPaths:
         return self.dir / "qemu.log"
 
     @cached_property
+    def events(self) -> Path:
+        """QEMU's QMP event log of the current boot: events.in and events.out."""
+        return self.dir / "events"
+
+    @cached_property
     def qmp_socket(self) -> Path:
         return self.run / "qmp.sock"
 
@@ -147,13 +160,25 @@ class Store:
         self.root = root
         self.vms = root / "vms"
         self.history = root / "history.jsonl"
-        self._locks = root / "locks"
+        self.locks = root / "locks"
+        self.tmp = root / "tmp"
+        self.kept = root / "kept-disks"
+        self.pending = root / "pending"
         self._paths: dict[str, VMPaths] = {}
+        self._tmp_ready = False
 
     def ensure(self) -> Store:
-        for path in (self.root, self.vms, self._locks):
+        for path in (self.root, self.vms, self.locks, self.tmp):
             files.private_dir(path)
+        self._tmp_ready = True
         return self
+
+    def write(self, path: Path, data: bytes) -> None:
+        """An atomic write of a file in the state directory."""
+        if not self._tmp_ready:
+            files.private_dir(self.tmp)
+            self._tmp_ready = True
+        files.atomic_write(path, data, tmp_dir=self.tmp)
 
     def paths(self, name: str) -> VMPaths:
         cached = self._paths.get(name)
@@ -164,6 +189,10 @@ class Store:
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(f"{self.vms}/{name}/config.json")
+
+    def has_pidfile(self, name: str) -> bool:
+        """A VM process may run whatever the record says (a plain stat: ``list`` asks it)."""
+        return os.path.exists(f"{self.vms}/{name}/qemu.pid")
 
     def require(self, name: str) -> VMPaths:
         paths = self.paths(name)
@@ -179,16 +208,27 @@ class Store:
         # Hidden entries are half-created or half-deleted VMs, never listed.
         return sorted(e for e in entries if not e.startswith(".") and self.exists(e))
 
+    def lock_file(self, name: str) -> Path:
+        return self.locks / f"{name}.lock"
+
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         check_name(name)
-        files.private_dir(self._locks)
-        with files.locked(self._locks / f"{name}.lock", f"VM '{name}'", timeout):
-            yield
+        files.private_dir(self.locks)
+        with files.locked(self.lock_file(name), f"VM '{name}'", timeout):
+            try:
+                yield
+            finally:
+                self.drop_lock_file(name)
 
     def try_lock(self, name: str) -> int | None:
-        files.private_dir(self._locks)
-        return files.try_lock(self._locks / f"{name}.lock")
+        files.private_dir(self.locks)
+        return files.try_lock(self.lock_file(name))
+
+    def drop_lock_file(self, name: str) -> None:
+        """Remove the lock file of a VM that does not exist; the caller holds the lock."""
+        if not self.exists(name):
+            self.lock_file(name).unlink(missing_ok=True)
 
     def read_state(self, name: str) -> VMState:
         try:
@@ -197,27 +237,66 @@ class Store:
             return VMState()
 
     def write_state(self, name: str, state: VMState) -> None:
-        files.atomic_write(self.paths(name).state, state.to_json())
+        self.write(self.paths(name).state, state.to_json())
 
     def read_config(self, name: str) -> dict[str, Any]:
         paths = self.require(name)
         try:
             data = json.loads(paths.config.read_bytes())
         except (OSError, ValueError) as error:
-            raise ClanVMError(f"VM '{name}' has an unreadable {paths.config}: {error}") from None
+            raise ClanVMError(f"its definition {paths.config} is unreadable: {error}") from None
         if not isinstance(data, dict):
-            raise ClanVMError(f"VM '{name}' has an unreadable {paths.config}")
+            raise ClanVMError(f"its definition {paths.config} is not a JSON object")
         return data
+
+    def begin(self, name: str, action: str, data: bytes) -> None:
+        """Write ahead that ACTION of NAME is under way; DATA says how to tell it took effect."""
+        files.private_dir(self.pending)
+        self.write(self.pending / f"{name}.{action}", data)
+
+    def done(self, name: str, action: str) -> None:
+        (self.pending / f"{name}.{action}").unlink(missing_ok=True)
+
+    def pending_work(self) -> list[tuple[str, str, Path]]:
+        """(name, action, marker) of every action whose command did not finish it."""
+        try:
+            entries = os.listdir(self.pending)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            name, dot, action = entry.rpartition(".")
+            if dot:
+                found.append((name, action, self.pending / entry))
+        return found
 
     def staging_dir(self, name: str, purpose: str) -> Path:
         """A hidden sibling of the VM directory, for building or tearing one down atomically."""
         return self.vms / f".{purpose}-{name}-{os.getpid()}"
 
-    def sweep_leftovers(self, name: str) -> None:
-        """Remove what an interrupted create or delete of NAME left behind (caller holds lock)."""
-        for purpose in ("creating", "deleting"):
-            prefix = f".{purpose}-{name}-"
-            for leftover in self.vms.glob(f"{prefix}*"):
-                # "web-2" shares the prefix of "web"; only "<prefix><pid>" is ours.
-                if leftover.name.removeprefix(prefix).isdigit():
-                    shutil.rmtree(leftover, ignore_errors=True)
+    def keep_disk(self, disk: Path, name: str) -> Path:
+        """Move DISK to ``kept-disks/NAME-TIME[-N].qcow2``, never replacing a kept disk.
+
+        A link that fails on an existing name cannot replace anything; the source is
+        removed only after the link. Run again after an interruption, it finds the link.
+        """
+        kept = files.private_dir(self.kept)
+        source = os.stat(disk)
+        if source.st_nlink > 1:  # linked before an interruption: find that name
+            for entry in os.scandir(kept):
+                if entry.inode() == source.st_ino:
+                    os.unlink(disk)
+                    return Path(entry.path)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for number in itertools.count(1):
+            target = kept / (
+                f"{name}-{stamp}.qcow2" if number == 1 else f"{name}-{stamp}-{number}.qcow2"
+            )
+            try:
+                os.link(disk, target)
+                break
+            except FileExistsError:
+                continue
+        files.fsync_dir(kept)
+        os.unlink(disk)
+        return target

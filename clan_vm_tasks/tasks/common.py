@@ -8,6 +8,8 @@ input the same way: one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import functools
+import math
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +31,7 @@ def reports_errors(body: F) -> F:
     @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _check_text([*args[1:], *kwargs.values()])
             return body(*args, **kwargs)
         except ClanVMError as error:
             raise Exit(f"error: {error}", code=error.exit_code) from None
@@ -50,23 +53,49 @@ def vm_task(*, name: str | None = None, **options: Any) -> Callable[[Callable[..
     return decorate
 
 
+def _check_text(values: list[Any]) -> None:
+    """Arguments that are not valid UTF-8 (Python keeps such bytes as lone surrogates)
+    could not be stored: refuse them before anything happens."""
+    for value in values:
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise InvalidInput(f"argument {text!r} is not valid UTF-8") from None
+
+
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")  # ASCII digits: int() also takes "²²" and "٢٢"
+
+
 def number(value: str | int | float | None, option: str, default: float, kind: type = int) -> Any:
+    """A positive number from the command line; anything else is an InvalidInput."""
     if value is None:
         return kind(default)
-    try:
-        parsed = kind(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"--{option} must be a number, not {value!r}") from None
-    if parsed <= 0:
+    text = str(value)
+    if not _NUMBER.fullmatch(text):
+        raise InvalidInput(f"--{option} must be a number, not {value!r}")
+    if kind is int and "." in text:
+        raise InvalidInput(f"--{option} must be a whole number, not {value!r}")
+    parsed = kind(text)
+    if parsed <= 0 or not math.isfinite(parsed):
         raise InvalidInput(f"--{option} must be positive, not {value}")
     return parsed
 
 
-def open_store(accel: str | None = None) -> tuple[Store, Settings]:
+def open_store(accel: str | None = None, *, create: bool = True) -> tuple[Store, Settings]:
+    """The state directory, with what killed commands left finished. A read-only command
+    (CREATE false) creates nothing: without a state directory there is nothing to read."""
     from clan_vm_tasks.state.store import Store
+    from clan_vm_tasks.vm.recovery import recover
 
     settings = Settings.load(accel=accel)
-    return Store(settings.state_dir).ensure(), settings
+    store = Store(settings.state_dir)
+    if create:
+        store.ensure()
+    if store.root.is_dir():
+        recover(store)
+    return store, settings
 
 
 def say(text: str) -> None:
@@ -75,4 +104,5 @@ def say(text: str) -> None:
 
 NAME_HELP = "name of the VM"
 CLAN_DIR_HELP = "clan directory whose inventory.json lists this VM (default: $CLAN_DIR)"
+ALLOW_QEMU_ARGS_HELP = "let the flake's qemuArgs for this VM through (they can run host programs)"
 FLAKE_HELP = "flake declaring clanVms (default: $CLAN_VM_FLAKE, else the flake around the cwd)"

@@ -53,7 +53,7 @@ def snapshots(c: Context, name: str, json: bool = False) -> None:
     from clan_vm_tasks.vm import snapshots as snaps
 
     check_name(name)
-    store, _ = open_store()
+    store, _ = open_store(create=False)
     found = snaps.list_snapshots(store, name)
     if json:
         say(render.as_json([s.as_dict() for s in found]))

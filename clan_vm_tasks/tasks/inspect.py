@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -40,9 +39,9 @@ def list_(
 
     if filter is not None and filter not in STATES:
         raise InvalidInput(f"unknown state {filter!r}: use one of {', '.join(STATES)}")
-    store, _ = open_store()
+    store, _ = open_store(create=False)
     vms = list_vms(store, filter)
-    if flake or os.environ.get("CLAN_VM_FLAKE"):
+    if flake:  # a read-only command evaluates a flake only when asked to
         from clan_vm_tasks.nix import declared, flakes
 
         vms = declared.list_rows(store, flakes.chosen(flake), vms, filter)
@@ -83,7 +82,7 @@ def status(c: Context, name: str, json: bool = False) -> None:
     from clan_vm_tasks.vm.inspect import status as vm_status
 
     check_name(name)
-    store, _ = open_store()
+    store, _ = open_store(create=False)
     info = vm_status(store, name)
     say(render.as_json(info) if json else f"{name}: {render.state_word(info)}")
 
@@ -91,13 +90,12 @@ def status(c: Context, name: str, json: bool = False) -> None:
 @vm_task(help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP})
 def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
     """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
-    from clan_vm_tasks.nix import flakes
     from clan_vm_tasks.vm.inspect import show as vm_show
 
     check_name(name)
-    store, settings = open_store()
+    store, settings = open_store(create=False)
     declared = None
-    if flakes.around(flake):
+    if flake:  # a read-only command evaluates a flake only when asked to
         from clan_vm_tasks.nix.declared import definition_for_show
 
         declared = definition_for_show(store, flake, name)
@@ -150,7 +148,7 @@ def console(c: Context, name: str, log: bool = False) -> None:
     from clan_vm_tasks.vm.inspect import attach_console, console_log
 
     check_name(name)
-    store, _ = open_store()
+    store, _ = open_store(create=False)
     if log:
         sys.stdout.buffer.write(console_log(store, name))
         sys.stdout.flush()
@@ -178,7 +176,7 @@ def history(
     if vm is not None:
         check_name(vm)
     count = None if limit is None else number(limit, "limit", 0)
-    store, _ = open_store()
+    store, _ = open_store(create=False)
     events = log.read(store.history, vm, count)
     if json:
         say(render.as_json([asdict(e) for e in events]))

@@ -7,14 +7,13 @@ declares the VM) is evaluated and built first.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from invoke.context import Context
 
 from clan_vm_tasks.errors import InvalidInput
-from clan_vm_tasks.names import check_name
+from clan_vm_tasks.names import check_name, check_new_name
 from clan_vm_tasks.render import notice
 from clan_vm_tasks.tasks.common import (
+    ALLOW_QEMU_ARGS_HELP,
     CLAN_DIR_HELP,
     FLAKE_HELP,
     NAME_HELP,
@@ -24,28 +23,14 @@ from clan_vm_tasks.tasks.common import (
     vm_task,
 )
 
-if TYPE_CHECKING:
-    from clan_vm_tasks.state.settings import Settings
-    from clan_vm_tasks.state.store import Store
 
-
-def _apply_flake(store: Store, settings: Settings, option: str | None, name: str) -> None:
-    from clan_vm_tasks.nix import flakes
-
-    if flakes.around(option):  # only then pay for the Nix modules
-        from clan_vm_tasks.nix.prepare import apply_flake
-
-        apply_flake(store, settings, option, name, notice)
-
-
-def _create_from_flake(option: str, name: str) -> None:
+def _create_from_flake(option: str, name: str, allow_qemu_args: bool) -> None:
     from clan_vm_tasks.nix import flakes
     from clan_vm_tasks.nix.prepare import prepare
 
     store, settings = open_store()
     existed = store.exists(name)
-    config = prepare(store, settings, flakes.chosen(option), name, notice)
-    assert config is not None
+    config = prepare(store, settings, flakes.chosen(option), name, notice, allow_qemu_args)
     if existed:
         say(f"VM '{name}' is up to date with its definition")
     else:
@@ -77,6 +62,7 @@ def _create_from_flake(option: str, name: str) -> None:
         "accel": "auto (default), kvm or tcg",
         "clan_dir": CLAN_DIR_HELP,
         "flake": "create (or update) the VM from this flake's clanVms definition instead",
+        "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
     },
 )
 def create(
@@ -99,15 +85,16 @@ def create(
     from_image: str | None = None,
     clan_dir: str | None = None,
     flake: str | None = None,
+    allow_qemu_args: bool = False,
 ) -> None:
     """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.models import PortForward, VMConfig, validate
     from clan_vm_tasks.vm.create import create as create_vm
 
-    check_name(name)
+    check_new_name(name)
     if flake:
-        _create_from_flake(flake, name)
+        _create_from_flake(flake, name, allow_qemu_args)
         store, _ = open_store()
         sync.push(store, name, sync.clan_dir(clan_dir, flake), notice)
         return
@@ -120,7 +107,7 @@ def create(
         base = Path(from_image)
         if not base.is_file():
             raise InvalidInput(f"base image {base} does not exist or is not a file")
-        disk_size = machines.backend().image_size_mib(base)  # an overlay is as large as its base
+        disk_size = machines.backend().check_base_image(base)  # an overlay is as large as its base
     definition = {
         "name": name,
         "cpus": number(cpus, "cpus", 2),
@@ -160,6 +147,7 @@ def create(
         "accel": "override the accelerator: kvm or tcg",
         "clan_dir": CLAN_DIR_HELP,
         "flake": FLAKE_HELP,
+        "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
     }
 )
 def start(
@@ -171,6 +159,7 @@ def start(
     accel: str | None = None,
     clan_dir: str | None = None,
     flake: str | None = None,
+    allow_qemu_args: bool = False,
 ) -> None:
     """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared)."""
     from clan_vm_tasks.clan import sync
@@ -179,7 +168,9 @@ def start(
     check_name(name)
     seconds = number(timeout, "timeout", 60, float)
     store, settings = open_store(accel)
-    _apply_flake(store, settings, flake, name)
+    from clan_vm_tasks.nix.prepare import apply_flake
+
+    apply_flake(store, settings, flake, name, notice, allow_qemu_args)
     clan = sync.clan_dir(clan_dir, flake)
     if foreground:  # start only returns when the VM is gone again
         sync.push(store, name, clan, notice)
@@ -258,7 +249,7 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
     kept = delete_vm(store, name, force=force)
     forget(store, name)  # its Nix GC roots, if it came from a flake
     say(f"deleted VM '{name}'" + (f"; its disk image is kept at {kept}" if kept else ""))
-    sync.forget(name, sync.clan_dir(clan_dir), notice)
+    sync.forget(store, name, sync.clan_dir(clan_dir), notice)
 
 
 @vm_task(help={"name": NAME_HELP})

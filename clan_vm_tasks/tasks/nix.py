@@ -14,7 +14,14 @@ from invoke.exceptions import Exit
 from clan_vm_tasks import render
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.render import notice
-from clan_vm_tasks.tasks.common import FLAKE_HELP, number, open_store, say, vm_task
+from clan_vm_tasks.tasks.common import (
+    ALLOW_QEMU_ARGS_HELP,
+    FLAKE_HELP,
+    number,
+    open_store,
+    say,
+    vm_task,
+)
 
 
 def _names(names: list[str] | None) -> list[str]:
@@ -76,6 +83,7 @@ def build(c: Context, vm: list[str] | None = None, flake: str | None = None) -> 
         "timeout": "seconds each VM gets to show its ready text (default: its bootTest.timeout)",
         "expect": "ready text to wait for (default: each VM's bootTest.expect)",
         "junit": "also write the results as JUnit XML to this file",
+        "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
     },
 )
 def boot_test(
@@ -85,6 +93,7 @@ def boot_test(
     timeout: str | None = None,
     expect: str | None = None,
     junit: str | None = None,
+    allow_qemu_args: bool = False,
 ) -> None:
     """Build and boot declared VMs in parallel, wait until each is ready, power them off (CI)."""
     from clan_vm_tasks.nix import boot_test as runner
@@ -95,7 +104,14 @@ def boot_test(
     store, settings = open_store()
     selected = flakes.chosen(flake)
     results = runner.run(
-        store, settings, selected, chosen, expect=expect or None, timeout=seconds, notify=notice
+        store,
+        settings,
+        selected,
+        chosen,
+        expect=expect or None,
+        timeout=seconds,
+        notify=notice,
+        allow_qemu_args=allow_qemu_args,
     )
     if junit:
         runner.junit(results, Path(junit), f"clanVms.{flakes.current_system()}")

@@ -13,12 +13,27 @@ from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import machines
 
 
+class Broken(ClanVMError):
+    """A VM whose stored definition is unusable: the request was fine, the state is not."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(
+            f"VM '{name}' is broken: {reason} (clan-vm-manager delete {name} removes it)"
+        )
+
+
 def load(store: Store, name: str) -> VMConfig:
-    return validate(VMConfig, store.read_config(name), f"definition of VM '{name}'")
+    try:
+        return validate(VMConfig, store.read_config(name), "definition")
+    except ClanVMError as error:  # InvalidInput too: the stored file is at fault, not the request
+        raise Broken(name, str(error)) from None
 
 
-def check_files(config: VMConfig) -> VMConfig:
-    """Existence checks that the schema cannot do; paths become absolute."""
+def check(config: VMConfig, store: Store) -> VMConfig:
+    """The checks a schema cannot do, before anything changes: files exist, a base image is
+    safe to lay a disk over, the backend can run the definition. Paths become absolute."""
+    backend = machines.backend()
+    backend.check_config(config)
     updates: dict[str, Any] = {}
     for field in ("kernel", "initrd"):
         path: Path | None = getattr(config, field)
@@ -29,10 +44,16 @@ def check_files(config: VMConfig) -> VMConfig:
     if config.initrd and not config.kernel:
         raise InvalidInput("--initrd needs --kernel (direct kernel boot)")
     if config.base_image is not None:
-        if not config.base_image.is_file():
-            raise InvalidInput(f"base image {config.base_image} does not exist or is not a file")
-        updates["base_image"] = config.base_image.absolute()
-        base_mib = machines.backend().image_size_mib(config.base_image)
+        base = config.base_image
+        if not base.is_file():
+            raise InvalidInput(f"base image {base} does not exist or is not a file")
+        if store.root.resolve() in base.resolve().parents:
+            raise InvalidInput(
+                f"base image {base} is inside the state directory (a VM's disk or a kept "
+                "disk); copy it elsewhere first"
+            )
+        updates["base_image"] = base.absolute()
+        base_mib = backend.check_base_image(base)
         if config.disk_size < base_mib:
             raise InvalidInput(
                 f"--disk {config.disk_size} MiB is smaller than the base image ({base_mib} MiB)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 from clan_vm_tasks.errors import StateConflict
@@ -16,7 +15,12 @@ from clan_vm_tasks.vm.stop import halt
 
 
 def delete(store: Store, name: str, *, force: bool = False, notify: Notify = notice) -> Path | None:
-    """Remove a VM. Without FORCE a running VM is refused and the disk is kept (path returned)."""
+    """Remove a VM. Without FORCE a running VM is refused and the disk is kept (path returned).
+
+    The VM directory is renamed away first, so the VM is gone in one step; the hidden
+    directory's name says whether its disk is to be kept, so a command killed after the
+    rename is finished by the next one (``state.sweep``) as it was asked.
+    """
     store.require(name)
     with store.lock(name):
         paths = store.require(name)
@@ -25,19 +29,15 @@ def delete(store: Store, name: str, *, force: bool = False, notify: Notify = not
             if not force:
                 raise StateConflict(f"VM '{name}' is running; stop it first or use --force")
             halt(store, name, state, force=True, timeout=0, notify=notify)
-        elif state.tap:  # left behind by a crash
+        else:  # a crash may have left a tap or sockets behind
             machines.machine(store, name, state).release(state)
-        kept = None
-        if not force and paths.disk.exists():
-            kept_dir = files.private_dir(store.root / "kept-disks")
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            kept = kept_dir / f"{name}-{stamp}.qcow2"
-            os.rename(paths.disk, kept)
-        doomed = store.staging_dir(name, "deleting")
-        os.rename(paths.dir, doomed)  # atomic: the VM is gone, what remains is garbage
+        staging = store.staging_dir(name, "deleting" if force else "keeping")
+        os.rename(paths.dir, staging)
         files.fsync_dir(store.vms)
-        shutil.rmtree(doomed, ignore_errors=True)
+        disk = staging / paths.disk.name
+        kept = store.keep_disk(disk, name) if not force and disk.exists() else None
+        details = f"disk kept at {kept}" if kept else "disk removed"
+        history.record(store.history, name, "delete", details)
+        shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(paths.run, ignore_errors=True)
-    details = f"disk kept at {kept}" if kept else "disk removed"
-    history.record(store.history, name, "delete", details)
     return kept

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from clan_vm_tasks.errors import StateConflict
+from clan_vm_tasks.errors import ClanVMError, StateConflict
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
@@ -18,7 +18,13 @@ def status(store: Store, name: str) -> dict[str, Any]:
     """list's object for one VM, checked against the hypervisor when the VM is alive."""
     store.require(name)
     state = reconcile.current(store, name)
-    info = listing.view(name, state, store.read_config(name))
+    try:
+        config = store.read_config(name)
+    except ClanVMError:
+        config = None
+    info = listing.view(name, state, config)
+    if info["error"]:
+        raise definition.Broken(name, info["error"])
     info["qmp"] = None
     if state.status in reconcile.ACTIVE:
         run_state = machines.machine(store, name, state).run_state(timeout=2.0)

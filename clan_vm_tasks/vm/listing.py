@@ -9,8 +9,26 @@ from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import reconcile
 
 
-def view(name: str, state: VMState, config: dict[str, Any]) -> dict[str, Any]:
+def problem(name: str, config: Any) -> str | None:
+    """Why a stored definition is unusable, as far as a cheap look tells (None: usable)."""
+    if not isinstance(config, dict):
+        return "its definition (config.json) is unreadable"
+    if config.get("name") != name:
+        return f"its definition names another VM ({config.get('name')!r})"
+    for field in ("cpus", "memory", "disk_size"):
+        value = config.get(field)
+        if type(value) is not int or value < 1:
+            return f"its definition has an invalid {field} ({value!r})"
+    if not isinstance(config.get("network"), dict):
+        return "its definition has no network"
+    return None
+
+
+def view(name: str, state: VMState, config: Any) -> dict[str, Any]:
     """The stable JSON object for one VM (list and status)."""
+    broken = problem(name, config)
+    if broken:
+        config = {}
     network = config.get("network") if isinstance(config.get("network"), dict) else {}
     assert isinstance(network, dict)
     forwards = [
@@ -23,7 +41,8 @@ def view(name: str, state: VMState, config: dict[str, Any]) -> dict[str, Any]:
         forwards = state.forwards  # with the host ports chosen for "auto" at start
     return {
         "name": name,
-        "state": state.status,
+        "state": "broken" if broken else state.status,
+        "error": broken,
         "pid": state.pid if active else None,
         "cpus": config.get("cpus"),
         "memory": config.get("memory"),
@@ -50,10 +69,9 @@ def list_vms(store: Store, state_filter: str | None = None) -> list[dict[str, An
         # Plain string paths: pathlib's overhead is most of the cost with hundreds of VMs.
         base = f"{store.vms}/{name}"
         state = VMState.from_raw(_read_json(f"{base}/state.json"))
-        if state.status in reconcile.ACTIVE:  # only these can have changed behind our back
+        if reconcile.needs_check(store, name, state):
             state = reconcile.current(store, name)
-        if state_filter and state.status != state_filter:
-            continue
-        config = _read_json(f"{base}/config.json")
-        result.append(view(name, state, config if isinstance(config, dict) else {}))
+        row = view(name, state, _read_json(f"{base}/config.json"))
+        if not state_filter or row["state"] == state_filter:
+            result.append(row)
     return result

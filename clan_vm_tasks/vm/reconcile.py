@@ -1,14 +1,23 @@
 """What a VM really is doing, as opposed to what we last wrote down.
 
-Cheap enough for ``list`` over hundreds of VMs: no pydantic and no control
-channel, only the backend's ``alive`` check. A VM recorded as running whose
-process is gone crashed or was powered off by its guest; the backend tells which.
+Cheap enough for ``list`` over hundreds of VMs: a stopped VM costs one ``stat``
+(no pydantic, no control channel, no backend import). Three records can be untrue:
+
+- running or paused, but the VM is gone: it crashed or ended by itself (the
+  backend tells which and why);
+- starting, and nobody holds the VM's lock: the command that started it died
+  before it recorded the VM running; whatever it launched is ended;
+- stopped or crashed, but the VM runs (the record was lost or torn): it is taken
+  back into the record as running.
+
+A change is written (with its one history event) only under the VM's lock.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store, VMState
@@ -16,62 +25,103 @@ from clan_vm_tasks.state.store import Store, VMState
 ACTIVE = ("running", "paused")
 
 
-def settle(store: Store, name: str, state: VMState) -> tuple[VMState, str | None]:
-    """The reconciled state, plus the history action to record if it changed."""
-    if state.status not in ACTIVE:
-        return state, None
-    from clan_vm_tasks.vm import machines  # lazy: a list of stopped VMs needs no backend
+@dataclass(frozen=True)
+class Change:
+    state: VMState  # the record as it should be
+    action: str  # the history event
+    details: str
+    result: str = "ok"
+    abandon: bool = False  # end what an interrupted start launched
 
-    machine = machines.machine(store, name, state)
-    if machine.alive():
-        return state, None
-    action = machine.ended()
-    crashed = action == "crash"
-    settled = dataclasses.replace(
+
+def needs_check(store: Store, name: str, state: VMState) -> bool:
+    """Whether the record may be untrue (a stopped VM costs one stat)."""
+    return state.status in ACTIVE or state.status == "starting" or store.has_pidfile(name)
+
+
+def _ended(state: VMState, status: str, step: str | None) -> VMState:
+    return dataclasses.replace(
         state,
-        status="crashed" if crashed else "stopped",
+        status=status,
         pid=None,
         pid_start=None,
         stopped_at=history.now(),
-        stop_step=None if crashed else "guest-poweroff",
+        stop_step=step,
         tap=None,
-        forwards=[],
     )
-    return settled, action
 
 
-def _details(action: str, state: VMState) -> str:
-    if action == "crash":
-        return f"QEMU (pid {state.pid}) vanished without a stop"
-    return "the guest powered itself off"
+def observe(store: Store, name: str, state: VMState, locked: bool) -> Change | None:
+    """How the record must change to tell the truth; None when it does."""
+    from clan_vm_tasks.vm import machines  # lazy: a list of stopped VMs needs no backend
+
+    if state.status == "starting":
+        if not locked:
+            return None  # its command may still be at work (it holds the lock)
+        return Change(
+            _ended(state, "stopped", None),
+            "start",
+            "interrupted before the VM was recorded running; what it launched was stopped",
+            result="failed",
+            abandon=True,
+        )
+    machine = machines.machine(store, name, state)
+    if state.status in ACTIVE:
+        if machine.alive():
+            return None
+        ending = machine.ended()
+        status = "crashed" if ending.action == "crash" else "stopped"
+        return Change(_ended(state, status, ending.step), ending.action, ending.details)
+    found = machine.find_running()
+    if found is None:
+        return None
+    running = dataclasses.replace(
+        state,
+        status="running",
+        pid=found.pid,
+        pid_start=found.pid_start,
+        accel=found.accel,
+        started_at=state.started_at or history.now(),
+        stopped_at=None,
+        stop_step=None,
+        console_offset=found.console_offset,
+        tap=found.tap,
+        forwards=found.forwards,
+    )
+    details = f"found running (pid {found.pid}) although recorded {state.status}"
+    return Change(running, "recover", details)
 
 
-def persist_settled(store: Store, name: str, before: VMState) -> VMState:
-    """Write a settled state and its one history event; the caller holds the VM lock."""
-    settled, action = settle(store, name, before)
-    if action is None:
-        return settled
-    store.write_state(name, settled)
+def apply(store: Store, name: str, before: VMState, change: Change) -> VMState:
+    """Make CHANGE true and record it; the caller holds the VM lock."""
     from clan_vm_tasks.vm import machines
 
-    machines.machine(store, name, before).release(before)
-    history.record(store.history, name, action, _details(action, before), "ok")
-    return settled
+    machine = machines.machine(store, name, before)
+    if change.abandon:
+        machine.abandon()
+    store.write_state(name, change.state)
+    if change.state.status not in ACTIVE:
+        machine.release(before)
+    history.record(store.history, name, change.action, change.details, change.result)
+    return change.state
 
 
 def current(store: Store, name: str, locked: bool = False) -> VMState:
-    """Reconciled state; written back (once, with its event) when the lock can be had."""
+    """The reconciled state; written back (once, with its event) when the lock can be had."""
     state = store.read_state(name)
-    settled, action = settle(store, name, state)
-    if action is None:
+    if not needs_check(store, name, state):
         return state
+    change = observe(store, name, state, locked)
     if locked:
-        return persist_settled(store, name, state)
+        return state if change is None else apply(store, name, state, change)
+    if change is None and state.status != "starting":
+        return state
     fd = store.try_lock(name)
-    if fd is None:
-        return settled  # someone else is working on it and will record it
+    if fd is None:  # someone else is working on it and will record it
+        return state if change is None else change.state
     try:
-        # Re-read: it may have changed before we locked.
-        return persist_settled(store, name, store.read_state(name))
+        fresh = store.read_state(name)  # re-read: it may have changed before we locked
+        again = observe(store, name, fresh, locked=True)
+        return fresh if again is None else apply(store, name, fresh, again)
     finally:
         os.close(fd)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
-from clan_vm_tasks.state import files, history
+from clan_vm_tasks.errors import InvalidInput, StateConflict
+from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import machines, reconcile
+from clan_vm_tasks.vm.recovery import journaled
 
 
 def resize(store: Store, name: str, size_mib: int) -> tuple[int, int]:
@@ -29,12 +30,15 @@ def resize(store: Store, name: str, size_mib: int) -> tuple[int, int]:
             )
         if size_mib == old:
             return old, old
-        machine.grow_disk(size_mib)
-        config = store.read_config(name)
-        config["disk_size"] = size_mib
-        try:
-            files.atomic_write(paths.config, json.dumps(config, indent=2).encode())
-        except OSError as error:
-            raise ClanVMError(f"disk grown but the definition was not updated: {error}") from None
-    history.record(store.history, name, "resize", f"disk {old} MiB -> {size_mib} MiB")
+        # The image grows first; a command killed before the definition follows leaves a
+        # marker, and the next command records the image's size.
+        with (
+            history.failures_recorded(store.history, name, "resize"),
+            journaled(store, name, "resize", **{"from": old}),
+        ):
+            machine.grow_disk(size_mib)
+            config = store.read_config(name)
+            config["disk_size"] = size_mib
+            store.write(paths.config, json.dumps(config, indent=2).encode())
+            history.record(store.history, name, "resize", f"disk {old} MiB -> {size_mib} MiB")
     return old, size_mib

@@ -7,6 +7,7 @@ a running VM brings back the running guest as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from clan_vm_tasks.backends.base import Snapshot
@@ -14,6 +15,7 @@ from clan_vm_tasks.errors import InvalidInput, StateConflict
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import machines, reconcile
+from clan_vm_tasks.vm.recovery import journaled, sync_disk_size
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 
@@ -65,51 +67,61 @@ def take(store: Store, name: str, snap: str, *, live: bool = False) -> Snapshot:
     with store.lock(name):
         state = reconcile.current(store, name, locked=True)
         machine = machines.machine(store, name, state)
-        if state.status in reconcile.ACTIVE:
-            _refuse_taken(machine.live_snapshots(), snap, name)
-            machine.live_snapshot("save", snap)
-            taken = _find(machine.live_snapshots(), snap, name)
-        elif live:
+        active = state.status in reconcile.ACTIVE
+        if live and not active:
             raise StateConflict(
                 f"VM '{name}' is not running (it is {state.status}); a live snapshot needs "
                 "a running VM (without --live a stopped VM's disk is snapshotted)"
             )
-        else:
-            _refuse_taken(machine.disk_snapshots(), snap, name)
-            machine.disk_snapshot("save", snap)
-            taken = _find(machine.disk_snapshots(), snap, name)
-    what = f"with memory state ({_mib(taken.vm_state_size)})" if taken.memory else "disk only"
-    history.record(store.history, name, "snapshot", f"'{snap}', {what}")
+        listed = machine.live_snapshots if active else machine.disk_snapshots
+        _refuse_taken(listed(), snap, name)
+        with (
+            history.failures_recorded(store.history, name, "snapshot"),
+            journaled(store, name, "snapshot", tag=snap),
+        ):
+            if active:
+                machine.live_snapshot("save", snap)
+            else:
+                machine.disk_snapshot("save", snap)
+            taken = _find(listed(), snap, name)
+            size = _mib(taken.vm_state_size)
+            what = f"with memory state ({size})" if taken.memory else "disk only"
+            history.record(store.history, name, "snapshot", f"'{snap}', {what}")
     return taken
 
 
 def revert(store: Store, name: str, snap: str) -> tuple[Snapshot, str]:
-    """Go back to a snapshot; returns it and the VM's state afterwards."""
+    """Go back to a snapshot; returns it and the VM's state afterwards. The recorded disk
+    size follows the disk (a snapshot may be older than a resize)."""
     check_name(snap)
     store.require(name)
     with store.lock(name):
         state = reconcile.current(store, name, locked=True)
         machine = machines.machine(store, name, state)
         active = state.status in reconcile.ACTIVE
-        if active:
-            target = _find(machine.live_snapshots(), snap, name)
-            if not target.memory:
-                raise StateConflict(
-                    f"snapshot '{snap}' of VM '{name}' holds only disk state; reverting a "
-                    f"running VM's disk is refused: stop it first (clan-vm-manager stop {name})"
-                )
-            machine.live_snapshot("load", snap)
-            # Loading keeps the run state (running stays running, paused paused).
-            status = "paused" if machine.run_state(timeout=5.0) == "paused" else "running"
-            if status != state.status:
-                state.status = status
-                store.write_state(name, state)
-        else:
-            target = _find(machine.disk_snapshots(), snap, name)
-            machine.disk_snapshot("load", snap)
+        target = _find(machine.live_snapshots() if active else machine.disk_snapshots(), snap, name)
+        if active and not target.memory:
+            raise StateConflict(
+                f"snapshot '{snap}' of VM '{name}' holds only disk state; reverting a "
+                f"running VM's disk is refused: stop it first (clan-vm-manager stop {name})"
+            )
+        with (
+            history.failures_recorded(store.history, name, "revert"),
+            journaled(store, name, "revert", tag=snap),
+        ):
             status = state.status
-    how = "memory and disk" if active else "disk"
-    history.record(store.history, name, "revert", f"'{snap}' ({how}); VM {status}")
+            if active:
+                machine.live_snapshot("load", snap)
+                # Loading keeps the run state (running stays running, paused paused).
+                status = "paused" if machine.run_state(timeout=5.0) == "paused" else "running"
+                if status != state.status:
+                    store.write_state(name, dataclasses.replace(state, status=status))
+            else:
+                machine.disk_snapshot("load", snap)
+            size = sync_disk_size(store, name)
+            how = "memory and disk" if active else "disk"
+            details = f"'{snap}' ({how}, disk {size} MiB); VM {status}"
+            history.record(store.history, name, "revert", details)
     return target, status
 
 
@@ -119,10 +131,14 @@ def delete(store: Store, name: str, snap: str) -> None:
     with store.lock(name):
         state = reconcile.current(store, name, locked=True)
         machine = machines.machine(store, name, state)
-        if state.status in reconcile.ACTIVE:
-            _find(machine.live_snapshots(), snap, name)
-            machine.live_snapshot("delete", snap)
-        else:
-            _find(machine.disk_snapshots(), snap, name)
-            machine.disk_snapshot("delete", snap)
-    history.record(store.history, name, "snapshot-delete", f"'{snap}'")
+        active = state.status in reconcile.ACTIVE
+        _find(machine.live_snapshots() if active else machine.disk_snapshots(), snap, name)
+        with (
+            history.failures_recorded(store.history, name, "snapshot-delete"),
+            journaled(store, name, "snapshot-delete", tag=snap),
+        ):
+            if active:
+                machine.live_snapshot("delete", snap)
+            else:
+                machine.disk_snapshot("delete", snap)
+            history.record(store.history, name, "snapshot-delete", f"'{snap}'")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from clan_vm_tasks.backends.base import Launched, Machine
@@ -13,6 +17,7 @@ from clan_vm_tasks.state import history
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import definition, machines, reconcile
+from clan_vm_tasks.vm.recovery import journaled
 from clan_vm_tasks.vm.stop import stop
 
 
@@ -28,12 +33,48 @@ def _record_failed_start(store: Store, name: str, message: str) -> None:
     history.record(store.history, name, "start", message, "failed")
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived while a start was under way (like Ctrl-C's
+    KeyboardInterrupt: not an Exception, so no handler takes it for a failure)."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into Interrupted, so the start can clean up after itself.
+
+    Only the main thread may set handlers; a start in another thread (boot-test) keeps
+    the process's handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _launch(
-    store: Store, name: str, settings: Settings, accel: str | None, foreground: bool, notify: Notify
+    store: Store,
+    name: str,
+    settings: Settings,
+    accel: str | None,
+    foreground: bool,
+    notify: Notify,
+    action: str,
 ) -> tuple[Machine, Launched, VMState]:
     """Launch a stopped VM and record it running; the caller holds the lock.
 
-    On failure nothing is left running and the VM stays stopped.
+    A transaction: the VM is recorded ``starting`` before anything is launched, with the
+    pid as soon as it is known; whatever interrupts or fails the start (an exception,
+    Ctrl-C, SIGTERM, SIGHUP, a full disk) ends what was launched. A SIGKILL cannot be
+    caught: then the next command finds the ``starting`` record and does it.
     """
     store.require(name)
     state = reconcile.current(store, name, locked=True)
@@ -45,26 +86,61 @@ def _launch(
     requested = accel or (config.accel if config.accel != "auto" else settings.accel)
     choice = backend.choose_accel(requested)
     machine = backend.machine(store.paths(name), state)
-    try:
-        launched = machine.launch(config, choice, foreground=foreground, notify=notify)
-    except ClanVMError as error:
-        _record_failed_start(store, name, str(error))
-        raise
-    state = dataclasses.replace(
+    starting = dataclasses.replace(
         state,
-        status="running",
-        pid=launched.pid,
-        pid_start=launched.pid_start,
-        accel=launched.accel,
+        status="starting",
+        pid=None,
+        pid_start=None,
         started_at=history.now(),
         stopped_at=None,
         stop_step=None,
-        console_offset=launched.console_offset,
-        tap=launched.tap,
-        forwards=launched.forwards,
     )
-    store.write_state(name, state)
+
+    def on_spawned(pid: int, pid_start: int) -> None:
+        store.write_state(name, dataclasses.replace(starting, pid=pid, pid_start=pid_start))
+
+    try:
+        with _signals_interrupt(), journaled(store, name, action):
+            store.write_state(name, starting)
+            launched = machine.launch(
+                config, choice, foreground=foreground, notify=notify, on_spawned=on_spawned
+            )
+            state = dataclasses.replace(
+                starting,
+                status="running",
+                pid=launched.pid,
+                pid_start=launched.pid_start,
+                accel=launched.accel,
+                console_offset=launched.console_offset,
+                tap=launched.tap,
+                forwards=launched.forwards,
+            )
+            store.write_state(name, state)
+            history.record(store.history, name, action, f"pid {launched.pid}, {launched.accel}")
+    except BaseException as error:
+        _undo_launch(store, name, machine, starting)
+        _record_failed_start(store, name, _why(error))
+        raise
     return machine, launched, state
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, Interrupted):
+        return f"interrupted by {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return str(error) or type(error).__name__
+
+
+def _undo_launch(store: Store, name: str, machine: Machine, starting: VMState) -> None:
+    """End what the launch started and record the VM stopped, as far as the host lets us;
+    what is left (a full disk) the next command finishes from the ``starting`` record."""
+    stopped = dataclasses.replace(
+        starting, status="stopped", pid=None, pid_start=None, tap=None, stopped_at=history.now()
+    )
+    with contextlib.suppress(Exception):
+        machine.abandon()
+        store.write_state(name, stopped)
 
 
 def start(
@@ -85,24 +161,22 @@ def start(
     began = time.monotonic()
     store.require(name)  # before locking: an unknown name leaves no lock file
     with store.lock(name):
-        machine, launched, state = _launch(store, name, settings, accel, foreground, notify)
+        machine, launched, state = _launch(store, name, settings, accel, foreground, notify, action)
     if wait_for is not None and not machine.wait_for_text(
         wait_for, state.console_offset, timeout - (time.monotonic() - began), machine.alive
     ):
         tail = machine.console_tail(state.console_offset)
         alive = machine.alive()
-        why = "QEMU exited" if not alive else f"not within {timeout:g}s"
+        why = f"not within {timeout:g}s" if alive else f"the VM ended: {machine.ended().details}"
         message = f"{wait_for!r} did not appear on the console of '{name}' ({why})"
         if alive:
             message += f"; the VM is still running (clan-vm-manager stop {name})"
+        else:
+            reconcile.current(store, name)  # records how it ended (a crash, a power-off)
         notify("last console lines:\n" + ("\n".join(f"  | {line}" for line in tail) or "  (none)"))
         _record_failed_start(store, name, message)
         raise ClanVMError(message)
     seconds = time.monotonic() - began
-    details = f"pid {launched.pid}, {launched.accel}" + (
-        f", {wait_for!r} after {seconds:.1f}s" if wait_for else ""
-    )
-    history.record(store.history, name, action, details)
     if foreground:
         _follow_foreground(store, name, machine, state.console_offset, notify)
     return Started(name, launched.pid, launched.accel, seconds)
@@ -113,9 +187,13 @@ def _follow_foreground(
 ) -> None:
     """Stream the console until the VM ends; Ctrl-C or SIGTERM stop it gracefully."""
 
+    def tolerant(message: str) -> None:
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            notify(message)
+
     def on_interrupt() -> None:
-        notify(f"stopping '{name}'...")
-        stop(store, name)
+        tolerant(f"stopping '{name}'...")
+        stop(store, name, notify=tolerant)
 
     machine.follow(offset, on_interrupt)
     reconcile.current(store, name)

@@ -12,6 +12,7 @@ from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import machines, reconcile
+from clan_vm_tasks.vm.recovery import journaled
 
 DEFAULT_STOP_TIMEOUT = 30.0
 HARD_STEP_WAIT = 5.0  # for each step that does not wait on the guest
@@ -98,12 +99,16 @@ def stop(
     store.require(name)
     with store.lock(name):
         state = require_active(store, name)
-        stopped = halt(store, name, state, force=force, timeout=timeout, notify=notify)
-    stopped = dataclasses.replace(stopped, seconds=time.monotonic() - began)
-    history.record(
-        store.history,
-        name,
-        "stop",
-        f"{stopped.step}: {stopped.words} ({stopped.seconds:.1f}s)",
-    )
+        with (
+            history.failures_recorded(store.history, name, "stop"),
+            journaled(store, name, "stop"),
+        ):
+            stopped = halt(store, name, state, force=force, timeout=timeout, notify=notify)
+            stopped = dataclasses.replace(stopped, seconds=time.monotonic() - began)
+            history.record(
+                store.history,
+                name,
+                "stop",
+                f"{stopped.step}: {stopped.words} ({stopped.seconds:.1f}s)",
+            )
     return stopped

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clan_vm_tasks.backends.qemu.argv import LaunchPlan, build_argv
+from clan_vm_tasks.backends.qemu.argv import LaunchPlan, build_argv, colliding, describe
 from clan_vm_tasks.models import NetworkConfig, PortForward, VMConfig
 
 
@@ -20,6 +20,7 @@ def plan(config: VMConfig, accel: str = "tcg", daemonize: bool = True) -> Launch
         serial_socket=Path("/run/c/serial.sock"),
         console_log=Path("/s/vms/web/console.log"),
         pidfile=Path("/s/vms/web/qemu.pid"),
+        events=Path("/s/vms/web/events"),
         daemonize=daemonize,
     )
 
@@ -55,6 +56,8 @@ def test_direct_kernel_boot_with_user_networking() -> None:
         "-serial", "chardev:serial0",
         "-chardev", "socket,id=qmp,path=/run/c/qmp.sock,server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
+        "-chardev", "pipe,id=events,path=/s/vms/web/events",
+        "-mon", "chardev=events,mode=control",
         "-pidfile", "/s/vms/web/qemu.pid",
         "-daemonize",
     ]  # fmt: skip
@@ -115,3 +118,49 @@ def test_auto_ports_must_be_resolved_before_the_command_line() -> None:
     config = VMConfig(name="web", network=NetworkConfig(forward_ports=forwards))
     with pytest.raises(ValueError):
         build_argv(plan(config))
+
+
+def test_a_command_line_describes_the_vm_it_runs() -> None:
+    """What lets a QEMU whose record was lost be taken back: accel, tap, forwards."""
+    config = VMConfig(
+        name="web",
+        network=NetworkConfig(
+            forward_ports=[
+                PortForward(host_port=2222, guest_port=22),
+                PortForward(protocol="udp", host_port=5353, guest_port=53),
+            ]
+        ),
+    )
+    assert describe(build_argv(plan(config))) == (
+        "tcg",
+        None,
+        ["tcp:127.0.0.1:2222->22", "udp:127.0.0.1:5353->53"],
+    )
+    bridged = VMConfig(name="web", network=NetworkConfig(mode="bridge", bridge="br0"))
+    tapped = LaunchPlan(**{**plan(bridged, accel="kvm").__dict__, "tap": "cvm0123"})
+    assert describe(build_argv(tapped)) == ("kvm", "cvm0123", [])
+
+
+@pytest.mark.parametrize(
+    ("extra", "clash"),
+    [
+        (["-pidfile", "/tmp/x"], "-pidfile"),
+        (["--daemonize"], "--daemonize"),
+        (["-qmp", "tcp:0:4444"], "-qmp"),
+        (["-monitor", "stdio"], "-monitor"),
+        (["-serial", "file:/etc/x"], "-serial"),
+        (["-name", "evil"], "-name"),
+        (["-chardev", "file,id=qmp,path=/tmp/x"], "-chardev file,id=qmp,path=/tmp/x"),
+        (["-netdev", "user,id=net0"], "-netdev user,id=net0"),
+        (["-drive", "file=/etc/shadow,id=disk0"], "-drive file=/etc/shadow,id=disk0"),
+        (["-m", "64G"], "-m"),
+    ],
+)
+def test_extra_arguments_that_clash_with_the_tools_own_are_found(
+    extra: list[str], clash: str
+) -> None:
+    assert colliding(["-device", "virtio-rng-pci", *extra]) == [clash]
+
+
+def test_extra_arguments_of_their_own_pass() -> None:
+    assert colliding(["-device", "virtio-rng-pci", "-chardev", "null,id=mine", "-no-reboot"]) == []

@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 from clan_vm_tasks.models import NetworkConfig, VMConfig
 
 QEMU_BINARY = "qemu-system-x86_64"
+# Options the tool sets itself (or whose effect it must know): an extra argument may not
+# set them again. QEMU takes "--opt" for "-opt".
+OWN_OPTIONS = frozenset(
+    [
+        "-name",
+        "-machine",
+        "-M",
+        "-accel",
+        "-enable-kvm",
+        "-smp",
+        "-m",
+        "-kernel",
+        "-initrd",
+        "-append",
+        "-nodefaults",
+        "-no-user-config",
+        "-pidfile",
+        "-daemonize",
+        "-qmp",
+        "-qmp-pretty",
+        "-mon",
+        "-monitor",
+        "-serial",
+        "-readconfig",
+        "-runas",
+        "-chroot",
+    ]
+)
+# The ids of what the tool's command line defines, per option.
+OWN_IDS = {
+    "-chardev": {"serial0", "qmp", "events"},
+    "-netdev": {"net0"},
+    "-drive": {"disk0"},
+}
 
 
 @dataclass(frozen=True)
@@ -20,6 +55,7 @@ class LaunchPlan:
     serial_socket: Path
     console_log: Path
     pidfile: Path
+    events: Path  # QEMU's event log: EVENTS.in holds our request, EVENTS.out gets the events
     daemonize: bool = True
     tap: str | None = None  # the tap device a bridged NIC uses (made by hostnet), if any
 
@@ -78,9 +114,44 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-serial", "chardev:serial0",
         "-chardev", f"socket,id=qmp,path={_escape(str(plan.qmp_socket))},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
+        "-chardev", f"pipe,id=events,path={_escape(str(plan.events))}",
+        "-mon", "chardev=events,mode=control",
         "-pidfile", str(plan.pidfile),
     ]  # fmt: skip
     if plan.daemonize:
         argv.append("-daemonize")
     argv += config.qemu_args
     return argv
+
+
+def describe(argv: list[str]) -> tuple[str, str | None, list[str]]:
+    """What a command line built here says of its VM: accelerator, tap, forwards (to take
+    a running QEMU back into the record)."""
+    accel, tap, forwards = "tcg", None, []
+    for option, value in itertools.pairwise(argv):
+        if option == "-machine":
+            accel = next((p[6:] for p in value.split(",") if p.startswith("accel=")), accel)
+        elif option == "-netdev":
+            for part in value.split(","):
+                if part.startswith("ifname="):
+                    tap = part[7:]
+                elif part.startswith("hostfwd="):  # hostfwd=tcp:127.0.0.1:HOST-:GUEST
+                    proto, _, host, guest = part[8:].replace("-:", ":").split(":")
+                    forwards.append(f"{proto}:127.0.0.1:{host}->{guest}")
+    return accel, tap, forwards
+
+
+def colliding(extra: list[str]) -> list[str]:
+    """The extra arguments that would override or clash with the tool's own."""
+    found = []
+    for i, arg in enumerate(extra):
+        if not arg.startswith("-"):
+            continue
+        option = "-" + arg.lstrip("-")
+        value = extra[i + 1] if i + 1 < len(extra) else ""
+        ids = {part[3:] for part in value.split(",") if part.startswith("id=")}
+        if option in OWN_OPTIONS:
+            found.append(arg)
+        elif ids & OWN_IDS.get(option, set()):
+            found.append(f"{arg} {value}")
+    return found

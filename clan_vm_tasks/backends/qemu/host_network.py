@@ -100,20 +100,38 @@ def delete_tap(tap: str) -> None:
             _ip("link", "delete", tap)
 
 
-def _bind_free(protocol: str) -> socket.socket:
+def _bind_free(protocol: str, port: int) -> socket.socket | None:
+    """A socket bound to 127.0.0.1:PORT (0: any free port), or None when PORT is taken."""
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(socket.AF_INET, kind)
-    sock.bind(("127.0.0.1", 0))
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        if port == 0:
+            raise
+        return None
     return sock
 
 
+def _previous_port(previous: list[str], protocol: str, guest_port: int) -> int:
+    """The host port the last boot forwarded to GUEST_PORT (0 if none)."""
+    for forward in previous:  # "tcp:127.0.0.1:HOST->GUEST"
+        head, _, guest = forward.partition("->")
+        proto, _, host = head.partition(":127.0.0.1:")
+        if proto == protocol and guest == str(guest_port) and host.isdigit():
+            return int(host)
+    return 0
+
+
 @contextlib.contextmanager
-def prepare(config: VMConfig, vm_dir: Path) -> Iterator[NetPlan]:
+def prepare(config: VMConfig, vm_dir: Path, previous: list[str]) -> Iterator[NetPlan]:
     """Host resources for one launch, held for the duration of the with-block.
 
-    ``auto`` ports: a user-wide lock is held from choosing until the caller has
-    launched QEMU and it listens, so VMs started in parallel never pick the same
-    port. A tap made here is removed again if the block fails.
+    ``auto`` ports: the port of the previous boot (PREVIOUS, as in ``forwards``) while
+    it is free, else a free one. A user-wide lock is held from choosing until the
+    caller has launched QEMU and it listens, so VMs started in parallel never pick the
+    same port. A tap made here is removed again if the block fails.
     """
     network = config.network
     tap: str | None = None
@@ -142,7 +160,14 @@ def prepare(config: VMConfig, vm_dir: Path) -> Iterator[NetPlan]:
             return
         lock = files.private_dir(runtime_root()) / "ports.lock"
         with files.locked(lock, "port allocation", PORT_LOCK_TIMEOUT):
-            held = [_bind_free(f.protocol) for f in auto]
+            held = []
+            for forward in auto:
+                port = _previous_port(previous, forward.protocol, forward.guest_port)
+                sock = (port and _bind_free(forward.protocol, port)) or _bind_free(
+                    forward.protocol, 0
+                )
+                assert sock is not None
+                held.append(sock)
             chosen = iter([s.getsockname()[1] for s in held])
             for sock in held:
                 sock.close()  # QEMU binds them next, while we still hold the lock

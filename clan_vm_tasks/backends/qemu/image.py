@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.backends.qemu.process import die_with_parent
+from clan_vm_tasks.errors import ClanVMError, InvalidInput
 
 QEMU_IMG = "qemu-img"
 
@@ -19,7 +21,13 @@ def _qemu_img(*args: str) -> str:
     except sh.CommandNotFound:
         raise ClanVMError("qemu-img not found: install QEMU's tools (Debian: qemu-utils)") from None
     try:
-        return str(command(*args, _tty_out=False, _env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}))
+        output = command(
+            *args,
+            _tty_out=False,
+            _env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+            _preexec_fn=die_with_parent,
+        )
+        return str(output)
     except sh.ErrorReturnCode as error:
         message = error.stderr.decode(errors="replace").strip().splitlines()
         raise ClanVMError(
@@ -35,10 +43,47 @@ def create(path: Path, size_mib: int) -> None:
 
 
 def info(path: Path) -> dict[str, Any]:
-    data = json.loads(_qemu_img("info", "--output=json", "--force-share", str(path)))
+    """``qemu-img info`` of one of our qcow2 disks (the format is given, never probed)."""
+    data = json.loads(_qemu_img("info", "-f", "qcow2", "--output=json", "--force-share", str(path)))
     if not isinstance(data, dict):
         raise ClanVMError(f"qemu-img info {path} returned no object")
     return data
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    path: Path
+    format: str  # "qcow2" or "raw"
+    size: int  # virtual size in bytes
+
+
+def inspect_base(path: Path) -> BaseImage:
+    """Check a base image before a disk is laid over it.
+
+    Its format has to be found by looking at it, so the whole backing chain is inspected:
+    only a qcow2 or raw image that refers to no other file is accepted. A qcow2 header
+    can name any host file as its backing or data file (say /etc/shadow as raw), and
+    other formats (vmdk descriptors) can name extents anywhere.
+    """
+    chain = json.loads(
+        _qemu_img("info", "--backing-chain", "--output=json", "--force-share", str(path))
+    )
+    if not isinstance(chain, list) or not chain or not isinstance(chain[0], dict):
+        raise ClanVMError(f"qemu-img info {path} returned no image")
+    first = chain[0]
+    fmt = str(first.get("format"))
+    if fmt not in ("qcow2", "raw"):
+        raise InvalidInput(f"base image {path} is a {fmt} image; use a qcow2 or raw image")
+    backing = first.get("full-backing-filename") or first.get("backing-filename")
+    if len(chain) > 1 or backing:
+        raise InvalidInput(
+            f"base image {path} refers to another file ({backing}); a base image must be "
+            "self-contained (qemu-img convert -O qcow2 it first)"
+        )
+    data_file = first.get("format-specific", {}).get("data", {}).get("data-file")
+    if data_file:
+        raise InvalidInput(f"base image {path} keeps its data in another file ({data_file})")
+    return BaseImage(path, fmt, int(first["virtual-size"]))
 
 
 def resize(path: Path, size_mib: int) -> None:
@@ -55,18 +100,23 @@ def resize(path: Path, size_mib: int) -> None:
 def create_overlay(path: Path, base: Path, size_mib: int) -> None:
     """A copy-on-write disk over BASE: QEMU only ever opens BASE read-only.
 
-    No preallocation and no copy, so creation takes the same time for any base size.
+    No preallocation and no copy, so creation takes the same time for any base size. The
+    base's format goes into the overlay, so QEMU never probes the base either.
     """
-    base_format = str(info(base).get("format", "raw"))
+    checked = inspect_base(base)
     _qemu_img(
-        "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(path),
+        "create", "-q", "-f", "qcow2", "-b", str(base), "-F", checked.format, str(path),
         f"{size_mib}M",
     )  # fmt: skip
 
 
+def mib_ceil(size: int) -> int:
+    return -(-size // (1 << 20))
+
+
 def size_mib_ceil(path: Path) -> int:
-    """The virtual size of an image in MiB, rounded up (a base image need not be MiB-aligned)."""
-    return -(-int(info(path)["virtual-size"]) // (1 << 20))
+    """The virtual size of one of our disks in MiB, rounded up."""
+    return mib_ceil(int(info(path)["virtual-size"]))
 
 
 def snapshots(path: Path) -> list[dict[str, Any]]:
@@ -78,4 +128,6 @@ def snapshots(path: Path) -> list[dict[str, Any]]:
 def snapshot(path: Path, action: str, tag: str) -> None:
     """``qemu-img snapshot``: -c creates, -a applies (reverts to), -d deletes the snapshot TAG."""
     assert action in ("-c", "-a", "-d")
-    _qemu_img("snapshot", action, tag, str(path))
+    # qemu-img snapshot has no -f: the format goes in as image options, never probed.
+    options = f"driver=qcow2,file.filename={str(path).replace(',', ',,')}"
+    _qemu_img("snapshot", action, tag, "--image-opts", options)

@@ -8,6 +8,7 @@ QEMU also appends to ``console.log``. Only ``process`` is imported up front:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -17,11 +18,18 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from clan_vm_tasks.backends.base import AccelChoice, Launched, Snapshot, SnapshotCommand, StopStep
-from clan_vm_tasks.backends.qemu import process
-from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.backends.base import (
+    AccelChoice,
+    Ending,
+    Launched,
+    Snapshot,
+    SnapshotCommand,
+    StopStep,
+)
+from clan_vm_tasks.backends.qemu import events, process
+from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
@@ -82,7 +90,13 @@ class QemuMachine:
     # --- running it -----------------------------------------------------------------------------
 
     def launch(
-        self, config: VMConfig, accel: AccelChoice, *, foreground: bool, notify: Notify
+        self,
+        config: VMConfig,
+        accel: AccelChoice,
+        *,
+        foreground: bool,
+        notify: Notify,
+        on_spawned: Callable[[int, int], None],
     ) -> Launched:
         from clan_vm_tasks.backends.qemu import host_network
         from clan_vm_tasks.backends.qemu.argv import LaunchPlan, build_argv
@@ -93,8 +107,9 @@ class QemuMachine:
             notify(accel.notice)
         paths = self.paths
         self._prepare_runtime()
-        offset = paths.console_log.stat().st_size if paths.console_log.exists() else 0
-        with host_network.prepare(config, paths.dir) as net:
+        self._new_logs()
+        # "auto" ports: the ones of the last boot while they are free (stable SSH targets).
+        with host_network.prepare(config, paths.dir, self.state.forwards) as net:
             argv = build_argv(
                 LaunchPlan(
                     config=net.config,
@@ -105,6 +120,7 @@ class QemuMachine:
                     serial_socket=paths.serial_socket,
                     console_log=paths.console_log,
                     pidfile=paths.pidfile,
+                    events=paths.events,
                     daemonize=not foreground,
                     tap=net.tap,
                 )
@@ -114,6 +130,10 @@ class QemuMachine:
                 proc = process.wait_for_pidfile(paths.pidfile, self._child, PIDFILE_TIMEOUT)
             else:
                 proc = process.launch_daemon(argv, paths.pidfile, paths.qemu_log)
+            self.state = dataclasses.replace(
+                self.state, pid=proc.pid, pid_start=proc.start, tap=net.tap
+            )
+            on_spawned(proc.pid, proc.start)
             # Inside the network block: "auto" ports stay reserved until QEMU listens.
             try:
                 self._await_qmp(proc, QMP_START_TIMEOUT)
@@ -121,8 +141,30 @@ class QemuMachine:
                 self._hard_stop(proc)
                 paths.pidfile.unlink(missing_ok=True)
                 raise ClanVMError(f"QEMU started but QMP never answered: {error}") from None
-        self.state = dataclasses.replace(self.state, pid=proc.pid, pid_start=proc.start)
-        return Launched(proc.pid, proc.start, accel.accel, offset, net.tap, net.forwards)
+        return Launched(proc.pid, proc.start, accel.accel, 0, net.tap, net.forwards)
+
+    def _new_logs(self) -> None:
+        """One boot per console log (the previous boot's stays as console.log.1), and a fresh
+        event log: QEMU reads our capabilities request from EVENTS.in and writes every QMP
+        event (SHUTDOWN with its reason, GUEST_PANICKED) to EVENTS.out, with nothing of
+        ours resident."""
+        log = self.paths.console_log
+        if log.exists():
+            os.replace(log, log.with_name(log.name + ".1"))
+        events = self.paths.events
+        events.with_suffix(".in").write_bytes(b'{"execute": "qmp_capabilities"}\n')
+        events.with_suffix(".out").write_bytes(b"")
+
+    def abandon(self) -> None:
+        found = process.naming(self.paths.pidfile)
+        for proc in found:
+            process.send_signal(proc, self.paths.pidfile, signal.SIGKILL)
+        for proc in found:
+            if not process.wait_gone(proc, self.paths.pidfile, HARD_STEP_WAIT):
+                raise ClanVMError(f"QEMU (pid {proc.pid}) survived SIGKILL")
+        if self._child is not None:
+            self._child.wait(HARD_STEP_WAIT)
+        self.release(self.state)
 
     def _prepare_runtime(self) -> None:
         from clan_vm_tasks.state import files
@@ -162,22 +204,27 @@ class QemuMachine:
         def on_signal(signum: int, frame: object) -> None:
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, on_signal)
+        def show(chunk: bytes) -> None:
+            with contextlib.suppress(OSError):  # a terminal that went away reads nothing
+                os.write(sys.stdout.fileno(), chunk)
+
+        # SIGHUP (the terminal closed) stops the VM like SIGTERM and Ctrl-C.
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
             while child.poll() is None:
                 try:
                     chunk = console.read_from(self.paths.console_log, offset)
-                    if chunk:
-                        offset += len(chunk)
-                        os.write(sys.stdout.fileno(), chunk)
+                    offset += len(chunk)
+                    show(chunk)
                     time.sleep(0.05)
                 except KeyboardInterrupt:
                     on_interrupt()
                     break
             child.wait()
-            os.write(sys.stdout.fileno(), console.read_from(self.paths.console_log, offset))
+            show(console.read_from(self.paths.console_log, offset))
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     # --- observing it ---------------------------------------------------------------------------
 
@@ -185,9 +232,35 @@ class QemuMachine:
         proc = self._proc
         return proc is not None and process.is_ours(proc, self.paths.pidfile)
 
-    def ended(self) -> Literal["crash", "poweroff"]:
+    def ended(self) -> Ending:
         # QEMU removes its pidfile on every orderly exit: one left behind means it was killed.
-        return "crash" if self.paths.pidfile.exists() else "poweroff"
+        if self.paths.pidfile.exists():
+            return Ending("crash", None, f"QEMU (pid {self.state.pid}) vanished without a stop")
+        reason, panicked = events.shutdown_reason(self.paths.events.with_suffix(".out"))
+        if panicked or reason == "guest-panic":
+            return Ending("crash", None, "the guest kernel panicked")
+        if reason == "guest-reset":
+            if b"Kernel panic" in self.console_output(0):
+                return Ending(
+                    "crash", None, "the guest kernel panicked (and QEMU exited, as -no-reboot asks)"
+                )
+            return Ending(
+                "poweroff",
+                "guest-reboot",
+                "the guest rebooted (and QEMU exited, as -no-reboot asks)",
+            )
+        if reason in ("host-signal", "host-qmp-quit", "host-error"):
+            return Ending("crash", None, events.HOST_REASONS[reason])
+        return Ending("poweroff", "guest-poweroff", "the guest powered itself off")
+
+    def find_running(self) -> Launched | None:
+        proc = process.read_pidfile(self.paths.pidfile)
+        if proc is None or not process.is_ours(proc, self.paths.pidfile):
+            return None
+        from clan_vm_tasks.backends.qemu.argv import describe
+
+        accel, tap, forwards = describe(process.argv_of(proc))
+        return Launched(proc.pid, proc.start, accel, 0, tap, forwards)
 
     def run_state(self, timeout: float = 2.0) -> str | None:
         try:
@@ -223,8 +296,8 @@ class QemuMachine:
 
         for leftover in (self.paths.pidfile, self.paths.qmp_socket, self.paths.serial_socket):
             leftover.unlink(missing_ok=True)
-        if state.tap:
-            host_network.delete_tap(state.tap)
+        # A tap we made is named after the VM directory: found even if the record lost it.
+        host_network.delete_tap(state.tap or host_network.tap_name(self.paths.dir))
 
     # --- pausing and live snapshots -------------------------------------------------------------
 
@@ -326,7 +399,17 @@ class QemuBackend:
         else:
             image.create(path, size_mib)
 
-    def image_size_mib(self, path: Path) -> int:
+    def check_config(self, config: VMConfig) -> None:
+        from clan_vm_tasks.backends.qemu.argv import colliding
+
+        clashes = colliding(config.qemu_args)
+        if clashes:
+            raise InvalidInput(
+                f"extra QEMU arguments of VM '{config.name}' would override the tool's own: "
+                + ", ".join(clashes)
+            )
+
+    def check_base_image(self, path: Path) -> int:
         from clan_vm_tasks.backends.qemu import image
 
-        return image.size_mib_ceil(path)
+        return image.mib_ceil(image.inspect_base(path).size)

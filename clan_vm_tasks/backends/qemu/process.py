@@ -148,3 +148,27 @@ def wait_for_pidfile(pidfile: Path, child: subprocess.Popen[bytes], timeout: flo
             raise ClanVMError(f"QEMU exited with status {child.returncode} while starting")
         time.sleep(0.01)
     raise ClanVMError(f"QEMU wrote no pidfile within {timeout:.0f}s")
+
+
+def naming(path: Path) -> list[ProcessId]:
+    """Live processes that have PATH as an argument: a QEMU of ours whose pid we lost."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and str(path) in _cmdline(int(entry)):
+            start = start_time(int(entry))
+            if start is not None:
+                found.append(ProcessId(int(entry), start))
+    return found
+
+
+def argv_of(proc: ProcessId) -> list[str]:
+    return _cmdline(proc.pid)
+
+
+def die_with_parent() -> None:
+    """In a child before exec: be killed when the command that started it dies (a killed
+    command leaves no qemu-img running)."""
+    import ctypes  # lazy: only children of disk operations need it
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
