@@ -20,5 +20,14 @@ class UnknownVM(InvalidInput):
         super().__init__(f"no VM named '{name}' (see: clan-vm-manager list)")
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived while an operation had to finish or undo itself (like
+    Ctrl-C's KeyboardInterrupt, not an Exception: no handler takes it for a failure)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StateConflict(ClanVMError):
     """The operation makes no sense in the VM's current state (e.g. stop a stopped VM)."""

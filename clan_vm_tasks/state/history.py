@@ -129,6 +129,6 @@ def failures_recorded(log: Path, vm: str, action: str) -> Iterator[None]:
         yield
     except (InvalidInput, StateConflict):
         raise
-    except ClanVMError as error:
+    except (ClanVMError, OSError) as error:
         record(log, vm, action, str(error), "failed")
         raise

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import math
 import re
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from clan_vm_tasks.errors import ClanVMError, InvalidInput
+from clan_vm_tasks.errors import ClanVMError, Interrupted, InvalidInput
 from clan_vm_tasks.state.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ def reports_errors(body: F) -> F:
             raise Exit(f"error: {error}", code=error.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("error: interrupted", code=130) from None
+        except Interrupted as signalled:
+            name = signal.Signals(signalled.signum).name
+            raise Exit(f"error: interrupted by {name}", code=128 + signalled.signum) from None
         except OSError as error:
             raise Exit(f"error: {error}", code=1) from None
 

@@ -62,10 +62,10 @@ def list_(
             [
                 [
                     v["name"],
-                    v["state"],
+                    f"broken: {v['error']}" if v.get("state") == "broken" else v["state"],
                     v["pid"],
                     v["cpus"],
-                    f"{v['memory']} MiB",
+                    None if v["memory"] is None else f"{v['memory']} MiB",
                     v["network"],
                     ", ".join(v["forwards"]) or None,
                     *(["declared" if v["declared"] else None] if "declared" in v else []),

@@ -74,11 +74,11 @@ def take(store: Store, name: str, snap: str, *, live: bool = False) -> Snapshot:
                 "a running VM (without --live a stopped VM's disk is snapshotted)"
             )
         listed = machine.live_snapshots if active else machine.disk_snapshots
-        _refuse_taken(listed(), snap, name)
         with (
             history.failures_recorded(store.history, name, "snapshot"),
             journaled(store, name, "snapshot", tag=snap),
         ):
+            _refuse_taken(listed(), snap, name)
             if active:
                 machine.live_snapshot("save", snap)
             else:

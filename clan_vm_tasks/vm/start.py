@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from clan_vm_tasks.backends.base import Launched, Machine
-from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
+from clan_vm_tasks.errors import ClanVMError, Interrupted, InvalidInput, StateConflict
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.settings import Settings
@@ -33,11 +33,6 @@ def _record_failed_start(store: Store, name: str, message: str) -> None:
     history.record(store.history, name, "start", message, "failed")
 
 
-class Interrupted(BaseException):
-    """SIGTERM or SIGHUP arrived while a start was under way (like Ctrl-C's
-    KeyboardInterrupt: not an Exception, so no handler takes it for a failure)."""
-
-
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into Interrupted, so the start can clean up after itself.
@@ -50,7 +45,7 @@ def _signals_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+        raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -126,7 +121,7 @@ def _launch(
 
 def _why(error: BaseException) -> str:
     if isinstance(error, Interrupted):
-        return f"interrupted by {error}"
+        return f"interrupted by {signal.Signals(error.signum).name}"
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
     return str(error) or type(error).__name__

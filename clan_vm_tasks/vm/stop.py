@@ -68,7 +68,6 @@ def halt(
             pid=None,
             pid_start=None,
             tap=None,
-            forwards=[],
             stopped_at=history.now(),
             stop_step=step,
         ),

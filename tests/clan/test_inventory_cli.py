@@ -119,3 +119,19 @@ def test_a_malformed_inventory_is_left_alone(cli: CLI, clan_dir: Path) -> None:
     assert bad.code == 2 and bad.err.startswith("error: invalid tag")
     nowhere = cli.run("inventory", "push", "vm1")
     assert nowhere.code == 2 and "--clan-dir" in nowhere.err
+
+
+def test_a_late_push_cannot_bring_back_a_deleted_vm(
+    cli: CLI, clan_dir: Path, tmp_path: Path
+) -> None:
+    from clan_vm_tasks.clan import sync
+    from clan_vm_tasks.state.store import Store
+
+    cli.ok("create", "racer", "--disk", "16", "--clan-dir", str(clan_dir))
+    assert "racer" in machines(clan_dir)
+    cli.ok("delete", "racer", "--clan-dir", str(clan_dir))
+    assert "racer" not in machines(clan_dir)
+    # What a start that finished after the delete would do: push the VM it started.
+    notices: list[str] = []
+    sync.push(Store(cli.state_dir), "racer", clan_dir, notices.append)
+    assert "racer" not in machines(clan_dir) and notices == []

@@ -7,11 +7,14 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from clan_vm_tasks.state import files, history
 from clan_vm_tasks.state.store import Store, VMState
-from tests.conftest import CLI
+from tests.conftest import CLI, Result
 
 
 def test_state_dir_is_private(tmp_path: Path) -> None:
@@ -110,3 +113,132 @@ def test_state_dir_from_environment_and_xdg(tmp_path: Path, monkeypatch: object)
     finally:
         os.environ.clear()
         os.environ.update(env)
+
+
+def test_an_event_after_a_torn_line_is_not_glued_to_it(tmp_path: Path) -> None:
+    log = tmp_path / "history.jsonl"
+    history.record(log, "a", "create")
+    with log.open("ab") as f:
+        f.write(b'{"timestamp": "2026-')  # a writer killed in the middle of its line
+    history.record(log, "a", "start", "pid 1")
+    assert [e.action for e in history.read(log)] == ["start", "create"]
+    assert log.read_bytes().endswith(b"\n")
+
+
+def test_history_lines_of_the_wrong_shape_are_skipped(cli: CLI) -> None:
+    cli.ok("create", "shape", "--disk", "16")
+    with (cli.state_dir / "history.jsonl").open("ab") as f:
+        for line in (
+            {"timestamp": 5, "vm": "shape", "action": "x", "user": "u", "details": ""},
+            {"vm": "shape", "action": "x"},
+            {"timestamp": "t", "vm": ["shape"], "action": "x", "user": "u", "details": ""},
+            ["not", "an", "object"],
+        ):
+            f.write(json.dumps(line).encode() + b"\n")
+    events = json.loads(cli.ok("history", "--json").out)
+    assert [e["action"] for e in events] == ["create"]
+    assert "shape" in cli.ok("history").out
+
+
+def test_a_short_write_leaves_no_partial_line(tmp_path: Path, monkeypatch: object) -> None:
+    log = tmp_path / "history.jsonl"
+    history.append(log, "a", "create")
+    before = log.read_bytes()
+    real_write = os.write
+
+    def short(fd: int, data: bytes) -> int:
+        return real_write(fd, data[:7])  # a full disk takes only part of the line
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "write", short)
+        with pytest.raises(OSError, match="only 7 of"):
+            history.append(log, "a", "start")
+        warnings: list[str] = []
+        history.record(log, "a", "start", warn=warnings.append)
+    assert log.read_bytes() == before
+    assert warnings and "history was not updated" in warnings[0]
+
+
+def test_an_operation_that_took_effect_succeeds_when_its_history_cannot_be_written(
+    cli: CLI,
+) -> None:
+    cli.state_dir.mkdir(parents=True)
+    (cli.state_dir / "history.jsonl").mkdir()  # not writable as a file
+    result = cli.ok("create", "quiet", "--disk", "16")
+    assert "created VM 'quiet'" in result.out
+    assert "warning: the history was not updated (create of 'quiet')" in result.err
+    assert [v["name"] for v in json.loads(cli.ok("list", "--json").out)] == ["quiet"]
+
+
+def qemu_img_cannot_run(cli: CLI, *args: str) -> Result:
+    """Run the CLI with every exec of qemu-img failing."""
+    argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=execve", "-P"]
+    argv += ["/usr/bin/qemu-img", "-e", "inject=execve:error=EACCES", *cli.command(), *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=cli.env, check=False)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_failed_create_and_snapshot_are_recorded_as_failed(cli: CLI) -> None:
+    failed = qemu_img_cannot_run(cli, "create", "doomed", "--disk", "16")
+    assert failed.code == 1 and failed.err.startswith("error: qemu-img create could not run")
+    assert "Traceback" not in failed.err
+    assert not (cli.state_dir / "vms" / "doomed").exists()
+    cli.ok("create", "snappy", "--disk", "16")
+    failed = qemu_img_cannot_run(cli, "snapshot", "snappy", "s1")
+    assert failed.code == 1, failed
+    events = json.loads(cli.ok("history", "--json").out)
+    assert [(e["vm"], e["action"], e["result"]) for e in events] == [
+        ("snappy", "snapshot", "failed"),
+        ("snappy", "create", "ok"),
+        ("doomed", "create", "failed"),
+    ]
+
+
+def test_deletes_in_one_second_never_replace_a_kept_disk(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state").ensure()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "strftime", lambda fmt: "20261128T120000")
+        kept = []
+        for number in range(4):
+            disk = tmp_path / f"disk{number}"
+            disk.write_text(str(number))
+            kept.append(store.keep_disk(disk, "web"))
+    assert [p.name for p in kept] == [
+        "web-20261128T120000.qcow2",
+        "web-20261128T120000-2.qcow2",
+        "web-20261128T120000-3.qcow2",
+        "web-20261128T120000-4.qcow2",
+    ]
+    assert [p.read_text() for p in kept] == ["0", "1", "2", "3"]
+
+
+def test_what_killed_commands_left_is_cleared_by_the_next_command(cli: CLI) -> None:
+    cli.ok("create", "keeper", "--disk", "16")
+    vms, locks = cli.state_dir / "vms", cli.state_dir / "locks"
+    # A delete killed after renaming the VM away, before it moved the kept disk out.
+    dead = 2**22 + 17  # above pid_max: no live process has it
+    (vms / "keeper").rename(vms / f".keeping-keeper-{dead}")
+    (vms / f".creating-half-{dead}").mkdir()
+    (locks / "ghost.lock").touch()
+    (locks / "ghost.console").touch()
+    (cli.state_dir / "tmp" / f"{dead}.abcd.tmp").write_text("torn")
+    assert cli.ok("list", "--json").out.strip() == "[]"
+    assert sorted(p.name for p in vms.iterdir()) == []
+    assert sorted(p.name for p in locks.iterdir()) == []
+    assert list((cli.state_dir / "tmp").iterdir()) == []
+    kept = list((cli.state_dir / "kept-disks").iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith("keeper-")
+    events = json.loads(cli.ok("history", "--json").out)
+    assert events[0]["action"] == "delete" and "kept at" in events[0]["details"]
+    assert "after an interruption" in events[0]["details"]
+
+
+def test_a_read_only_command_with_an_unusable_home_creates_nothing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CLAN_VM_STATE_DIR", "XDG_STATE_HOME")}
+    env.update(HOME=str(tmp_path / "no-home"), CLAN_VM_CONFIG="/nonexistent")
+    cli = [str(Path(sys.executable).parent / "clan-vm-manager")]
+    for args, code in ((["list"], 0), (["history"], 0), (["status", "web"], 2)):
+        result = subprocess.run([*cli, *args], env=env, capture_output=True, text=True)
+        assert result.returncode == code, result
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "no-home").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,70 @@ def test_every_entry_point_reports_errors_the_same_way(cli: CLI, entry: str) -> 
     ]:
         result = cli.run(*args, entry=entry, cwd=ROOT)
         assert_input_error(result.code, result.err, result.out, fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--forward", "tcp:²²:22"), "invalid port forward"),
+        (("--forward", "tcp:٢٢٢٢:22"), "invalid port forward"),
+        (("--cpus", "٢"), "--cpus must be a number"),
+        (("--memory", "1e3"), "--memory must be a number"),
+        (("--cpus", "1.5"), "--cpus must be a whole number"),
+        (("--forward", "tcp:2222:22", "--forward", "tcp:2222:80"), "forwarded twice"),
+        (("--mac", "00:00:00:00:00:00"), "not a usable MAC"),
+        (("--qemu-arg=-pidfile", "--qemu-arg=/tmp/x"), "-pidfile"),
+        (("--qemu-arg=-daemonize",), "-daemonize"),
+        (("--qemu-arg=-qmp", "--qemu-arg=tcp:127.0.0.1:4444"), "-qmp"),
+        (("--qemu-arg=--monitor", "--qemu-arg=stdio"), "--monitor"),
+        (("--qemu-arg=-chardev", "--qemu-arg=file,id=qmp,path=/tmp/x"), "id=qmp"),
+        (("--qemu-arg=-netdev", "--qemu-arg=user,id=net0"), "id=net0"),
+        (("--qemu-arg=-drive", "--qemu-arg=file=/etc/shadow,id=disk0"), "id=disk0"),
+    ],
+)
+def test_more_invalid_create_options_are_decided_before_anything_changes(
+    cli: CLI, guest: Guest, args: tuple[str, ...], fragment: str
+) -> None:
+    cli.create_guest("known", guest)
+    before = snapshot(cli.state_dir)
+    result = cli.run(
+        "create", "vm1", "--kernel", str(guest.kernel), "--initrd", str(guest.initrd), *args
+    )
+    assert_input_error(result.code, result.err, result.out, fragment)
+    assert snapshot(cli.state_dir) == before
+
+
+@pytest.mark.parametrize("name", ["my_vm", "web-", "-web", "x" * 64, "a.b", "ümlaut"])
+def test_new_names_follow_the_clan_machine_name_rule(cli: CLI, name: str) -> None:
+    result = cli.run("create", "--", name) if name.startswith("-") else cli.run("create", name)
+    assert_input_error(result.code, result.err, result.out, "name")
+    assert not (cli.state_dir / "vms").exists() or list((cli.state_dir / "vms").iterdir()) == []
+
+
+def test_a_63_character_name_with_inner_dashes_is_fine(cli: CLI) -> None:
+    name = "a-" * 31 + "b"
+    assert len(name) == 63
+    cli.ok("create", name, "--disk", "16")
+    assert cli.ok("list", "--json").out.count(name) == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e309", "٣"])
+def test_non_finite_and_unicode_timeouts_are_refused_before_anything_happens(
+    cli: CLI, guest: Guest, value: str
+) -> None:
+    cli.create_guest("known", guest)
+    before = snapshot(cli.state_dir)
+    for verb in ("stop", "start", "restart"):
+        result = cli.run(verb, "known", "--timeout", value)
+        assert_input_error(result.code, result.err, result.out, "--timeout")
+    assert snapshot(cli.state_dir) == before
+
+
+def test_arguments_that_are_not_utf8_are_refused(cli: CLI, guest: Guest) -> None:
+    cli.create_guest("known", guest)
+    before = snapshot(cli.state_dir)
+    argv = [*cli.command(), "create", "vm1", "--append", b"console=ttyS0 \xff\xfe"]
+    proc = subprocess.run(argv, capture_output=True, env=cli.env, check=False)
+    err = proc.stderr.decode(errors="replace")
+    assert_input_error(proc.returncode, err, proc.stdout.decode(), "not valid UTF-8")
+    assert snapshot(cli.state_dir) == before

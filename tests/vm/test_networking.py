@@ -10,6 +10,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +171,33 @@ def test_auto_ports_are_distinct_and_reach_the_guest(cli: CLI, guest: Guest) -> 
         "tcp:127.0.0.1:auto->8080",
         "udp:127.0.0.1:auto->53",
     ]
+
+
+@pytest.mark.vm
+def test_auto_ports_stay_the_same_across_restarts_while_they_are_free(
+    cli: CLI, guest: Guest, clan_dir_for_ports: Path
+) -> None:
+    clan = str(clan_dir_for_ports)
+    cli.create_guest("steady", guest, "--forward", "tcp:auto:22", "--clan-dir", clan)
+    cli.ok("start", "steady", "--clan-dir", clan)
+    first = forwarded_port(cli, "steady", 22)
+    cli.ok("stop", "steady", "--force")
+    cli.ok("start", "steady", "--clan-dir", clan)
+    assert forwarded_port(cli, "steady", 22) == first
+    inventory = json.loads((clan_dir_for_ports / "inventory.json").read_text())
+    assert inventory["machines"]["steady"]["deploy"]["targetHost"] == f"root@127.0.0.1:{first}"
+    cli.ok("stop", "steady", "--force")
+    with socket.socket() as squatter:  # someone else took the port meanwhile
+        squatter.bind(("127.0.0.1", first))
+        squatter.listen()
+        cli.ok("start", "steady")
+        assert forwarded_port(cli, "steady", 22) != first
+    cli.ok("stop", "steady", "--force")
+
+
+@pytest.fixture
+def clan_dir_for_ports(tmp_path: Path) -> Path:
+    directory = tmp_path / "clan"
+    directory.mkdir()
+    (directory / "inventory.json").write_text('{"machines": {}}\n')
+    return directory

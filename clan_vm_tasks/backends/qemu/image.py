@@ -33,6 +33,12 @@ def _qemu_img(*args: str) -> str:
         raise ClanVMError(
             f"qemu-img {args[0]} failed: {message[-1] if message else error}"
         ) from None
+    except (OSError, sh.ForkException) as error:  # it could not even be run
+        # sh reports a failed exec with the child's traceback: its last line says why.
+        why = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ClanVMError(
+            f"qemu-img {args[0]} could not run: {why[-1] if why else error}"
+        ) from None
 
 
 def create(path: Path, size_mib: int) -> None:

@@ -58,6 +58,16 @@ STOP_STEPS: tuple[StopStep, ...] = (
 _SIGNALS = {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}
 
 
+def _qmp_start_timeout() -> float:
+    """How long QEMU gets to answer QMP after it daemonized: $CLAN_VM_QMP_TIMEOUT seconds
+    (for a loaded host), else QMP_START_TIMEOUT."""
+    try:
+        seconds = float(os.environ.get("CLAN_VM_QMP_TIMEOUT", ""))
+    except ValueError:
+        return QMP_START_TIMEOUT
+    return seconds if 0 < seconds < float("inf") else QMP_START_TIMEOUT
+
+
 def _parse_snapshot(entry: dict[str, Any]) -> Snapshot:
     seconds = int(entry.get("date-sec", 0)) + int(entry.get("date-nsec", 0)) / 1e9
     return Snapshot(
@@ -136,7 +146,7 @@ class QemuMachine:
             on_spawned(proc.pid, proc.start)
             # Inside the network block: "auto" ports stay reserved until QEMU listens.
             try:
-                self._await_qmp(proc, QMP_START_TIMEOUT)
+                self._await_qmp(proc, _qmp_start_timeout())
             except QMPUnavailable as error:
                 self._hard_stop(proc)
                 paths.pidfile.unlink(missing_ok=True)
@@ -156,7 +166,7 @@ class QemuMachine:
         events.with_suffix(".out").write_bytes(b"")
 
     def abandon(self) -> None:
-        found = process.naming(self.paths.pidfile)
+        found = process.writing(self.paths.pidfile)
         for proc in found:
             process.send_signal(proc, self.paths.pidfile, signal.SIGKILL)
         for proc in found:

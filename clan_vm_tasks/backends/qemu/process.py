@@ -9,6 +9,7 @@ so the process checked is the process signalled.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import select
 import signal
@@ -49,7 +50,13 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def is_ours(proc: ProcessId, pidfile: Path) -> bool:
-    return start_time(proc.pid) == proc.start and str(pidfile) in _cmdline(proc.pid)
+    return start_time(proc.pid) == proc.start and _runs_with(_cmdline(proc.pid), pidfile)
+
+
+def _runs_with(argv: list[str], pidfile: Path) -> bool:
+    """Whether ARGV is a QEMU of ours: it writes PIDFILE (another program that merely names
+    the path, a tracer or an editor, is not)."""
+    return any(a == "-pidfile" and b == str(pidfile) for a, b in itertools.pairwise(argv))
 
 
 @contextlib.contextmanager
@@ -121,6 +128,10 @@ def launch_daemon(argv: list[str], pidfile: Path, log: Path, timeout: float = 60
     log.write_text(result.stderr)
     if result.returncode != 0:
         raise ClanVMError(f"QEMU failed to start: {_tail(result.stderr) or 'no message'}")
+    try:
+        pidfile.read_bytes()
+    except OSError as error:  # QEMU runs, but which process it is cannot be told
+        raise ClanVMError(f"cannot read QEMU's pidfile {pidfile}: {error.strerror}") from None
     proc = read_pidfile(pidfile)
     if proc is None:
         raise ClanVMError(f"QEMU exited right after starting: {_tail(result.stderr)}")
@@ -150,11 +161,11 @@ def wait_for_pidfile(pidfile: Path, child: subprocess.Popen[bytes], timeout: flo
     raise ClanVMError(f"QEMU wrote no pidfile within {timeout:.0f}s")
 
 
-def naming(path: Path) -> list[ProcessId]:
-    """Live processes that have PATH as an argument: a QEMU of ours whose pid we lost."""
+def writing(pidfile: Path) -> list[ProcessId]:
+    """Live QEMU processes that write PIDFILE: ours, even when we lost their pid."""
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and str(path) in _cmdline(int(entry)):
+        if entry.isdigit() and _runs_with(_cmdline(int(entry)), pidfile):
             start = start_time(int(entry))
             if start is not None:
                 found.append(ProcessId(int(entry), start))
