@@ -50,6 +50,26 @@ let
       bootTest = {
         expect = mkOption { type = types.nullOr types.str; default = null; };
         timeout = mkOption { type = types.ints.between 1 86400; default = 120; description = "seconds"; };
+        checks = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          description = "Commands run in the booted guest through the guest agent; each must exit 0.";
+        };
+      };
+      agent = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Give the VM a virtio-serial channel for the QEMU guest agent (exec, copy, ssh keys).";
+      };
+      sshUser = mkOption {
+        type = types.strMatching "[a-z_][a-z0-9_-]{0,31}";
+        default = "root";
+        description = "The guest user whose authorized_keys get the VM's SSH key.";
+      };
+      host = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Run the VM on this libvirt host: a URI or a name from the settings file's hosts.";
       };
     };
   };

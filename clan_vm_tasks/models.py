@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -118,10 +119,12 @@ class NetworkConfig(_Model):
 
 
 class BootTest(_Model):
-    """What ``boot-test`` waits for: text on the serial console, within a time limit."""
+    """What ``boot-test`` waits for: text on the serial console, within a time limit; then
+    the commands it runs in the guest (through the guest agent), each of which must exit 0."""
 
     expect: str | None = None
     timeout: Annotated[int, Field(ge=1, le=86400, description="seconds")] = 120
+    checks: list[str] = Field(default_factory=list)
 
 
 class VMConfig(_Model):
@@ -140,6 +143,9 @@ class VMConfig(_Model):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     qemu_args: list[str] = Field(default_factory=list)
     boot_test: BootTest = Field(default_factory=BootTest)
+    agent: StrictBool = True  # a virtio-serial channel for the QEMU guest agent
+    ssh_user: str = "root"  # whose authorized_keys get the VM's key (``ssh``)
+    host: str | None = None  # a libvirt host (URI or a name from the settings); None: here
 
     @field_validator("name")
     @classmethod
@@ -147,6 +153,20 @@ class VMConfig(_Model):
         problem = name_problem(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+            raise ValueError(f"{value!r} is not a user name")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise ValueError(f"{value!r} is not a libvirt URI or a host name")
         return value
 
     @field_validator("machine")

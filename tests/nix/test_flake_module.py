@@ -49,6 +49,9 @@ PROBES: list[tuple[str, Any]] = [
     ("network.forwardPorts", [{"protocol": "sctp", "hostPort": 1, "guestPort": 22}]),
     ("bootTest.expect", "login:"), ("bootTest.expect", 3),
     ("bootTest.timeout", 0), ("bootTest.timeout", 30),
+    ("bootTest.checks", ["systemctl is-system-running"]), ("bootTest.checks", "true"),
+    ("agent", False), ("agent", "yes"), ("sshUser", "alice"), ("sshUser", "Bad User"),
+    ("host", "qemu:///system"), ("host", 3),
 ]  # fmt: skip
 
 FLAKE = """{
