@@ -2,7 +2,9 @@
 
 It boots in a couple of seconds under TCG, prints ``clan-guest: READY`` on the
 serial console, runs a shell there, and powers off when the ACPI power button
-is pressed (so a graceful stop can be told apart from a hard one). The demo and
+is pressed (so a graceful stop can be told apart from a hard one). Debian's
+``qemu-ga`` (with the host's copies of its libraries) answers on the guest-agent
+port. The demo and
 the test suite both use it; ``python -m clan_vm_tasks.guests.example DIR``
 builds it into DIR.
 """
@@ -29,6 +31,7 @@ MODULES = (
     "virtio_pci_modern_dev",
     "virtio_pci_legacy_dev",
     "virtio_pci",
+    "virtio_console",
     "virtio_blk",
     "failover",
     "net_failover",
@@ -48,6 +51,13 @@ hostname "$(sed -n 's/.*clan.hostname=\\([^ ]*\\).*/\\1/p' /proc/cmdline)"
 # clan.noacpid simulates a guest that ignores the power button.
 grep -q clan.noacpid /proc/cmdline || acpid -c /etc/acpi -a /etc/acpid.conf -l /var/log/acpid.log
 ip link set lo up
+export PATH=/bin:/sbin
+# clan.noagent simulates a guest without a guest agent.
+for port in /sys/class/virtio-ports/*; do
+  grep -q clan.noagent /proc/cmdline && break
+  [ -x /bin/qemu-ga ] && [ "$(cat $port/name 2>/dev/null)" = org.qemu.guest_agent.0 ] &&
+    qemu-ga -m virtio-serial -p /dev/$(basename $port) -t /run -f /run/qemu-ga.pid -d
+done
 for b in /sys/block/vd*; do
   [ -e "$b" ] && echo "clan-guest: disk $(basename $b) $(( $(cat $b/size) / 2048 )) MiB"
 done
@@ -91,7 +101,34 @@ EXE = 0o100755
 FILE = 0o100644
 
 
-def initrd_entries(busybox: Path, modules_dir: Path) -> list[tuple[str, int, bytes]]:
+def shared_libraries(binary: Path) -> list[Path]:
+    """The libraries BINARY loads (and the loader), as ldd finds them on this host."""
+    found = []
+    for line in _run(["ldd", str(binary.absolute())], binary.parent).splitlines():
+        words = line.split()
+        path = words[2] if len(words) > 2 and words[1] == "=>" else words[0]
+        if path.startswith("/"):
+            found.append(Path(path))
+    return found
+
+
+def agent_entries(agent: Path) -> list[tuple[str, int, bytes]]:
+    """qemu-ga and the host's copies of its libraries, at the paths it looks for them."""
+    entries: list[tuple[str, int, bytes]] = [("bin/qemu-ga", EXE, agent.read_bytes())]
+    directories: set[str] = set()
+    for library in shared_libraries(agent):
+        inside = str(library).lstrip("/")
+        parent = str(Path(inside).parent)
+        while parent not in (".", "") and parent not in directories:
+            directories.add(parent)
+            parent = str(Path(parent).parent)
+        entries.append((inside, EXE, library.resolve().read_bytes()))
+    return [(d, DIR, b"") for d in sorted(directories)] + entries
+
+
+def initrd_entries(
+    busybox: Path, modules_dir: Path, agent: Path | None = None
+) -> list[tuple[str, int, bytes]]:
     entries: list[tuple[str, int, bytes]] = [
         (d, DIR, b"") for d in ("bin", "etc", "etc/acpi", "lib", "lib/modules", "sbin")
     ]
@@ -104,6 +141,9 @@ def initrd_entries(busybox: Path, modules_dir: Path) -> list[tuple[str, int, byt
     ]
     for name in MODULES:
         entries.append((f"lib/modules/{name}.ko", FILE, (modules_dir / f"{name}.ko").read_bytes()))
+    if agent is not None:
+        present = {name for name, _, _ in entries}
+        entries += [e for e in agent_entries(agent) if e[0] not in present]
     return entries
 
 
@@ -140,15 +180,28 @@ def fetch_kernel(out: Path) -> None:
         os.replace(out / "vmlinuz.tmp", out / "vmlinuz")
 
 
+def fetch_agent(out: Path) -> None:
+    """Download Debian's qemu-guest-agent package and keep its qemu-ga."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        _run(["apt-get", "download", "qemu-guest-agent"], work)
+        deb = next(work.glob("qemu-guest-agent_*.deb"))
+        _run(["dpkg-deb", "-x", str(deb), "root"], work)
+        shutil.copyfile(work / "root/usr/sbin/qemu-ga", out / "qemu-ga.tmp")
+        os.replace(out / "qemu-ga.tmp", out / "qemu-ga")
+
+
 def build(out: Path, busybox: Path = Path("/bin/busybox")) -> tuple[Path, Path]:
-    """Make OUT/vmlinuz and OUT/initrd (fetching the kernel only once)."""
+    """Make OUT/vmlinuz and OUT/initrd (fetching the kernel and qemu-ga only once)."""
     out.mkdir(parents=True, exist_ok=True)
     kernel, initrd = out / "vmlinuz", out / "initrd"
-    if not kernel.exists():
+    if not kernel.exists() or not (out / "modules" / "virtio_console.ko").exists():
         fetch_kernel(out)
+    if not (out / "qemu-ga").exists():
+        fetch_agent(out)
     if not busybox.exists():
         raise SystemExit(f"error: {busybox} not found; install busybox-static")
-    data = cpio_newc(initrd_entries(busybox, out / "modules"))
+    data = cpio_newc(initrd_entries(busybox, out / "modules", out / "qemu-ga"))
     tmp = out / "initrd.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, initrd)

@@ -21,6 +21,7 @@ def plan(config: VMConfig, accel: str = "tcg", daemonize: bool = True) -> Launch
         console_log=Path("/s/vms/web/console.log"),
         pidfile=Path("/s/vms/web/qemu.pid"),
         events=Path("/s/vms/web/events"),
+        agent_socket=Path("/run/c/agent.sock"),
         daemonize=daemonize,
     )
 
@@ -59,8 +60,15 @@ def test_direct_kernel_boot_with_user_networking() -> None:
         "-chardev", "pipe,id=events,path=/s/vms/web/events",
         "-mon", "chardev=events,mode=control",
         "-pidfile", "/s/vms/web/qemu.pid",
+        "-device", "virtio-serial-pci,id=agent-serial",
+        "-chardev", "socket,id=agent0,path=/run/c/agent.sock,server=on,wait=off",
+        "-device", "virtserialport,bus=agent-serial.0,chardev=agent0,name=org.qemu.guest_agent.0",
         "-daemonize",
     ]  # fmt: skip
+
+    no_agent = build_argv(plan(config.model_copy(update={"agent": False})))
+    assert "virtio-serial-pci,id=agent-serial" not in no_agent
+    assert not any("agent0" in arg for arg in no_agent)
 
 
 def test_kvm_uses_the_host_cpu() -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clan_vm_tasks.models import NetworkConfig, VMConfig
+from clan_vm_tasks.state.store import VMPaths
 
 QEMU_BINARY = "qemu-system-x86_64"
 # Options the tool sets itself (or whose effect it must know): an extra argument may not
@@ -39,7 +40,8 @@ OWN_OPTIONS = frozenset(
 )
 # The ids of what the tool's command line defines, per option.
 OWN_IDS = {
-    "-chardev": {"serial0", "qmp", "events"},
+    "-chardev": {"serial0", "qmp", "events", "agent0"},
+    "-device": {"agent-serial"},
     "-netdev": {"net0"},
     "-drive": {"disk0"},
 }
@@ -56,6 +58,7 @@ class LaunchPlan:
     console_log: Path
     pidfile: Path
     events: Path  # QEMU's event log: EVENTS.in holds our request, EVENTS.out gets the events
+    agent_socket: Path  # where the guest agent's channel is served (used if config.agent)
     daemonize: bool = True
     tap: str | None = None  # the tap device a bridged NIC uses (made by hostnet), if any
 
@@ -81,6 +84,80 @@ def network_args(network: NetworkConfig, mac: str, tap: str | None = None) -> li
             for f in network.forward_ports
         )
     return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
+
+
+AGENT_PORT = "org.qemu.guest_agent.0"  # the name qemu-ga and its udev rules look for
+
+
+def agent_args(socket: Path) -> list[str]:
+    """A virtio-serial port for the QEMU guest agent, served on a socket of ours."""
+    return [
+        "-device", "virtio-serial-pci,id=agent-serial",
+        "-chardev", f"socket,id=agent0,path={_escape(str(socket))},server=on,wait=off",
+        "-device", f"virtserialport,bus=agent-serial.0,chardev=agent0,name={AGENT_PORT}",
+    ]  # fmt: skip
+
+
+def share_args(config: VMConfig, vm_dir: Path) -> list[str]:
+    """A 9p export per share (the mount tag is its name); a share without a source exports
+    the VM's own directory for it. virtiofs is refused before (``share_problem``)."""
+    argv = []
+    for tag, share in sorted(config.shares.items()):
+        source = share.source or VMPaths(vm_dir).share_dir(tag)
+        fsdev = (
+            f"local,id=fs-{tag},path={_escape(str(source))},security_model={share.security_model}"
+        )
+        argv += [
+            "-fsdev", fsdev + (",readonly=on" if share.read_only else ""),
+            "-device", f"virtio-9p-pci,fsdev=fs-{tag},mount_tag={tag}",
+        ]  # fmt: skip
+    return argv
+
+
+def share_problem(config: VMConfig) -> str | None:
+    """Why this backend cannot pass the shares as declared (None: it can)."""
+    virtiofs = sorted(tag for tag, share in config.shares.items() if share.type == "virtiofs")
+    if virtiofs:
+        return (
+            f"share {', '.join(virtiofs)} of VM '{config.name}' is virtiofs, which needs a "
+            "virtiofsd daemon per share and shared guest memory; clan-vm-manager runs no "
+            'daemon beside QEMU: use type = "9p"'
+        )
+    return None
+
+
+def extra_disk_args(config: VMConfig, vm_dir: Path) -> list[str]:
+    """Each extra disk on virtio-blk; its name is the serial (/dev/disk/by-id/virtio-NAME)."""
+    argv = []
+    for name in sorted(config.extra_disks):
+        path = VMPaths(vm_dir).extra_disk(name)
+        argv += [
+            "-drive", f"file={_escape(str(path))},if=none,id=disk-{name},format=qcow2",
+            "-device", f"virtio-blk-pci,drive=disk-{name},serial={name}",
+        ]  # fmt: skip
+    return argv
+
+
+def graphics_args(config: VMConfig, spice_socket: Path) -> list[str]:
+    """A display for a VM with graphics: virtio-vga and a tablet, served over SPICE on a
+    socket only its user can open (remote-viewer spice+unix://SOCKET)."""
+    if not config.graphics:
+        return []
+    return [
+        "-device", "virtio-vga",
+        "-device", "qemu-xhci,id=usb-graphics", "-device", "usb-tablet,bus=usb-graphics.0",
+        "-spice", f"unix=on,addr={_escape(str(spice_socket))},disable-ticketing=on",
+    ]  # fmt: skip
+
+
+def device_args(plan: LaunchPlan) -> list[str]:
+    """Shares, extra disks and the display: what a definition adds beside its root disk."""
+    vm_dir = plan.disk.parent
+    return (
+        share_args(plan.config, vm_dir)
+        + extra_disk_args(plan.config, vm_dir)
+        + graphics_args(plan.config, plan.qmp_socket.with_name("spice.sock"))
+    )
 
 
 def build_argv(plan: LaunchPlan) -> list[str]:
@@ -118,6 +195,9 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         "-mon", "chardev=events,mode=control",
         "-pidfile", str(plan.pidfile),
     ]  # fmt: skip
+    argv += device_args(plan)
+    if config.agent:
+        argv += agent_args(plan.agent_socket)
     if plan.daemonize:
         argv.append("-daemonize")
     argv += config.qemu_args

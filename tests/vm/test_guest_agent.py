@@ -1,0 +1,127 @@
+"""Into the guest through the QEMU guest agent (the example guest runs Debian's qemu-ga):
+exec, copy, status, start --wait-for-agent, and bounded errors when there is no agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from clan_vm_tasks import lifecycle
+from tests.conftest import CLI, READY, Guest
+from tests.vmhelpers import status
+
+pytestmark = pytest.mark.vm
+
+
+def boot_with_agent(cli: CLI, name: str, guest: Guest, *extra: str, **kwargs: str) -> None:
+    cli.create_guest(name, guest, *extra, **kwargs)
+    started = cli.ok("start", name, "--wait-for", READY, "--wait-for-agent", "--timeout", "120")
+    assert "the guest agent answered" in started.out
+
+
+def test_exec_relays_output_arguments_and_exit_codes(cli: CLI, guest: Guest) -> None:
+    boot_with_agent(cli, "inside", guest)
+    assert status(cli, "inside")["agent"] is True
+    uname = cli.ok("exec", "inside", "--", "uname", "-n")
+    assert uname.out == "inside\n"
+    # Every word arrives as it was given: no shell on the host re-splits it.
+    words = cli.ok("exec", "inside", "--", "printf", "[%s]\n", "two words", "", "$HOME", "a;b")
+    assert words.out == "[two words]\n[]\n[$HOME]\n[a;b]\n"
+    failing = cli.run("exec", "inside", "--", "sh", "-c", "echo out; echo err >&2; exit 42")
+    assert (failing.code, failing.out, failing.err) == (42, "out\n", "err\n")
+    killed = cli.run("exec", "inside", "--", "sh", "-c", "kill -9 $$")
+    assert killed.code == 128 + 9
+    hung = cli.run("exec", "inside", "--timeout", "2", "--", "sleep", "60")
+    assert hung.code == 1 and hung.err.startswith("error: sleep did not finish within 2s")
+    missing = cli.run("exec", "inside")
+    assert missing.code == 2 and "exec needs a command" in missing.err
+
+
+def test_output_beyond_the_agents_cap_is_never_cut_silently(cli: CLI, guest: Guest) -> None:
+    boot_with_agent(cli, "chatty", guest)
+    big = cli.run("exec", "chatty", "--timeout", "120", "--", "head", "-c", "17000000", "/dev/zero")
+    assert big.code == 0
+    assert len(big.out) == 16 << 20  # what the agent kept
+    assert "warning: the guest agent cut the command's output" in big.err
+
+
+def test_copy_is_byte_exact_and_keeps_the_permission_bits(
+    cli: CLI, guest: Guest, tmp_path: Path
+) -> None:
+    boot_with_agent(cli, "files", guest)
+    data = os.urandom(5 << 20) + bytes(range(256))
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    source.chmod(0o750)
+    cli.ok("copy", str(source), "files:/root/")
+    listing = cli.ok("exec", "files", "--", "ls", "-l", "/root/blob").out
+    assert listing.startswith("-rwxr-x---") and str(len(data)) in listing
+    back = tmp_path / "back"
+    back.mkdir()
+    cli.ok("copy", "files:/root/blob", str(back))
+    assert (back / "blob").read_bytes() == data
+    absent = cli.run("copy", "files:/no/such/file", str(back / "absent"))
+    assert absent.code == 1 and absent.err.startswith("error: the guest agent refused")
+    assert not (back / "absent").exists() and not list(back.glob(".*"))
+    for args in (("copy", str(source), str(back)), ("copy", "files:/a", "files:/b")):
+        wrong = cli.run(*args)
+        assert wrong.code == 2 and "exactly one side" in wrong.err
+
+
+def test_without_an_agent_errors_are_quick_single_lines(cli: CLI, guest: Guest) -> None:
+    cli.create_guest("mute", guest, append="console=ttyS0 quiet clan.noagent")
+    cli.ok("start", "mute", "--wait-for", READY, "--timeout", "120")
+    began = time.monotonic()
+    result = cli.run("exec", "mute", "--", "true")
+    assert result.code == 1 and time.monotonic() - began < 30
+    assert result.err.startswith("error: the guest agent of VM 'mute' does not answer")
+    assert len(result.err.strip().splitlines()) == 1
+    assert status(cli, "mute")["agent"] is False
+    cli.ok("stop", "mute", "--force")
+    stopped = cli.run("exec", "mute", "--", "true")
+    assert stopped.code == 1 and stopped.err.startswith("error: VM 'mute' is not running")
+    assert status(cli, "mute")["agent"] is None
+
+
+def test_start_waits_for_the_agent_or_says_it_did_not_answer(cli: CLI, guest: Guest) -> None:
+    cli.create_guest("slowagent", guest, append="console=ttyS0 quiet clan.noagent")
+    result = cli.run("start", "slowagent", "--wait-for-agent", "--timeout", "15")
+    assert result.code == 1 and "does not answer" in result.err and "still running" in result.err
+    assert status(cli, "slowagent")["state"] == "running"
+    cli.ok("stop", "slowagent", "--force")
+
+
+def test_a_vm_without_an_agent_channel(cli: CLI, guest: Guest) -> None:
+    cli.create_guest("plain", guest)
+    path = cli.state_dir / "vms" / "plain" / "config.json"  # agent = false, as Nix sets it
+    path.write_text(json.dumps({**json.loads(path.read_text()), "agent": False}))
+    cli.ok("start", "plain", "--wait-for", READY, "--timeout", "120")
+    result = cli.run("exec", "plain", "--", "true")
+    assert result.code == 1 and "has no guest agent channel" in result.err
+    assert status(cli, "plain")["agent"] is False
+    cli.ok("stop", "plain", "--force")
+
+
+def test_the_python_api_runs_commands_and_copies_files(
+    state_dir: Path, guest: Guest, tmp_path: Path
+) -> None:
+    settings = lifecycle.Settings(state_dir=state_dir, accel="tcg")
+    store = lifecycle.open_store(settings)
+    config = lifecycle.VMConfig(
+        name="api", cpus=1, memory=192, disk_size=16, kernel=guest.kernel, initrd=guest.initrd,
+        append="console=ttyS0 quiet",
+    )  # fmt: skip
+    lifecycle.create(store, config)
+    lifecycle.start(store, settings, "api", wait_for=READY, timeout=120, wait_for_agent=True)
+    result = lifecycle.exec(store, "api", ["sh", "-c", "echo hello; exit 5"])
+    assert (result.exit_code, result.stdout, result.stderr) == (5, b"hello\n", b"")
+    source = tmp_path / "in.txt"
+    source.write_text("through the agent\n")
+    lifecycle.copy_in(store, "api", source, "/tmp/in.txt")
+    lifecycle.copy_out(store, "api", "/tmp/in.txt", tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_text() == "through the agent\n"
+    lifecycle.stop(store, "api", force=True)
