@@ -14,11 +14,14 @@
       in
       {
         systems = [ "x86_64-linux" "aarch64-linux" ];
-        # Our own apps (nix run github:…#vm-start -- web) use the flake around the cwd.
+        # Our own apps (nix run github:…#vm-start -- web) act on the flake around the cwd.
         imports = [ flakeModule ];
 
         flake = {
           flakeModules.default = flakeModule;
+          # clanVms.web.nixosConfiguration = "web" (flake-parts), or by hand:
+          #   clanVms.x86_64-linux.web = clan-vm-tasks.lib.fromNixos { configuration = nixosConfigurations.web; name = "web"; };
+          lib.fromNixos = import ./lib/from-nixos.nix { inherit (inputs.nixpkgs) lib; };
           nixosModules.guest = ./nixos-modules/guest.nix;
           nixosModules.host = flake-parts-lib.importApply ./nixos-modules/host.nix self;
           templates.default = {
@@ -29,7 +32,7 @@
 
         perSystem = { pkgs, self', ... }: {
           packages.default = pkgs.python3Packages.callPackage ./nix/package.nix {
-            inherit (pkgs) qemu nix;
+            inherit (pkgs) qemu nix e2fsprogs;
           };
           clanVmsRunner.flake = null;
           devShells.default = pkgs.mkShell {
@@ -40,8 +43,11 @@
             package = self'.packages.default;
             # The bundled Nix files at least parse.
             nix-files = pkgs.runCommand "clan-vm-tasks-nix-files" { nativeBuildInputs = [ pkgs.nix ]; } ''
-              for f in ${./flake-module.nix} ${./lib/apps.nix} ${./nixos-modules/guest.nix} \
-                       ${./nixos-modules/host.nix} ${./templates/default/flake.nix}; do
+              for f in ${./flake-module.nix} ${./lib/apps.nix} ${./lib/per-system.nix} \
+                       ${./lib/vm-options.nix} ${./lib/from-nixos.nix} ${./lib/nixos-to-vm.nix} \
+                       ${./nixos-modules/guest.nix} ${./nixos-modules/vm-variant.nix} \
+                       ${./nixos-modules/host.nix} ${./templates/default/flake.nix} \
+                       ${./templates/default/configuration.nix}; do
                 nix-instantiate --parse "$f" > /dev/null
               done
               touch $out

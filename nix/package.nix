@@ -1,5 +1,6 @@
-# The Python application, built with nixpkgs' Python packaging; qemu and nix on its PATH.
-{ lib, buildPythonApplication, setuptools, pydantic, invoke, sh, pyyaml, qemu-qmp, qemu, nix }:
+# The Python application, built with nixpkgs' Python packaging; qemu, nix and mkfs.ext4
+# (rootFilesystem) on its PATH.
+{ lib, buildPythonApplication, setuptools, pydantic, invoke, sh, pyyaml, qemu-qmp, qemu, nix, e2fsprogs }:
 buildPythonApplication {
   pname = "clan-vm-tasks";
   version = "0.1.0";
@@ -12,7 +13,7 @@ buildPythonApplication {
   dependencies = [ pydantic invoke sh pyyaml qemu-qmp ];
   # pyproject.toml pins exact versions for pip; nixpkgs has its own.
   pythonRelaxDeps = true;
-  makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ qemu nix ]) ];
+  makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ qemu nix e2fsprogs ]) ];
   pythonImportsCheck = [ "clan_vm_tasks.cli" ];
   meta.mainProgram = "clan-vm-manager";
 }

@@ -1,60 +1,28 @@
-# Makes a NixOS configuration bootable under clan-vm-manager (direct kernel boot of
-# QEMU with a qcow2 virtio disk) and exposes it in the shape clanVms expects:
-#   clanVms.web = nixosConfigurations.web.config.clanVm.definition;
-{ config, lib, pkgs, ... }:
+# nixosModules.guest: this machine as a clanVms definition, in config.clanVm.definition,
+#   clanVms.web = self.nixosConfigurations.web.config.clanVm.definition;
+# derived from a VM variant of the machine (extendModules, like virtualisation.vmVariant), so
+# the machine itself is not changed: its file systems and boot loader stay as they are.
+# With flakeModules.default, `clanVms.web.nixosConfiguration = "web"` (or
+# clanVmsFromNixos.enable) does the same without this module and keeps VM settings in
+# clanVms.web; here, VM settings go in virtualisation.vmVariant.virtualisation.*.
+{ config, lib, options, extendModules, ... }:
 let
-  cfg = config.clanVm;
-  build = config.system.build;
+  fromNixos = import ../lib/from-nixos.nix { inherit lib; };
+  moved = option: lib.mkRemovedOptionModule [ "clanVm" option ]
+    "Set it in virtualisation.vmVariant.virtualisation (cores, memorySize, diskSize), or in clanVms.<name> with clan-vm-tasks.flakeModules.default.";
 in
 {
-  options.clanVm = {
-    cpus = lib.mkOption { type = lib.types.ints.between 1 256; default = 2; };
-    memory = lib.mkOption { type = lib.types.ints.between 16 4194304; default = 2048; };
-    diskSize = lib.mkOption { type = lib.types.ints.between 1 67108864; default = 20480; };
-    definition = lib.mkOption {
-      type = lib.types.attrs;
-      readOnly = true;
-      description = "This machine as a clanVms definition.";
-    };
-  };
+  imports = map moved [ "cpus" "memory" "diskSize" ];
 
-  config = {
-    boot.loader.grub.enable = false;
-    boot.kernelParams = [ "console=ttyS0,115200" ];
-    boot.initrd.availableKernelModules = [
-      "virtio_pci" "virtio_blk" "virtio_net" "virtio_rng" "9p" "9pnet_virtio"
-    ];
-    boot.initrd.kernelModules = [ "virtio_balloon" "virtio_console" ];
-    # The qcow2 disk (the first virtio disk) starts empty: stage 1 formats it on first boot.
-    fileSystems."/" = {
-      device = "/dev/vda";
-      fsType = "ext4";
-      autoFormat = true;
+  options.clanVm.definition = lib.mkOption {
+    type = lib.types.attrs;
+    readOnly = true;
+    default = fromNixos {
+      configuration = { inherit config options extendModules; };
+      name = config.networking.hostName;
     };
-    # The system closure stays on the host (as with nixos-rebuild build-vm): the host's
-    # /nix/store is shared read-only over 9p, see qemuArgs below.
-    fileSystems."/nix/store" = {
-      device = "nix-store";
-      fsType = "9p";
-      options = [ "trans=virtio" "version=9p2000.L" "cache=loose" "ro" ];
-      neededForBoot = true;
-    };
-    # Graceful stop: the runner presses the ACPI power button; logind powers off on it
-    # (its default HandlePowerKey), the button driver must be there to report it.
-    boot.kernelModules = [ "button" ];
-
-    clanVm.definition = {
-      inherit (cfg) cpus memory diskSize;
-      kernel = "${build.kernel}/${config.system.boot.loader.kernelFile}";
-      initrd = "${build.initialRamdisk}/${config.system.boot.loader.initrdFile}";
-      append = lib.concatStringsSep " " (
-        [ "init=${build.toplevel}/init" ] ++ config.boot.kernelParams
-      );
-      qemuArgs = [
-        "-virtfs"
-        "local,path=/nix/store,security_model=none,mount_tag=nix-store,readonly=on"
-      ];
-      bootTest.expect = "login:";
-    };
+    defaultText = lib.literalExpression "clan-vm-tasks.lib.fromNixos { configuration = <this machine>; }";
+    example = lib.literalExpression "{ cpus = 1; memory = 1024; kernel = \"/nix/store/...-nixos-system-web/kernel\"; }";
+    description = "This machine's VM variant as a clanVms definition (read-only).";
   };
 }

@@ -11,12 +11,19 @@ in
     package = lib.mkOption {
       type = lib.types.package;
       default = localFlake.packages.${pkgs.stdenv.hostPlatform.system}.default;
+      defaultText = lib.literalExpression "clan-vm-tasks.packages.\${system}.default";
       description = "The clan-vm-tasks package.";
     };
-    bridge = lib.mkOption { type = lib.types.str; default = "clan-br0"; };
+    bridge = lib.mkOption {
+      type = lib.types.str;
+      default = "clan-br0";
+      example = "br0";
+      description = "The bridge VMs with network.mode = \"bridge\" join.";
+    };
     address = lib.mkOption {
       type = lib.types.str;
       default = "10.231.0.1";
+      example = "192.168.100.1";
       description = "The host's address on the bridge (a /24).";
     };
   };

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def make_flake(directory: Path, guest: Guest) -> Path:
     (directory / "guest" / "init").write_text(example_guest.INIT_SCRIPT)
     (directory / "guest" / "power.sh").write_text(example_guest.POWER_SCRIPT)
     (directory / "guest" / "acpid.conf").write_text("PWRF power.sh\n")
+    for name, mode, data in example_guest.agent_entries(guest.kernel.parent / "qemu-ga"):
+        path = directory / "guest" / "agent" / name
+        if stat.S_ISDIR(mode):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            path.chmod(stat.S_IMODE(mode))
     git(directory, "init", "-q")
     git(directory, "add", "-A")
     git(directory, "commit", "-qm", "test flake")

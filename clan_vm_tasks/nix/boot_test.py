@@ -1,4 +1,5 @@
-"""``boot-test``: build and boot declared VMs, wait for their ready text, power them off.
+"""``boot-test``: build and boot declared VMs, wait for their ready text, run their checks in
+the guest (through the guest agent), power them off.
 
 Meant for CI: every failure is a row in the result table (and a JUnit failure),
 never an abort of the whole run; the caller exits non-zero if any VM failed.
@@ -22,11 +23,12 @@ from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import machines, reconcile
+from clan_vm_tasks.vm import guest, machines, reconcile
 from clan_vm_tasks.vm.start import start
 from clan_vm_tasks.vm.stop import stop
 
 POWER_OFF_TIMEOUT = 15.0
+TAIL = 10  # lines of a failed check's output in the report
 # Console output carries control characters that XML 1.0 cannot hold.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -36,12 +38,24 @@ def _xml_text(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class Check:
+    command: str  # run by the guest's /bin/sh
+    exit_code: int | None  # None: it could not be run
+    output: str  # the tail of what it printed, or why it could not run
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
 class Result:
     name: str
     passed: bool
     seconds: float | None  # until the ready text appeared
     message: str
     console: str = ""  # last console lines, for the failure report
+    checks: tuple[Check, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Plan:
     name: str
     expect: str
     timeout: float
+    checks: tuple[str, ...] = ()
 
 
 def _plan(
@@ -60,6 +75,7 @@ def _plan(
     timeout: float | None,
     notify: Notify,
     allow_qemu_args: bool,
+    checks: tuple[str, ...],
 ) -> Plan | Result:
     """Build and create (or update) one VM; a problem becomes that VM's failed result."""
     try:
@@ -71,7 +87,8 @@ def _plan(
     text = expect or config.boot_test.expect
     if not text:
         return Result(name, False, None, "no bootTest.expect declared and no --expect given")
-    return Plan(name, text, timeout or float(config.boot_test.timeout))
+    every = (*config.boot_test.checks, *checks)
+    return Plan(name, text, timeout or float(config.boot_test.timeout), every)
 
 
 def _boot(store: Store, settings: Settings, plan: Plan) -> Result:
@@ -88,11 +105,41 @@ def _boot(store: Store, settings: Settings, plan: Plan) -> Result:
         )
         _power_off(store, plan.name)
         return Result(plan.name, False, None, str(error), "\n".join(tail))
+    checked = _run_checks(store, plan, started.seconds)
+    failed = [c for c in checked if not c.passed]
     try:
         stopped = stop(store, plan.name, timeout=POWER_OFF_TIMEOUT, notify=_quiet)
     except ClanVMError as error:
         return Result(plan.name, False, started.seconds, f"booted but did not stop: {error}")
-    return Result(plan.name, True, started.seconds, f"{plan.expect!r} seen; {stopped.words}")
+    if failed:
+        first = failed[0]
+        code = "could not run" if first.exit_code is None else f"exited {first.exit_code}"
+        last = first.output.splitlines()[-1] if first.output else "no output"
+        message = f"check {first.command!r} {code}: {last}"
+        return Result(plan.name, False, started.seconds, message, first.output, checked)
+    ran = f", {len(checked)} checks passed" if checked else ""
+    return Result(
+        plan.name, True, started.seconds, f"{plan.expect!r} seen{ran}; {stopped.words}", "", checked
+    )
+
+
+def _run_checks(store: Store, plan: Plan, booted: float) -> tuple[Check, ...]:
+    """Each check in the guest through its agent, within what is left of the time limit."""
+    if not plan.checks:
+        return ()
+    deadline = time.monotonic() + max(plan.timeout - booted, 10.0)
+    results = []
+    for command in plan.checks:
+        remaining = max(deadline - time.monotonic(), 1.0)
+        try:
+            with guest.session(store, plan.name, wait=remaining) as agent:
+                ran = guest.run(agent, ["/bin/sh", "-c", command], remaining)
+        except ClanVMError as error:
+            results.append(Check(command, None, str(error)))
+            continue
+        printed = (ran.stdout + ran.stderr).decode(errors="replace").strip().splitlines()
+        results.append(Check(command, ran.exit_code, "\n".join(printed[-TAIL:])))
+    return tuple(results)
 
 
 def _quiet(message: str) -> None:
@@ -117,11 +164,13 @@ def run(
     timeout: float | None = None,
     notify: Notify,
     allow_qemu_args: bool = False,
+    checks: tuple[str, ...] = (),
 ) -> list[Result]:
     declared = declared_vms(store, flake)
     chosen = names or sorted(declared)
     prepared = [
-        _plan(store, settings, flake, n, expect, timeout, notify, allow_qemu_args) for n in chosen
+        _plan(store, settings, flake, n, expect, timeout, notify, allow_qemu_args, checks)
+        for n in chosen
     ]
     plans = [p for p in prepared if isinstance(p, Plan)]
     workers = max(1, min(len(plans), os.cpu_count() or 1))
@@ -131,25 +180,32 @@ def run(
 
 
 def junit(results: list[Result], path: Path, suite: str) -> None:
+    """One testcase per VM (it booted) and one per check run in it."""
     total = sum(r.seconds or 0.0 for r in results)
+    cases = [(r.name, r.seconds, r.passed or bool(r.checks), r.message, r.console) for r in results]
+    cases += [
+        (f"{r.name}: {c.command}", 0.0, c.passed, f"exit code {c.exit_code}", c.output)
+        for r in results
+        for c in r.checks
+    ]
     root = ET.Element(
         "testsuite",
         name=suite,
-        tests=str(len(results)),
-        failures=str(sum(not r.passed for r in results)),
+        tests=str(len(cases)),
+        failures=str(sum(not passed for _, _, passed, _, _ in cases)),
         errors="0",
         time=f"{total:.3f}",
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
-    for result in results:
+    for name, seconds, passed, message, detail in cases:
         case = ET.SubElement(
-            root, "testcase", classname=suite, name=result.name, time=f"{result.seconds or 0:.3f}"
+            root, "testcase", classname=suite, name=name, time=f"{seconds or 0:.3f}"
         )
-        if result.passed:
-            ET.SubElement(case, "system-out").text = _xml_text(result.message)
+        if passed:
+            ET.SubElement(case, "system-out").text = _xml_text(message)
         else:
-            failure = ET.SubElement(case, "failure", message=_xml_text(result.message))
-            failure.text = _xml_text(result.console or result.message)
+            failure = ET.SubElement(case, "failure", message=_xml_text(message))
+            failure.text = _xml_text(detail or message)
     data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     path = path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -76,9 +76,11 @@ def source_digest(directory: Path) -> str:
 
 
 def flake_identity(ref: str, directory: Path | None) -> str:
+    if ref.startswith(nix.STORE_DIR + "/"):
+        return "ref:" + ref  # a store path never changes
     if directory is not None:
         return "dir:" + source_digest(directory)
-    if "rev=" in ref or "narHash=" in ref or ref.startswith(nix.STORE_DIR + "/"):
+    if "rev=" in ref or "narHash=" in ref:
         return "ref:" + ref
     meta = json.loads(nix.run(["flake", "metadata", "--json", ref], what=f"locking {ref}"))
     return "locked:" + json.dumps([meta.get("locked"), meta.get("locks")], sort_keys=True)

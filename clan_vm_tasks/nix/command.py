@@ -18,12 +18,15 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from clan_vm_tasks import render
 from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.nix.buildlog import BuildLog
 
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
@@ -32,31 +35,73 @@ _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 class NixError(ClanVMError):
-    """Nix failed; the message is one line."""
+    """Nix failed; the message is one line (and an indented location line when Nix gave one)."""
 
 
-def first_error_line(stderr: str) -> str:
-    """The line of nix's report that says what went wrong, without trace or code excerpts."""
-    lines = [_ANSI.sub("", line).strip() for line in stderr.splitlines()]
-    lines = [line for line in lines if line and "--show-trace" not in line]
-    # Current Nix prints "error:" then a trace of "… while …" and the cause last, itself
-    # prefixed "error:"; Nix 2.8 prints the cause first. The last "error:" line is the cause.
-    chosen = ""
+_LOCATION = re.compile(r"^at (.+:\d+:\d+):?$")
+_EXCERPT = re.compile(r"^\d*\s*\|")  # Nix's code excerpt: "5|   a = b.foo;" and "|   ^"
+_NOT_MESSAGE = ("…", "at ", "warning:", "(use '--show-trace'", "Did you mean")
+MAX_MESSAGE = 600
+
+
+def _cause(lines: list[str]) -> int | None:
+    """Index of the line that says what went wrong. Current Nix prints "error:" then a trace
+    of "… while …" and the cause last, itself prefixed "error:"; Nix 2.8 prints the cause
+    first. The last "error:" line with text (or followed by text) is the cause."""
+    chosen = None
     for i, line in enumerate(lines):
         if line.startswith("error:"):
             text = line.removeprefix("error:").strip()
-            if not text and i + 1 < len(lines) and not lines[i + 1].startswith("…"):
-                text = lines[i + 1]
-            if text:
-                chosen = text
-    if not chosen:
+            if text or (i + 1 < len(lines) and lines[i + 1] and not lines[i + 1].startswith("…")):
+                chosen = i
+    return chosen
+
+
+def _clean(stderr: str) -> list[str]:
+    lines = [_ANSI.sub("", line).strip() for line in stderr.splitlines()]
+    return [line for line in lines if "--show-trace" not in line]
+
+
+def first_error_line(stderr: str) -> str:
+    """What went wrong, as one line: the cause with the lines that continue it (a module
+    type error's "Definition values: - In `FILE': VALUE"), without trace or code excerpts."""
+    lines = _clean(stderr)
+    cause = _cause(lines)
+    if cause is None:
         meaningful = [
             line
             for line in lines
-            if not line.startswith(("…", "at ", "warning:")) and not re.match(r"^\d+\|", line)
+            if line and not line.startswith(_NOT_MESSAGE) and not _EXCERPT.match(line)
         ]
-        chosen = meaningful[-1] if meaningful else "nix failed without a message"
-    return chosen if len(chosen) <= 400 else chosen[:397] + "..."
+        return meaningful[-1] if meaningful else "nix failed without a message"
+    parts = [lines[cause].removeprefix("error:").strip()]
+    for line in lines[cause + 1 :]:
+        if not line:
+            if any(parts):
+                break  # a blank line ends it (Nix 2.8: before the code excerpt)
+            continue
+        if line.startswith(_NOT_MESSAGE) or _EXCERPT.match(line):
+            break
+        parts.append(line)
+    text = " ".join(p for p in parts if p)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def error_location(stderr: str) -> str | None:
+    """Where the cause is, as FILE:LINE:COLUMN (the first "at" after the cause)."""
+    lines = _clean(stderr)
+    cause = _cause(lines) or 0
+    for line in lines[cause:]:
+        found = _LOCATION.match(line)
+        if found and not found.group(1).startswith(("«", "/builtin/")):
+            return found.group(1)
+    return None
+
+
+def describe_failure(stderr: str) -> str:
+    """Nix's report as our error text: one line, and an indented location line if Nix gave one."""
+    location = error_location(stderr)
+    return first_error_line(stderr) + (f"\n  at {location}" if location else "")
 
 
 @functools.cache
@@ -100,8 +145,13 @@ def run(args: Sequence[str], *, what: str, cwd: Path | None = None) -> str:
     finally:
         log_call(argv, time.monotonic() - began)
     if proc.returncode != 0:
-        raise NixError(f"{what} failed: {first_error_line(proc.stderr)}{_hint(proc.stderr)}")
+        message, _, location = describe_failure(proc.stderr).partition("\n")
+        raise NixError(f"{what} failed: {message}{_hint(proc.stderr)}" + _sep(location))
     return proc.stdout
+
+
+def _sep(location: str) -> str:
+    return f"\n{location}" if location else ""
 
 
 def _hint(stderr: str) -> str:
@@ -128,8 +178,13 @@ def attr(*parts: str) -> str:
     )
 
 
+def read_only_flags(flake: str) -> list[str]:
+    """A flake in the Nix store is read-only: Nix must not try to write its lock file."""
+    return ["--no-write-lock-file"] if flake.startswith(STORE_DIR + "/") else []
+
+
 def eval_json(flake: str, path: str, *, apply: str | None = None, what: str) -> Any:
-    args = ["eval", "--json", f"{flake}#{path}"]
+    args = ["eval", "--json", *read_only_flags(flake), f"{flake}#{path}"]
     if apply:
         args += ["--apply", apply]
     return _json(run(args, what=what), what)
@@ -145,16 +200,29 @@ def installable(store_object: str) -> str:
     return store_object
 
 
-def realise(store_objects: Sequence[str], out_link: Path, *, what: str) -> dict[str, list[str]]:
+def realise(
+    store_objects: Sequence[str], out_link: Path, *, what: str, label: str = ""
+) -> dict[str, list[str]]:
     """Build or fetch all STORE_OBJECTS in one ``nix build``; roots at OUT_LINK, OUT_LINK-1, ….
 
     Returns, per requested object, the store paths that now exist (a derivation's outputs).
+    The build's progress goes to ``render.progress()`` as it happens.
     """
     if not store_objects:
         return {}
     out_link.parent.mkdir(parents=True, exist_ok=True)
-    args = ["build", "--json", "--out-link", str(out_link), *map(installable, store_objects)]
-    results = _json(run(args, what=what), what)
+    args = ["build", "--json", "--log-format", "internal-json", "--out-link", str(out_link)]
+    progress = render.progress()
+    log = BuildLog(progress, label or what)
+    progress.phase(f"building {label or what}")
+    try:
+        code, stdout = _streamed([*args, *map(installable, store_objects)], log.feed)
+    finally:
+        progress.done()
+    if code != 0:
+        message, _, location = describe_failure(log.stderr()).partition("\n")
+        raise NixError(f"{what} failed: {message}{_hint(log.stderr())}" + _sep(location))
+    results = _json(stdout, what)
     built: dict[str, list[str]] = {}
     for item in results if isinstance(results, list) else []:
         if "drvPath" in item:
@@ -165,3 +233,31 @@ def realise(store_objects: Sequence[str], out_link: Path, *, what: str) -> dict[
     if missing:
         raise NixError(f"{what}: nix build did not report {', '.join(missing)}")
     return built
+
+
+def _streamed(args: Sequence[str], on_line: Callable[[str], None]) -> tuple[int, str]:
+    """Run ``nix ARGS``, handing each line of its stderr to ON_LINE as it comes."""
+    argv = ["nix", *FEATURES, *options(), *args]
+    began = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
+        )
+    except FileNotFoundError:
+        raise ClanVMError("nix is not installed (it is needed to use flakes)") from None
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read() if proc.stdout else ""))
+    reader.start()
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            on_line(line.rstrip("\n"))
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join()
+        log_call(argv, time.monotonic() - began)
+    return code, "".join(out)

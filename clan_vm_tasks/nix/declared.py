@@ -8,9 +8,10 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from clan_vm_tasks import render
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.nix import cache as evalcache
-from clan_vm_tasks.nix import command, evaluate, flakes
+from clan_vm_tasks.nix import command, diagnose, evaluate, flakes
 from clan_vm_tasks.nix.flakes import Flake, current_system, where
 
 if TYPE_CHECKING:
@@ -26,12 +27,24 @@ def declared(store: Store, flake: Flake) -> dict[str, evaluate.Evaluated]:
     if cached is not None:
         return {name: evaluate.Evaluated(**value) for name, value in cached.items()}
     known: dict[str, str] = {}
-    if evaluate.have_eval_jobs():
-        for job in evaluate.eval_jobs(flake.ref, system):
-            if job.error and job.attr_path:
-                path = command.attr("clanVms", system, *job.attr_path)
-                known.setdefault(job.attr_path[0], f"nix evaluation of {path} failed: {job.error}")
-    vms = evaluate.evaluate(flake.ref, system, known)
+    progress = render.progress()
+    progress.phase(f"evaluating clanVms.{system} of {flake.label}")
+    try:
+        if evaluate.have_eval_jobs():
+            for job in evaluate.eval_jobs(flake.ref, system):
+                if job.error and job.attr_path:
+                    path = command.attr("clanVms", system, *job.attr_path)
+                    known.setdefault(
+                        job.attr_path[0], f"nix evaluation of {path} failed: {job.error}"
+                    )
+        vms = evaluate.evaluate(flake.ref, system, known)
+    except command.NixError as error:
+        raise command.NixError(diagnose.explain(str(error), flake)) from None
+    finally:
+        progress.done()
+    for vm in vms.values():
+        if vm.error:
+            vm.error = diagnose.explain(vm.error, flake)
     if not any(vm.error for vm in vms.values()):  # a failure may be transient: never cached
         evalcache.save(store.root, key, {name: asdict(vm) for name, vm in vms.items()})
     return vms
@@ -64,29 +77,53 @@ def to_config(name: str, evaluated: evaluate.Evaluated) -> VMConfig:
         problems = []
         for item in error.errors():
             path = ".".join([where(name), *(str(p) for p in item["loc"])])
-            message = str(item["msg"]).removeprefix("Value error, ")
+            message = as_attributes(str(item["msg"]).removeprefix("Value error, "))
             got = json.dumps(item.get("input"), default=str)
             problems.append(f"{path}: {message[0].lower()}{message[1:]}, got {got}")
         raise InvalidInput("; ".join(problems)) from None
 
 
+# What the schema's messages call a command-line flag, as the Nix attribute of a definition.
+_FLAGS = {
+    "--tap IFNAME": "network.tap",
+    "--network user": 'network.mode = "user"',
+    "--tap": "network.tap",
+    "--bridge": "network.bridge",
+    "--initrd": "initrd",
+    "--kernel": "kernel",
+    "--disk": "diskSize",
+    "--mac": "network.mac",
+}
+
+
+def as_attributes(message: str) -> str:
+    """A message about a definition from Nix names Nix attributes, not command-line flags."""
+    for flag, attribute in _FLAGS.items():
+        message = message.replace(flag, attribute)
+    return message
+
+
 def list_rows(
     store: Store, flake: Flake, vms: list[dict[str, Any]], state_filter: str | None
 ) -> list[dict[str, Any]]:
-    """list --flake: created VMs marked declared or not, plus declared VMs not created yet."""
+    """list --flake: created VMs marked declared or not, plus declared VMs not created yet;
+    every declared VM whose definition does not evaluate (or is invalid) has ``eval_error``."""
     found = declared(store, flake)
     listed = {v["name"] for v in vms}
-    rows = [{**v, "declared": v["name"] in found} for v in vms]
+    rows = [
+        {**v, "declared": v["name"] in found, "eval_error": _problem(v["name"], found)} for v in vms
+    ]
     if state_filter in (None, "not-created"):
         for name, vm in sorted(found.items()):
             if name in listed or store.exists(name):
                 continue
             definition = vm.definition
             network = definition.get("network") or {}
+            problem = _problem(name, found)
             rows.append(
                 {
                     "name": name,
-                    "state": "eval-error" if vm.error else "not-created",
+                    "state": "eval-error" if problem else "not-created",
                     "pid": None,
                     "cpus": definition.get("cpus"),
                     "memory": definition.get("memory"),
@@ -94,10 +131,25 @@ def list_rows(
                     "network": network.get("mode") if isinstance(network, dict) else None,
                     "forwards": [],
                     "declared": True,
-                    "error": vm.error,
+                    "error": None,
+                    "eval_error": problem,
                 }
             )
     return sorted(rows, key=lambda v: str(v["name"]))
+
+
+def _problem(name: str, found: dict[str, evaluate.Evaluated]) -> str | None:
+    """Why NAME's definition is unusable: it does not evaluate, or it is not valid."""
+    vm = found.get(name)
+    if vm is None:
+        return None
+    if vm.error:
+        return vm.error
+    try:
+        to_config(name, vm)
+    except ClanVMError as error:
+        return str(error)
+    return None
 
 
 def definition_for_show(store: Store, option: str, name: str) -> dict[str, Any] | None:

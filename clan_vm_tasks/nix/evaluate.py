@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -24,18 +25,18 @@ from clan_vm_tasks.nix.command import (
     options,
 )
 
-# Fields of a definition that name files the runner needs built.
+# Fields of a definition that name files the runner reads itself.
 BUILDABLE_FIELDS = ("kernel", "initrd", "baseImage")
 
-# For each VM: the definition as JSON (derivations become their output paths, unbuilt)
-# and the string context of each buildable field, which says what to build.
+# For each VM: the definition as JSON (derivations become their output paths, path literals
+# are copied to the store) and, per field, the string context of all of it (append's
+# init=TOPLEVEL/init, qemuArgs, shares: every store path the definition refers to), which
+# says what to build and keep.
 APPLY = (
-    "vms: builtins.mapAttrs (name: vm: { definition = vm; context = builtins.listToAttrs"
-    " (map (f: { name = f; value = builtins.getContext (toString vm.${f}); })"
-    " (builtins.filter (f: vm ? ${f} && vm.${f} != null) [ "
-    + " ".join(f'"{f}"' for f in BUILDABLE_FIELDS)
-    + " ])); }) vms"
+    "vms: builtins.mapAttrs (name: vm: { definition = vm; context = builtins.mapAttrs"
+    " (field: value: builtins.getContext (builtins.toJSON value)) vm; }) vms"
 )
+_STORE_PATH = re.compile(re.escape(STORE_DIR) + r"/[0-9a-z]{32}-[^/\s\"'=:,;]+")
 
 
 @dataclass
@@ -48,15 +49,12 @@ class Evaluated:
 
 
 def needed_store_objects(value: Any, context: dict[str, Any]) -> list[str]:
-    """Derivations (``.drv``) and store paths the string VALUE depends on.
-
-    A path literal inside the flake (``./vmlinuz``) has no context but lives in the
-    flake's source in the store, which then must be kept alive too.
-    """
+    """Derivations (``.drv``) and store paths that VALUE (any JSON) depends on: its string
+    context; a store path written into a string without context, as it is."""
     objects = sorted(context)
-    if not objects and isinstance(value, str) and value.startswith(STORE_DIR + "/"):
-        top = value[len(STORE_DIR) + 1 :].split("/", 1)[0]
-        objects = [f"{STORE_DIR}/{top}"]
+    if not objects:
+        text = value if isinstance(value, str) else json.dumps(value)
+        objects = sorted(set(_STORE_PATH.findall(text)))
     return objects
 
 
@@ -65,14 +63,11 @@ def _evaluated(raw: Any, prefix: str) -> Evaluated:
         return Evaluated(error=f"{prefix}: expected an attribute set")
     definition = raw["definition"]
     contexts = raw.get("context") or {}
-    return Evaluated(
-        definition=definition,
-        installables={
-            name: needed_store_objects(definition.get(name), contexts.get(name) or {})
-            for name in BUILDABLE_FIELDS
-            if definition.get(name) is not None
-        },
-    )
+    needed = {
+        name: needed_store_objects(value, contexts.get(name) or {})
+        for name, value in definition.items()
+    }
+    return Evaluated(definition=definition, installables={k: v for k, v in needed.items() if v})
 
 
 def evaluate(flake: str, system: str, known: dict[str, str] | None = None) -> dict[str, Evaluated]:
@@ -91,12 +86,17 @@ def evaluate(flake: str, system: str, known: dict[str, str] | None = None) -> di
         except NixError:
             raise whole from None  # not even the names: nothing narrower to say
         known = known or {}
-        return {
-            name: Evaluated(error=known[name])
-            if name in known
-            else _evaluate_one(flake, system, name)
-            for name in names
-        }
+        failing = _failing(flake, base)
+        if failing is None:  # an error tryEval cannot catch: one VM at a time
+            failing = [n for n in names if n not in known]
+        sound = [n for n in names if n not in failing and n not in known]
+        vms = _evaluate_some(flake, base, sound) if sound else {}
+        for name in names:
+            if name in known:
+                vms[name] = Evaluated(error=known[name])
+            elif name not in vms:
+                vms[name] = _evaluate_one(flake, system, name)
+        return {name: vms[name] for name in names}
     if not isinstance(raw, dict):
         raise NixError(f"{base} in {flake} is not an attribute set of VMs")
     vms = {name: _evaluated(value, f"{base}.{name}") for name, value in raw.items()}
@@ -104,6 +104,32 @@ def evaluate(flake: str, system: str, known: dict[str, str] | None = None) -> di
         if name in vms:
             vms[name].error = error
     return vms
+
+
+# Which VMs (or fields of a VM) do not evaluate, in one call; errors that tryEval cannot
+# catch (1 + "x") fail the whole call, and the caller goes one by one instead.
+_FAILING = (
+    "set: builtins.filter (n: !(builtins.tryEval (builtins.toJSON set.${n})).success)"
+    " (builtins.attrNames set)"
+)
+
+
+def _failing(flake: str, path: str) -> list[str] | None:
+    try:
+        found = eval_json(flake, path, apply=_FAILING, what="")
+    except NixError:
+        return None
+    return [str(n) for n in found] if isinstance(found, list) else None
+
+
+def _evaluate_some(flake: str, base: str, names: list[str]) -> dict[str, Evaluated]:
+    try:
+        raw = eval_json(flake, base, apply=f"vms: ({APPLY}) ({_only(names)} vms)", what="")
+    except NixError:
+        return {}  # evaluated one by one instead
+    if not isinstance(raw, dict):
+        return {}
+    return {name: _evaluated(value, f"{base}.{attr(name)}") for name, value in raw.items()}
 
 
 def _evaluate_one(flake: str, system: str, name: str) -> Evaluated:
@@ -121,11 +147,21 @@ def _evaluate_one(flake: str, system: str, name: str) -> Evaluated:
 
 
 def _narrow(flake: str, path: str, error: NixError) -> str:
-    """Name the first attribute of the VM whose evaluation fails, when one does alone."""
-    try:
-        fields = eval_json(flake, path, apply="builtins.attrNames", what="")
-    except NixError:
-        return str(error)
+    """Name the first attribute of the VM whose evaluation fails, when one does alone: the
+    failing ones found in one call when tryEval can catch the error, else by halving."""
+    fields = _failing(flake, path)
+    if fields is None:
+        try:
+            fields = eval_json(flake, path, apply="builtins.attrNames", what="")
+        except NixError:
+            return str(error)
+    while len(fields) > 1:  # halving: the first half that fails, else the second
+        half = fields[: len(fields) // 2]
+        try:
+            eval_json(flake, path, apply=f"vm: builtins.toJSON ({_only(half)} vm)", what="")
+            fields = fields[len(half) :]
+        except NixError:
+            fields = half
     for name in fields:
         where = f"{path}.{attr(name)}"
         try:
@@ -133,6 +169,13 @@ def _narrow(flake: str, path: str, error: NixError) -> str:
         except NixError as narrower:
             return str(narrower)
     return str(error)
+
+
+def _only(names: list[str]) -> str:
+    """A Nix function keeping only NAMES of an attribute set."""
+    listed = " ".join(json.dumps(n).replace("${", "\\${") for n in names)
+    keys = f"builtins.listToAttrs (map (n: {{ name = n; value = null; }}) [ {listed} ])"
+    return f"builtins.intersectAttrs ({keys})"
 
 
 # --- nix-eval-jobs ----------------------------------------------------------------------------

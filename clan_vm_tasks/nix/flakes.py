@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clan_vm_tasks.errors import InvalidInput
-from clan_vm_tasks.nix.command import attr
+from clan_vm_tasks.nix.command import STORE_DIR, attr
+
+APP_FLAKE = "CLAN_VM_APP_FLAKE"  # set by the flake apps (lib/apps.nix): the flake they came from
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,17 @@ class Flake:
     ref: str  # as given to nix
     directory: Path | None  # a local flake's directory (cache keys need no nix then)
     explicit: bool  # named by --flake or $CLAN_VM_FLAKE, not found in the working directory
+
+    @property
+    def read_only(self) -> bool:
+        """A flake in the Nix store: nothing may be written there (no lock file, no
+        inventory); its copy is all there is to evaluate."""
+        return self.ref.startswith(STORE_DIR + "/")
+
+    @property
+    def label(self) -> str:
+        """The flake as messages name it."""
+        return f"{self.ref} (read-only, in the Nix store)" if self.read_only else self.ref
 
 
 def _local(ref: str) -> Path | None:
@@ -53,7 +66,25 @@ def resolve(option: str | bool | None, *, discover: bool = True) -> Flake | None
     if not (discover or option is True):
         return None
     directory = find_local(Path.cwd())
+    app = os.environ.get(APP_FLAKE)
+    if app and not (directory and _same_flake(directory, app)):
+        # A flake app run outside a checkout of its flake: the flake's own copy.
+        local = _local(app)
+        return Flake(str(local) if local else app, local, explicit=False)
     return Flake(str(directory), directory, explicit=False) if directory else None
+
+
+def _same_flake(checkout: Path, copy: str) -> bool:
+    """Whether CHECKOUT is the flake whose copy (as the app got it from Nix) is COPY: the copy
+    is what Nix took of the checkout when the app was run, flake.nix included."""
+    try:
+        theirs = (Path(copy) / "flake.nix").read_bytes()
+    except OSError:
+        return True  # not a directory (a remote reference): the checkout is all we know
+    try:
+        return (checkout / "flake.nix").read_bytes() == theirs
+    except OSError:
+        return False
 
 
 def current_system() -> str:

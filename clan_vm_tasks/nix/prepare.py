@@ -1,19 +1,98 @@
 """From a Nix definition to a VM ready to start: evaluate (cached), validate against the one
-schema in ``models``, build and root what it needs, then create the VM or apply the change."""
+schema in ``models``, check what it may touch on this host, build and root all it refers to
+(``plan``); then create the VM or apply the change (``apply``). Nothing is changed before
+everything that can fail without changing anything has succeeded."""
 
 from __future__ import annotations
 
-from clan_vm_tasks.errors import InvalidInput, StateConflict
+from dataclasses import dataclass
+from typing import Any
+
+from clan_vm_tasks import render
+from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
 from clan_vm_tasks.models import VMConfig
-from clan_vm_tasks.nix import flakes
-from clan_vm_tasks.nix.command import STORE_DIR
-from clan_vm_tasks.nix.declared import declared, require, to_config
+from clan_vm_tasks.nix import diagnose, flakes
+from clan_vm_tasks.nix.command import STORE_DIR, NixError
+from clan_vm_tasks.nix.declared import as_attributes, declared, require, to_config
 from clan_vm_tasks.nix.flakes import Flake, where
 from clan_vm_tasks.nix.realise import read_origin, realise
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm.create import create, reconfigure
+from clan_vm_tasks.vm.create import Reconfigured, create, reconfigure
+
+
+@dataclass(frozen=True)
+class Planned:
+    flake: Flake
+    config: VMConfig
+
+
+@dataclass(frozen=True)
+class Applied:
+    config: VMConfig
+    created: bool
+    change: Reconfigured  # for an existing VM
+    previous: VMConfig | None  # its definition before (to go back to if its start fails)
+
+
+def plan(
+    store: Store,
+    settings: Settings,
+    flake: Flake,
+    name: str,
+    allow_qemu_args: bool = False,
+    allow_shares: bool = False,
+) -> Planned:
+    """Evaluate, validate, check and build VM NAME of FLAKE; nothing of the VM changes."""
+    evaluated = require(declared(store, flake), flake, name)
+    config = to_config(name, evaluated)
+    allowed = _check_trust(store, settings, flake, name, config, allow_qemu_args, allow_shares)
+    try:
+        realise(store, flake, name, evaluated, allowed)
+    except NixError as error:
+        raise NixError(diagnose.explain(str(error), flake)) from None
+    return Planned(flake, config)
+
+
+def apply(store: Store, planned: Planned, notify: Notify) -> Applied:
+    """Create the VM, or apply the changed definition (pending while the VM runs)."""
+    config, flake, name = planned.config, planned.flake, planned.config.name
+    try:
+        if not store.exists(name):
+            progress = render.progress()
+            progress.phase(f"creating {name}")
+            try:
+                config = create(store, config)
+            finally:
+                progress.done()
+            notify(f"created VM '{name}' from {flake.label}")
+            return Applied(config, True, Reconfigured([]), None)
+        previous = _current(store, name)
+        change = reconfigure(store, name, config, notify)
+    except StateConflict as error:
+        if store.exists(name) and "already exists" in str(error):
+            return apply(store, planned, notify)  # created meanwhile by another command
+        raise
+    except InvalidInput as error:
+        raise InvalidInput(f"{where(name)}: {as_attributes(str(error))}") from None
+    if change.pending:
+        notify(
+            f"the definition of '{name}' changed ({', '.join(change.changed)}): it applies at "
+            f"the next start (the VM is running; clan-vm-manager restart {name})"
+        )
+    elif change.changed:
+        notify(f"applied the changed definition of '{name}': {', '.join(change.changed)}")
+    return Applied(config, False, change, previous)
+
+
+def _current(store: Store, name: str) -> VMConfig | None:
+    from clan_vm_tasks.vm import definition
+
+    try:
+        return definition.load(store, name)
+    except ClanVMError:  # a broken definition is replaced, not restored
+        return None
 
 
 def prepare(
@@ -23,32 +102,58 @@ def prepare(
     name: str,
     notify: Notify,
     allow_qemu_args: bool = False,
+    allow_shares: bool = False,
 ) -> VMConfig:
     """Evaluate, validate, build and create or update VM NAME from FLAKE."""
-    evaluated = require(declared(store, flake), flake, name)
-    config = to_config(name, evaluated)
-    allowed = _check_trust(store, settings, flake, name, config, allow_qemu_args)
-    realise(store, flake, name, evaluated, allowed)
-    try:
-        if not store.exists(name):
-            config = create(store, config)
-            notify(f"created VM '{name}' from {flake.ref}")
-            return config
-    except StateConflict:
-        pass  # created concurrently by another command: update it instead
-    changed = reconfigure(store, name, config)
-    if changed:
-        notify(f"applied the changed definition of '{name}': {', '.join(changed)}")
-    return config
+    planned = plan(store, settings, flake, name, allow_qemu_args, allow_shares)
+    return apply(store, planned, notify).config
+
+
+def refuse_running(store: Store, name: str) -> None:
+    """``start`` of a running VM fails before anything is evaluated or changed."""
+    from clan_vm_tasks.vm import reconcile
+
+    if store.exists(name):
+        state = reconcile.current(store, name)
+        if state.status in reconcile.ACTIVE:
+            how = f" (pid {state.pid})" if state.pid is not None else ""  # as vm/start says
+            raise StateConflict(f"VM '{name}' is already running{how}")
+
+
+def restore(store: Store, applied: Applied | None) -> None:
+    """After a start that failed, for a VM that does not run: the definition it had before
+    APPLIED changed it (a disk that grew stays grown)."""
+    from clan_vm_tasks.vm import reconcile
+
+    if applied is None or applied.previous is None or not applied.change.changed:
+        return
+    if applied.change.pending or not store.exists(applied.config.name):
+        return
+    if reconcile.current(store, applied.config.name).status in reconcile.ACTIVE:
+        return  # it runs (a ready text that did not come): with the new definition
+    reconfigure(
+        store,
+        applied.config.name,
+        applied.previous,
+        notify=lambda message: None,
+        reason="reverted after a failed start:",
+    )
 
 
 def _check_trust(
-    store: Store, settings: Settings, flake: Flake, name: str, config: VMConfig, allow: bool
-) -> list[str]:
+    store: Store,
+    settings: Settings,
+    flake: Flake,
+    name: str,
+    config: VMConfig,
+    allow_qemu_args: bool,
+    allow_shares: bool,
+) -> dict[str, Any]:
     """A flake is someone else's code: it may name only files in the Nix store, and pass
-    extra arguments to QEMU (which can run host programs) only when the user allows it,
-    on the command line, in the settings file, or before for these same arguments.
-    Returns the extra arguments allowed (to be remembered)."""
+    extra arguments to QEMU (which can run host programs) or share host directories with
+    the guest only when the user allows it, on the command line, in the settings file, or
+    before for these same arguments and directories. Returns what was allowed (to be
+    remembered)."""
     for field, attribute in (
         ("kernel", "kernel"),
         ("initrd", "initrd"),
@@ -61,17 +166,51 @@ def _check_trust(
                 "may only name files in the store (a path in the flake like ./vmlinuz, or a "
                 "derivation)"
             )
+    origin = read_origin(store, name)
+    allowed: dict[str, Any] = {}
     args = list(config.qemu_args)
-    if not args:
-        return []
-    remembered = read_origin(store, name).get("allowed_qemu_args")
-    if allow or remembered == args or {name, "*"} & set(settings.allow_qemu_args):
-        return args
-    raise InvalidInput(
-        f"{where(name)}.qemuArgs of {flake.ref} would run QEMU with {' '.join(args)!r}, which "
-        "can run programs or open files on this host; allow it for this VM with "
-        f"--allow-qemu-args, or with 'allow_qemu_args: [{name}]' in the settings file"
-    )
+    if args:
+        if not (
+            allow_qemu_args
+            or origin.get("allowed_qemu_args") == args
+            or {name, "*"} & set(settings.allow_qemu_args)
+        ):
+            raise InvalidInput(
+                f"{where(name)}.qemuArgs of {flake.label} would run QEMU with {' '.join(args)!r}, "
+                "which can run programs or open files on this host; allow it for this VM with "
+                f"--allow-qemu-args, or with 'allow_qemu_args: [{name}]' in the settings file"
+            )
+        allowed["allowed_qemu_args"] = args
+    shares = host_shares(config)
+    if shares:
+        if not (
+            allow_shares
+            or origin.get("allowed_shares") == shares
+            or {name, "*"} & set(settings.allow_shares)
+        ):
+            seen = ", ".join(f"{source} ({how})" for source, how in sorted(shares.values()))
+            raise InvalidInput(
+                f"{where(name)}.shares of {flake.label} would let the VM see {seen} of this "
+                "host; allow it for this VM with --allow-shares, or with "
+                f"'allow_shares: [{name}]' in the settings file"
+            )
+        allowed["allowed_shares"] = shares
+    return allowed
+
+
+def host_shares(config: VMConfig) -> dict[str, list[str]]:
+    """The shares that expose a directory of the host: all but the VM's own directories and
+    read-only ones from the Nix store (world-readable anyway)."""
+    found = {}
+    for tag, share in sorted(config.shares.items()):
+        if share.source is None:
+            continue
+        source = str(share.source)
+        in_store = source == STORE_DIR or source.startswith(STORE_DIR + "/")
+        if in_store and share.read_only:
+            continue
+        found[tag] = [source, "read-only" if share.read_only else "writable"]
+    return found
 
 
 def flake_of(store: Store, option: str | None, name: str) -> Flake | None:
@@ -101,8 +240,11 @@ def apply_flake(
     name: str,
     notify: Notify,
     allow_qemu_args: bool = False,
-) -> None:
+    allow_shares: bool = False,
+) -> Applied | None:
     """Before ``start NAME``: bring NAME up to date with its flake definition, if it has one."""
     flake = flake_of(store, option, name)
-    if flake is not None:
-        prepare(store, settings, flake, name, notify, allow_qemu_args)
+    if flake is None:
+        return None
+    planned = plan(store, settings, flake, name, allow_qemu_args, allow_shares)
+    return apply(store, planned, notify)

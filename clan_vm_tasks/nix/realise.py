@@ -9,6 +9,7 @@ protecting anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -46,36 +47,58 @@ def realise(
     flake: Flake,
     name: str,
     evaluated: evaluate.Evaluated,
-    allowed_qemu_args: list[str] | None = None,
+    allowed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build what the VM's files need (one nix build), unless its GC roots already hold it.
+    """Build everything the definition refers to (one nix build), unless its GC roots hold it.
 
-    The origin it writes also remembers extra QEMU arguments the user allowed."""
+    The roots of each build are kept in a directory of their own; those of earlier builds
+    are dropped once the VM does not run (a running VM still uses its kernel, initrd and,
+    for a NixOS guest, the system it sees over 9p). A flake in the Nix store is rooted too,
+    so that the VM can find it again. The origin written also remembers what the user
+    allowed (extra QEMU arguments, shares)."""
     objects = sorted({o for objs in evaluated.installables.values() for o in objs})
+    if flake.read_only:  # the copy a VM keeps evaluating
+        top = f"{command.STORE_DIR}/{flake.ref[len(command.STORE_DIR) + 1 :].split('/')[0]}"
+        objects = sorted({*objects, top})
+    digest = hashlib.sha256("\0".join(objects).encode()).hexdigest()[:16]
+    directory = roots_dir(store, name)
+    build_dir = directory / digest
     origin = read_origin(store, name)
     rooted: dict[str, list[str]] = origin.get("roots") or {}
-    directory = roots_dir(store, name)
-    links = sorted(directory.glob("result*"))
-    if (
-        set(objects) <= set(rooted)
-        and all(os.path.exists(p) for o in objects for p in rooted[o])
-        and {os.path.realpath(link) for link in links} >= {p for o in objects for p in rooted[o]}
+    links = {os.path.realpath(link) for link in build_dir.glob("result*")}
+    if set(objects) <= set(rooted) and all(
+        os.path.exists(p) and p in links for o in objects for p in rooted[o]
     ):
         built = {o: rooted[o] for o in objects}
     else:
         files.private_dir(directory)
-        for link in links:
+        files.private_dir(build_dir)
+        for link in build_dir.glob("result*"):
             link.unlink()
-        built = command.realise(objects, directory / "result", what=f"building {where(name)}")
+        built = command.realise(
+            objects, build_dir / "result", what=f"building {where(name)}", label=name
+        )
+    if directory.is_dir() and not _running(store, name):
+        for other in directory.iterdir():  # earlier builds, and links of the old layout
+            if other != build_dir and (other.is_symlink() or other.is_dir()):
+                if other.is_symlink():
+                    other.unlink()
+                else:
+                    shutil.rmtree(other, ignore_errors=True)
     for field in evaluate.BUILDABLE_FIELDS:
         value = evaluated.definition.get(field)
         if isinstance(value, str) and not os.path.exists(value):
             raise ClanVMError(f"{where(name)}.{field}: {value} does not exist after building it")
-    data = {"flake": flake.ref, "system": current_system(), "roots": built}
-    if allowed_qemu_args:
-        data["allowed_qemu_args"] = allowed_qemu_args
+    data: dict[str, Any] = {"flake": flake.ref, "system": current_system(), "roots": built}
+    data.update(allowed or {})
     _write_origin(store, name, data)
     return data
+
+
+def _running(store: Store, name: str) -> bool:
+    from clan_vm_tasks.vm import reconcile
+
+    return store.exists(name) and reconcile.current(store, name).status in reconcile.ACTIVE
 
 
 def forget(store: Store, name: str) -> None:

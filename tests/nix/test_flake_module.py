@@ -52,7 +52,22 @@ PROBES: list[tuple[str, Any]] = [
     ("bootTest.checks", ["systemctl is-system-running"]), ("bootTest.checks", "true"),
     ("agent", False), ("agent", "yes"), ("sshUser", "alice"), ("sshUser", "Bad User"),
     ("host", "qemu:///system"), ("host", 3),
+    ("kernel", "/nix/store/00000000000000000000000000000000-linux/bzImage"),
+    ("shares", {"data": {"source": "/srv/data", "target": "/data"}}),
+    ("shares", {"data": {"source": "relative/dir"}}), ("shares", {"bad tag": {}}),
+    ("shares", {"data": {"type": "virtiofs", "readOnly": False}}),
+    ("shares", {"data": {"type": "nfs"}}), ("shares", {"data": {"target": "mnt"}}),
+    ("shares", {"nix-store": {"securityModel": "none"}}),
+    ("shares", {"data": {"securityModel": "mapped"}}),
+    ("extraDisks", {"data": {"size": 64}}), ("extraDisks", {"data": {"size": 0}}),
+    ("extraDisks", {"a-name-longer-than-20": {"size": 1}}),
+    ("rootFilesystem", {"type": "ext4", "label": "nixos"}), ("rootFilesystem", {}),
+    ("rootFilesystem", {"type": "btrfs"}), ("rootFilesystem", {"label": "seventeen-letters"}),
+    ("graphics", True), ("graphics", "yes"),
 ]  # fmt: skip
+# Files a flake names must be in the Nix store: the module refuses host paths at evaluation,
+# where the model (which also takes command-line definitions) leaves them to the trust check.
+STRICTER_IN_NIX = [("kernel", "/boot/vmlinuz"), ("baseImage", "/images/base.qcow2")]
 
 FLAKE = """{
   inputs.flake-parts.url = "path:%(flake_parts)s";
@@ -82,6 +97,7 @@ FLAKE = """{
           (name: p: lib.setAttrByPath (lib.splitString "." p.path) p.value) probes // {
           web = { cpus = 1; memory = 256; };
           plain = { };
+          literal = { kernel = ./vmlinuz-probe; initrd = ./vmlinuz-probe; };
         };
       };
     };
@@ -89,14 +105,12 @@ FLAKE = """{
 """
 
 
-@pytest.fixture(scope="module")
-def user_flake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("userflake")
-    (directory / "lib").mkdir()
-    shutil.copy(ROOT / "flake-module.nix", directory)
-    shutil.copy(ROOT / "lib" / "apps.nix", directory / "lib")
-    probes = {f"probe{i}": {"path": p, "value": v} for i, (p, v) in enumerate(PROBES)}
-    (directory / "probes.json").write_text(json.dumps(probes))
+def make_user_flake(directory: Path, probes: list[int]) -> Path:
+    """A flake-parts flake with flakeModules.default and the PROBES of these indices."""
+    copy_module(directory)
+    (directory / "vmlinuz-probe").write_text("not really a kernel")
+    chosen = {f"probe{i}": {"path": PROBES[i][0], "value": PROBES[i][1]} for i in probes}
+    (directory / "probes.json").write_text(json.dumps(chosen))
     (directory / "flake.nix").write_text(
         FLAKE % {"flake_parts": FLAKE_PARTS, "nixpkgs_lib": NIXPKGS_LIB, "system": SYSTEM}
     )
@@ -105,9 +119,36 @@ def user_flake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def nix_eval(flake: Path, attribute: str) -> Any:
+@pytest.fixture(scope="module")
+def user_flake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every probe: for the comparison of the module with the model (plain nix eval)."""
+    return make_user_flake(tmp_path_factory.mktemp("userflake"), list(range(len(PROBES))))
+
+
+HOST_KERNEL = PROBES.index(("kernel", "/boot/vmlinuz"))
+TWO_CPUS = PROBES.index(("cpus", "two"))
+
+
+@pytest.fixture(scope="module")
+def small_flake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few VMs, two of them broken: for the tool, which evaluates every VM it is given."""
+    return make_user_flake(tmp_path_factory.mktemp("smallflake"), [HOST_KERNEL, TWO_CPUS])
+
+
+def copy_module(directory: Path) -> None:
+    """flakeModules.default and the files it imports, into DIRECTORY."""
+    (directory / "lib").mkdir(exist_ok=True)
+    (directory / "nixos-modules").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "flake-module.nix", directory)
+    for source in (ROOT / "lib").glob("*.nix"):
+        shutil.copy(source, directory / "lib")
+    shutil.copy(ROOT / "nixos-modules" / "vm-variant.nix", directory / "nixos-modules")
+
+
+def nix_eval(flake: Path, attribute: str, apply: str | None = None) -> Any:
     argv = ["nix", "--extra-experimental-features", "nix-command flakes"]
     argv += ["--option", "substituters", "", "eval", "--json", f"{flake}#{attribute}"]
+    argv += ["--apply", apply] if apply else []
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -133,27 +174,56 @@ def test_option_types_accept_what_the_model_accepts(user_flake: Path) -> None:
             python = True
         except ValueError:
             python = False
+        if (path, value) in STRICTER_IN_NIX and python and not results[f"probe{i}"]:
+            continue
         if results[f"probe{i}"] != python:
             disagreements.append(f"{path}={value!r}: nix {results[f'probe{i}']}, model {python}")
     assert not disagreements
 
 
 def test_a_type_error_in_a_definition_is_one_line_naming_the_attribute(
-    ncli: NixCLI, user_flake: Path
+    ncli: NixCLI, small_flake: Path
 ) -> None:
-    result = ncli.run("eval", "--vm", "probe4", "--flake", str(user_flake))
+    result = ncli.run("eval", "--vm", f"probe{TWO_CPUS}", "--flake", str(small_flake))
     assert result.code == 1
     (line,) = result.err.strip().splitlines()
-    assert line.startswith(f"error: nix evaluation of clanVms.{SYSTEM}.probe4.cpus failed: ")
-    assert "not of type" in line
+    path = f"clanVms.{SYSTEM}.probe{TWO_CPUS}.cpus"
+    assert line.startswith(f"error: nix evaluation of {path} failed: ")
+    # The offending value and the file that defines it (the checkout's, not the store copy).
+    assert "not of type" in line and "Definition values: - In `" in line
+    assert f"{small_flake}/flake.nix" in line and line.endswith('"two"')
+
+
+def test_files_are_path_literals_derivations_or_store_paths_never_host_files(
+    ncli: NixCLI, small_flake: Path
+) -> None:
+    literal = json.loads(ncli.ok("eval", "--vm", "literal", "--flake", str(small_flake)).out)
+    kernel = literal["literal"]["kernel"]
+    assert kernel.startswith("/nix/store/") and kernel.endswith("-vmlinuz-probe")
+    built = ncli.ok("build", "--vm", "literal", "--flake", str(small_flake)).out
+    assert kernel in built
+    roots = {os.path.realpath(p) for p in (ncli.state_dir / "gcroots").glob("literal/*/result*")}
+    assert kernel in roots
+    refused = ncli.run("eval", "--vm", f"probe{HOST_KERNEL}", "--flake", str(small_flake))
+    assert refused.code == 1
+    assert "path in the flake (./vmlinuz), derivation or /nix/store path" in refused.err
+    assert '"/boot/vmlinuz"' in refused.err
 
 
 def test_generated_apps_run_the_tool_against_the_users_flake(
-    ncli: NixCLI, user_flake: Path
+    ncli: NixCLI, small_flake: Path
 ) -> None:
-    proc = ncli.nix_run(user_flake, "vm-list", "--json")
+    proc = ncli.nix_run(small_flake, "vm-list", "--json")
     assert proc.returncode == 0, proc.stderr
     listed = {vm["name"]: vm for vm in json.loads(proc.stdout)}
     assert listed["web"]["state"] == "not-created" and listed["web"]["memory"] == 256
-    # Invalid probes are listed as evaluation errors, not hidden.
-    assert listed["probe4"]["state"] == "eval-error"
+    assert listed["web"]["eval_error"] is None
+    # Invalid VMs are listed as evaluation errors, not hidden, and do not hide the others.
+    broken = listed[f"probe{TWO_CPUS}"]
+    assert broken["state"] == "eval-error" and "not of type" in broken["eval_error"]
+    # The table has the column too; a VM that exists and no longer evaluates is marked.
+    ncli.ok("create", "web", "--flake", str(small_flake))
+    table = ncli.ok("list", "--flake", str(small_flake)).out.splitlines()
+    assert table[0].split()[-2:] == ["EVAL", "ERROR"]
+    row = next(line for line in table if line.startswith(f"probe{TWO_CPUS} "))
+    assert "eval-error" in row and "not of type" in row

@@ -37,7 +37,7 @@ def test_build_realises_with_one_nix_build_per_vm_and_keeps_gc_roots(
     initrd = next(line.split()[-1] for line in out.splitlines() if " initrd " in line)
     assert Path(initrd).is_file() and Path(initrd).stat().st_size > 1 << 20
     assert ncli.nix_calls("build") == 1
-    roots = {os.path.realpath(p) for p in (ncli.state_dir / "gcroots" / "alpha").glob("result*")}
+    roots = {os.path.realpath(p) for p in (ncli.state_dir / "gcroots" / "alpha").glob("*/result*")}
     assert initrd in roots
     # Built and rooted already: a second build asks nix nothing at all.
     ncli.ok("build", "alpha", "--flake", str(test_flake))
@@ -86,8 +86,11 @@ def test_an_evaluation_error_names_the_vm_and_attribute(ncli: NixCLI, own_flake:
     (own_flake / "flake.nix").write_text(broken)
     result = ncli.run("eval", "beta", "--flake", str(own_flake))
     assert result.code == 1, result.err
-    (line,) = result.err.strip().splitlines()
+    # One error line, and where the mistake is: in the user's checkout, not the store copy.
+    line, location = result.err.rstrip().splitlines()
     assert line.startswith(f"error: nix evaluation of clanVms.{SYSTEM}.beta.memory failed: ")
+    assert line.endswith("cannot add a string to an integer")
+    assert location.startswith(f"  at {own_flake}/flake.nix:")
     assert "Traceback" not in result.err
     # The other VM is still usable.
     assert ncli.ok("eval", "alpha", "--flake", str(own_flake)).out
@@ -120,9 +123,14 @@ def test_start_through_clan_vm_manager_then_definition_changes_apply(
     log = ncli.ok("console", "alpha", "--log").out
     assert "clan-guest: cpus 2" in log and "clan-guest: disk vda 96 MiB" in log
     ncli.ok("stop", "alpha")
+    # A smaller disk: the VM keeps its disk (a disk never shrinks) and still starts.
     (own_flake / "flake.nix").write_text(text.replace("diskSize = 64;", "diskSize = 32;"))
-    refused = ncli.run("start", "alpha", "--flake", flake)
-    assert refused.code == 1 and "refusing to shrink" in refused.err
+    kept = ncli.ok("start", "alpha", "--flake", flake, "--wait-for", READY, "--timeout", "120")
+    assert "keeps its 96 MiB disk, larger than the 32 MiB declared" in kept.err
+    assert "clan-vm-manager delete alpha --force" in kept.err
+    assert "clan-guest: disk vda 96 MiB" in ncli.ok("console", "alpha", "--log").out
+    assert json.loads(ncli.ok("status", "alpha", "--json").out)["disk_size"] == 96
+    ncli.ok("stop", "alpha")
 
 
 @pytest.mark.vm
@@ -213,8 +221,14 @@ def test_a_base_image_from_the_flake_becomes_a_read_only_backing_file(
     assert refused.code == 1 and "base image of VM 'alpha' changed" in refused.err
 
 
-def test_a_flake_directory_with_an_inventory_is_the_clan(ncli: NixCLI, own_flake: Path) -> None:
+def test_a_flake_directory_with_an_inventory_is_not_thereby_the_clan(
+    ncli: NixCLI, own_flake: Path
+) -> None:
     (own_flake / "inventory.json").write_text('{\n  "machines": {}\n}')
-    ncli.ok("create", "alpha", "--flake", str(own_flake), cwd=own_flake.parent)
+    ncli.ok("create", "alpha", "--flake", str(own_flake), cwd=own_flake)
+    assert json.loads((own_flake / "inventory.json").read_text())["machines"] == {}
+    # Named, it is the clan: the ad-hoc VM becomes a machine, and the user is told so.
+    created = ncli.ok("create", "beta", "--flake", str(own_flake), "--clan-dir", str(own_flake))
     machines = json.loads((own_flake / "inventory.json").read_text())["machines"]
-    assert machines["alpha"]["tags"] == ["vm"]
+    assert machines["beta"]["tags"] == ["vm"]
+    assert "`clan machines update` now treats it as a machine to deploy" in created.err

@@ -153,3 +153,38 @@ def test_a_nix_without_build_users_says_what_to_do(ncli: NixCLI, own_flake: Path
     line = result.err.strip()
     assert len(line.splitlines()) == 1
     assert "clan-vm-no-such-group" in line and "nix-setup-systemd" in line
+
+
+def test_a_flakes_host_shares_need_the_users_consent(
+    ncli: NixCLI, own_flake: Path, tmp_path: Path
+) -> None:
+    flake = str(own_flake)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    shares = (
+        f'shares.data = {{ source = "{secret}"; }}; '
+        'shares.own = { }; shares.flake = { source = "${self}/guest"; };'
+    )
+    edit(own_flake, "bootTest.expect = ", f"{shares}\n        bootTest.expect = ")
+    refused = ncli.run("create", "alpha", "--flake", flake)
+    assert refused.code == 2, refused
+    (line,) = refused.err.strip().splitlines()
+    assert line.startswith(f"error: clanVms.{SYSTEM}.alpha.shares of {flake} would let the VM see")
+    assert f"{secret} (read-only)" in line and "--allow-shares" in line
+    assert "/guest" not in line  # a read-only share from the store needs no consent
+    assert not (ncli.state_dir / "vms" / "alpha").exists()
+    ncli.ok("create", "alpha", "--flake", flake, "--allow-shares")
+    shown = json.loads(ncli.ok("show", "alpha", "--json").out)
+    assert shown["config"]["shares"]["data"]["source"] == str(secret)
+    assert (Path(shown["directory"]) / "shares" / "own").is_dir()  # the VM's own directory
+    # Remembered for exactly these directories: another one needs consent again.
+    edit(own_flake, f'source = "{secret}";', f'source = "{tmp_path}";')
+    assert ncli.run("create", "alpha", "--flake", flake).code == 2
+
+
+def test_virtiofs_is_refused_with_what_it_needs(ncli: NixCLI, own_flake: Path) -> None:
+    share = 'shares.data = { source = "${self}/guest"; type = "virtiofs"; };'
+    edit(own_flake, "bootTest.expect = ", f"{share}\n        bootTest.expect = ")
+    refused = ncli.run("create", "alpha", "--flake", str(own_flake))
+    assert refused.code == 2 and "needs a virtiofsd daemon per share" in refused.err
+    assert 'use type = "9p"' in refused.err

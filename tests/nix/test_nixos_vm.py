@@ -1,0 +1,409 @@
+"""NixOS configurations as VMs, without nixpkgs: the translation (lib/nixos-to-vm.nix) as a
+Nix function of a NixOS-shaped config, the VM variant (lib/from-nixos.nix) on a stand-in of
+lib.nixosSystem (tests/nix/fake-nixos: nixpkgs.lib's module system, extendModules,
+virtualisation.vmVariant as build-vm.nix makes it, a stand-in qemu-vm.nix), and a flake
+whose nixosConfigurations become clanVms, created and booted by the tool. Needs the
+nixpkgs.lib (and for the flake, flake-parts) checkouts, like test_flake_module."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import READY, ROOT, Guest
+from tests.nix.test_flake_module import FLAKE_PARTS, NIXPKGS_LIB, copy_module, nix_eval
+from tests.nix_fixtures import NixCLI, git, ncli, needs_nix
+
+__all__ = ["ncli"]
+pytestmark = [
+    needs_nix,
+    pytest.mark.skipif(
+        not NIXPKGS_LIB, reason="set CLAN_VM_TEST_NIXPKGS_LIB to a nixpkgs.lib checkout"
+    ),
+]
+SYSTEM = "x86_64-linux"
+STORE = "/nix/store/" + "0" * 32
+
+
+def evaluate(expression: str) -> Any:
+    """EXPRESSION (with lib, nixosToVm, fromNixos and nixosSystem in scope), strictly, as JSON."""
+    prelude = f"""
+      let
+        lib = import {NIXPKGS_LIB}/lib;
+        nixosToVm = import {ROOT}/lib/nixos-to-vm.nix {{ inherit lib; }};
+        fromNixos = import {ROOT}/lib/from-nixos.nix {{ inherit lib; }};
+        pkgs = import {ROOT}/tests/nix/fake-nixos/pkgs.nix {{
+          busybox = "/bin/busybox"; kernel = "/boot/kernel"; initrd = "/boot/initrd";
+        }};
+        nixosSystem = import {ROOT}/tests/nix/fake-nixos {{ inherit lib pkgs; }};
+      in
+    """
+    proc = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "--expr", prelude + expression],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def nixos_config(**virtualisation: Any) -> str:
+    """A NixOS-shaped config of a VM variant, as Nix, with VIRTUALISATION's settings."""
+    settings = {
+        "cores": 2,
+        "memorySize": 1536,
+        "diskSize": 4096,
+        "graphics": False,
+        "forwardPorts": [
+            {"from": "host", "proto": "tcp", "host": {"address": "", "port": 2222},
+             "guest": {"address": "", "port": 22}},
+        ],
+        "sharedDirectories": {
+            "nix-store": {"source": "/nix/store", "target": "/nix/.ro-store",
+                          "securityModel": "none"},
+            "xchg": {"source": '"$TMPDIR"/xchg', "target": "/tmp/xchg", "securityModel": "none"},
+            "data": {"source": "/srv/data", "target": "/data", "securityModel": "mapped-xattr"},
+        },
+        "additionalPaths": [f"{STORE}-nixos-system-web"],
+        "qemu": {"consoles": ["tty0", "ttyS0,115200n8"]},
+        "useDefaultFilesystems": True,
+        "diskImage": "./web.qcow2",
+        "emptyDiskImages": [512],
+        **virtualisation,
+    }  # fmt: skip
+    return f"""(builtins.fromJSON ''{
+        json.dumps(
+            {
+                "system": {
+                    "build": {
+                        "toplevel": f"{STORE}-nixos-system-web",
+                        "initialRamdisk": f"{STORE}-initrd",
+                    },
+                    "boot": {"loader": {"initrdFile": "initrd"}},
+                },
+                "boot": {"kernelParams": ["loglevel=4", "console=tty1"]},
+                "virtualisation": settings,
+            }
+        )
+    }'')"""
+
+
+def test_a_nixos_config_becomes_a_definition_booted_as_qemu_vm_nix_boots_it() -> None:
+    pkgs = '{ closureInfo = { rootPaths }: "/nix/store/' + "1" * 32 + '-closure-info"; }'
+    vm = evaluate(f"nixosToVm {{ config = {nixos_config()}; pkgs = {pkgs}; }}")
+    assert vm["kernel"] == f"{STORE}-nixos-system-web/kernel"
+    assert vm["initrd"] == f"{STORE}-initrd/initrd"
+    assert vm["append"] == (
+        f"loglevel=4 console=tty1 init={STORE}-nixos-system-web/init "
+        f"regInfo=/nix/store/{'1' * 32}-closure-info/registration "
+        "console=tty0 console=ttyS0,115200n8"
+    )
+    assert (vm["cpus"], vm["memory"], vm["diskSize"]) == (2, 1536, 4096)
+    assert vm["rootFilesystem"] == {"type": "ext4", "label": "nixos"}
+    assert vm["network"]["forwardPorts"] == [{"protocol": "tcp", "hostPort": 2222, "guestPort": 22}]
+    assert vm["shares"]["nix-store"] == {
+        "source": "/nix/store",
+        "target": "/nix/.ro-store",
+        "readOnly": True,
+        "type": "9p",
+        "securityModel": "none",
+    }
+    # The run script's temporary directory becomes a directory of the VM's own.
+    assert vm["shares"]["xchg"]["source"] is None and not vm["shares"]["xchg"]["readOnly"]
+    assert vm["shares"]["data"]["source"] == "/srv/data" and not vm["shares"]["data"]["readOnly"]
+    assert vm["extraDisks"] == {"empty0": {"size": 512}}
+    assert vm["graphics"] is False and vm["bootTest"] == {"expect": "login:"}
+
+
+def test_what_the_tool_cannot_run_is_an_error_naming_the_nixos_option() -> None:
+    pkgs = '{ closureInfo = { rootPaths }: "x"; }'
+    guest = [{"from": "guest", "proto": "tcp", "host": {"address": "10.0.2.2", "port": 80},
+              "guest": {"address": "10.0.2.4", "port": 80}}]  # fmt: skip
+    config = nixos_config(forwardPorts=guest)
+    with pytest.raises(
+        AssertionError, match=r"virtualisation\.forwardPorts: a rule from the guest"
+    ):
+        evaluate(f"(nixosToVm {{ config = {config}; pkgs = {pkgs}; }}).network")
+
+
+MACHINE = """nixosSystem { modules = [ ({ lib, ... }: {
+  networking.hostName = "web";
+  fileSystems."/" = { device = "/dev/sda2"; fsType = "btrfs"; };
+  fileSystems."/boot" = { device = "/dev/sda1"; fsType = "vfat"; };
+  swapDevices = [ { device = "/dev/sda3"; } ];
+  boot.loader.grub.device = "/dev/sda";
+  virtualisation.vmVariant = {
+    virtualisation.cores = 3;
+    virtualisation.memorySize = 3072;
+    virtualisation.diskSize = 2048;
+    virtualisation.forwardPorts = [ { host.port = 2222; guest.port = 22; } ];
+    virtualisation.sharedDirectories.data = { source = "/srv/data"; target = "/data"; };
+  };
+}) ]; }"""
+
+
+def test_the_vm_variant_leaves_the_machine_alone_and_honours_its_vm_variant_settings() -> None:
+    result = evaluate(
+        f"""let
+          machine = {MACHINE};
+          variant = machine.extendModules {{
+            modules = [ {ROOT}/nixos-modules/vm-variant.nix ];
+          }};
+        in {{
+          vm = fromNixos {{ configuration = machine; name = "web"; }};
+          overridden = fromNixos {{
+            configuration = machine; name = "web";
+            modules = [ {{ virtualisation.graphics = true; }} ];
+          }};
+          machine = {{
+            inherit (machine.config) swapDevices;
+            root = machine.config.fileSystems."/";
+            grub = machine.config.boot.loader.grub.device;
+            agent = machine.config.services.qemuGuest.enable;
+          }};
+          variant = {{
+            root = variant.config.fileSystems."/";
+            store = variant.config.fileSystems."/nix/.ro-store";
+            boot = variant.config.fileSystems ? "/boot";
+            agent = variant.config.services.qemuGuest.enable;
+          }};
+        }}"""
+    )
+    vm, machine, variant = result["vm"], result["machine"], result["variant"]
+    # The machine itself: its own file systems, swap and boot loader.
+    assert machine["root"]["device"] == "/dev/sda2" and machine["root"]["fsType"] == "btrfs"
+    assert machine["grub"] == "/dev/sda" and machine["swapDevices"] == [{"device": "/dev/sda3"}]
+    assert machine["agent"] is False
+    # Its VM variant: qemu-vm.nix's file systems win, the guest agent runs.
+    assert variant["root"]["device"] == "/dev/disk/by-label/nixos" and not variant["boot"]
+    assert variant["store"]["fsType"] == "9p" and "msize=16384" in variant["store"]["options"]
+    assert variant["agent"] is True
+    # The definition honours virtualisation.vmVariant.
+    assert (vm["cpus"], vm["memory"], vm["diskSize"]) == (3, 3072, 2048)
+    assert vm["network"]["forwardPorts"] == [{"protocol": "tcp", "hostPort": 2222, "guestPort": 22}]
+    assert vm["shares"]["data"]["source"] == "/srv/data"
+    assert vm["nixosConfiguration"] == "web" and vm["graphics"] is False
+    assert vm["kernel"].endswith("-nixos-system-web/kernel")
+    assert "console=ttyS0,115200n8" in vm["append"].split()
+    assert result["overridden"]["graphics"] is True
+
+
+def test_the_guest_module_derives_the_definition_without_changing_the_machine() -> None:
+    result = evaluate(
+        f"""let machine = nixosSystem {{ modules = [ {ROOT}/nixos-modules/guest.nix {{
+          networking.hostName = "db";
+          fileSystems."/" = {{ device = "/dev/sda2"; fsType = "xfs"; }};
+          virtualisation.vmVariant.virtualisation.memorySize = 2048;
+        }} ]; }};
+        in {{
+          inherit (machine.config.clanVm.definition) memory nixosConfiguration;
+          root = machine.config.fileSystems."/".fsType;
+        }}"""
+    )
+    assert result == {"memory": 2048, "nixosConfiguration": "db", "root": "xfs"}
+    with pytest.raises(AssertionError, match=r"virtualisation\.vmVariant\.virtualisation"):
+        evaluate(
+            f"""(nixosSystem {{ modules = [ {ROOT}/nixos-modules/guest.nix
+              {{ clanVm.memory = 1024; }} ]; }}).config.clanVm.definition.kernel"""
+        )
+
+
+FLAKE = """{
+  inputs.flake-parts.url = "path:%(flake_parts)s";
+  inputs.nixpkgs-lib.url = "path:%(nixpkgs_lib)s";
+  inputs.flake-parts.inputs.nixpkgs-lib.follows = "nixpkgs-lib";
+  outputs = inputs@{ self, flake-parts, nixpkgs-lib, ... }:
+    let
+      inherit (nixpkgs-lib) lib;
+      pkgs = import ./fake-nixos/pkgs.nix {
+        busybox = "${self}/busybox"; kernel = "${self}/vmlinuz"; initrd = "${self}/initrd";
+      };
+      nixosSystem = import ./fake-nixos { inherit lib pkgs; };
+    in
+    flake-parts.lib.mkFlake { inherit inputs; } {
+      systems = [ "x86_64-linux" ];
+      imports = [ (import ./flake-module.nix { packages.x86_64-linux.default = "/unused"; }) ];
+      flake.nixosConfigurations.web = nixosSystem { modules = [ {
+        networking.hostName = "web";
+        fileSystems."/" = { device = "/dev/sda2"; fsType = "btrfs"; };
+        virtualisation.vmVariant.virtualisation.forwardPorts = [
+          { host.port = 2222; guest.port = 22; }
+        ];
+      } ]; };
+      flake.nixosConfigurations.arm = nixosSystem { system = "aarch64-linux"; modules = [ ]; };
+      flake.nixosConfigurations.broken = nixosSystem { modules = [ {
+        virtualisation.vmVariant.virtualisation.memorySize = "lots";
+      } ]; };
+      perSystem = { ... }: {
+        clanVmsRunner.tool = "clan-vm-manager";
+        clanVmsRunner.writeScript = name: text: builtins.toFile name text;
+        clanVmsFromNixos.enable = true;
+        clanVms.web = { memory = 256; bootTest.expect = "%(ready)s"; };
+      };
+    };
+}
+"""
+
+
+@pytest.fixture
+def nixos_flake(tmp_path: Path, guest: Guest) -> Path:
+    if not FLAKE_PARTS:
+        pytest.skip("set CLAN_VM_TEST_FLAKE_PARTS to a flake-parts checkout")
+    directory = tmp_path / "vms"
+    directory.mkdir()
+    copy_module(directory)
+    shutil.copytree(ROOT / "tests" / "nix" / "fake-nixos", directory / "fake-nixos")
+    shutil.copy(guest.kernel, directory / "vmlinuz")
+    shutil.copy(guest.initrd, directory / "initrd")
+    shutil.copy("/bin/busybox", directory / "busybox")
+    (directory / "flake.nix").write_text(
+        FLAKE % {"flake_parts": FLAKE_PARTS, "nixpkgs_lib": NIXPKGS_LIB, "ready": READY}
+    )
+    git(directory, "init", "-q")
+    git(directory, "add", "-A")
+    git(directory, "commit", "-qm", "vms")
+    return directory
+
+
+def test_nixos_configurations_become_vms_for_their_system(nixos_flake: Path) -> None:
+    names = nix_eval(nixos_flake, f"clanVms.{SYSTEM}", apply="builtins.attrNames")
+    assert names == ["broken", "web"]  # not "arm": another system
+    web = nix_eval(nixos_flake, f"clanVms.{SYSTEM}.web")
+    assert web["memory"] == 256 and web["cpus"] == 1  # clanVms.web wins, qemu-vm.nix's default
+    assert web["nixosConfiguration"] == "web"
+    assert web["network"]["forwardPorts"] == [
+        {"protocol": "tcp", "hostPort": 2222, "guestPort": 22}
+    ]
+
+
+@pytest.mark.vm
+def test_a_nixos_vm_is_built_rooted_created_with_its_file_system_and_booted(
+    ncli: NixCLI, nixos_flake: Path
+) -> None:
+    flake = str(nixos_flake)
+    listed = json.loads(ncli.ok("list", "--flake", flake, "--json").out)
+    rows = {row["name"]: row for row in listed}
+    assert rows["web"]["eval_error"] is None and rows["web"]["state"] == "not-created"
+    assert "memorySize" in rows["broken"]["eval_error"]  # one broken VM, listed as such
+    created = ncli.ok("create", "web", "--flake", flake)
+    assert f"created VM 'web' from {flake}" in created.err
+    shown = json.loads(ncli.ok("show", "web", "--json").out)
+    config = shown["config"]
+    # Everything the definition refers to is built and rooted: the system (append's init=),
+    # the Nix database registration (regInfo=), the kernel and initrd.
+    roots = {os.path.realpath(p) for p in (ncli.state_dir / "gcroots" / "web").glob("*/result*")}
+    init = next(w for w in config["append"].split() if w.startswith("init="))[5:]
+    reg_info = next(w for w in config["append"].split() if w.startswith("regInfo="))[8:]
+    assert str(Path(init).parent) in roots and str(Path(reg_info).parent) in roots
+    assert Path(reg_info).read_text().splitlines() == [str(Path(init).parent)]
+    # The root disk carries the file system NixOS' VM variant mounts by label.
+    disk = Path(shown["disks"][0]["path"])
+    raw = ncli.state_dir.parent / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk, raw], check=True)
+    blkid = subprocess.run(["blkid", "-o", "export", raw], capture_output=True, text=True)
+    assert "LABEL=nixos" in blkid.stdout and "TYPE=ext4" in blkid.stdout
+    raw.unlink()
+    assert (Path(shown["directory"]) / "shares" / "xchg").is_dir()
+    # QEMU takes the 9p shares (the store read-only); the stand-in system boots the test guest.
+    ncli.ok("start", "web", "--wait-for", READY, "--timeout", "120")
+    argv = Path(f"/proc/{json.loads(ncli.ok('status', 'web', '--json').out)['pid']}/cmdline")
+    words = argv.read_bytes().decode().split("\0")
+    assert "local,id=fs-nix-store,path=/nix/store,security_model=none,readonly=on" in words
+    ncli.ok("stop", "web")
+
+
+FAKE_NIXPKGS = """{
+  # nixpkgs as the template uses it, without nixpkgs: nixpkgs.lib, and lib.nixosSystem made
+  # by the stand-in of tests/nix/fake-nixos.
+  inputs.nixpkgs-lib.url = "path:%(nixpkgs_lib)s";
+  outputs = { self, nixpkgs-lib }: {
+    lib = nixpkgs-lib.lib // {
+      nixosSystem = import ./fake-nixos {
+        inherit (nixpkgs-lib) lib;
+        pkgs = import ./fake-nixos/pkgs.nix {
+          busybox = "/bin/busybox"; kernel = "/boot/kernel"; initrd = "/boot/initrd";
+        };
+      };
+    };
+  };
+}
+"""
+TOOL_FILES = ["flake.nix", "flake.lock", "flake-module.nix", "lib", "nixos-modules", "nix"]
+
+
+def test_the_template_needs_one_override_per_input_and_becomes_a_vm(tmp_path: Path) -> None:
+    if not FLAKE_PARTS:
+        pytest.skip("set CLAN_VM_TEST_FLAKE_PARTS to a flake-parts checkout")
+    fake = tmp_path / "nixpkgs"
+    shutil.copytree(ROOT / "tests" / "nix" / "fake-nixos", fake / "fake-nixos")
+    (fake / "flake.nix").write_text(FAKE_NIXPKGS % {"nixpkgs_lib": NIXPKGS_LIB})
+    tool = tmp_path / "clan-vm-tasks"
+    tool.mkdir()
+    for name in TOOL_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tool / name)
+        elif source.exists():
+            shutil.copy(source, tool / name)
+    shutil.copytree(ROOT / "templates", tool / "templates")
+    mine = tmp_path / "mine"
+    shutil.copytree(ROOT / "templates" / "default", mine)
+    (mine / "keys" / "alice.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI alice\n")
+    git(mine, "init", "-q")
+    git(mine, "add", "-A")
+    overrides = ["--override-input", "nixpkgs", f"path:{fake}"]
+    overrides += ["--override-input", "flake-parts", f"path:{FLAKE_PARTS}"]
+    overrides += ["--override-input", "clan-vm-tasks", f"path:{tool}"]
+
+    def nix(*args: str) -> Any:
+        argv = ["nix", "--extra-experimental-features", "nix-command flakes"]
+        argv += ["--option", "substituters", "", *args, *overrides]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    locked = nix("flake", "metadata", "--json", str(mine))["locks"]["nodes"]
+    # One nixpkgs and one flake-parts: every nested input follows (the fake's own nixpkgs-lib
+    # is the only other node).
+    assert sorted(locked) == ["clan-vm-tasks", "flake-parts", "nixpkgs", "nixpkgs-lib", "root"]
+    assert locked["clan-vm-tasks"]["inputs"] == {
+        "flake-parts": ["flake-parts"],
+        "nixpkgs": ["nixpkgs"],
+    }
+    assert locked["flake-parts"]["inputs"] == {"nixpkgs-lib": ["nixpkgs"]}
+    web = nix("eval", "--json", f"{mine}#clanVms.{SYSTEM}.web")
+    assert web["nixosConfiguration"] == "web"
+    assert (web["cpus"], web["memory"], web["diskSize"]) == (2, 1024, 4096)
+    assert web["network"]["forwardPorts"] == [
+        {"protocol": "tcp", "hostPort": "auto", "guestPort": 22}
+    ]
+    assert web["rootFilesystem"] == {"type": "ext4", "label": "nixos"}
+    keys = nix(
+        "eval", "--json", f"{mine}#nixosConfigurations.web.config.users.users.root",
+        "--apply", "root: map builtins.baseNameOf root.openssh.authorizedKeys.keyFiles",
+    )  # fmt: skip
+    assert keys == ["alice.pub"]
+
+
+def test_the_vm_of_a_clan_machine_is_that_machine(
+    ncli: NixCLI, nixos_flake: Path, tmp_path: Path
+) -> None:
+    clan = tmp_path / "clan"
+    clan.mkdir()
+    inventory = {"machines": {"web": {"name": "web", "deploy": {"targetHost": "root@web"}}}}
+    (clan / "inventory.json").write_text(json.dumps(inventory, indent=2))
+    created = ncli.ok("create", "web", "--flake", str(nixos_flake), "--clan-dir", str(clan))
+    assert "'web' is the VM of the clan machine web, which needs no inventory entry" in created.err
+    assert "clan machines update web --target-host root@127.0.0.1:2222" in created.err
+    assert json.loads((clan / "inventory.json").read_text()) == inventory  # no second entry
+    pushed = ncli.run("inventory", "push", "web", "--clan-dir", str(clan))
+    assert pushed.code == 2 and "needs no inventory entry of its own" in pushed.err
