@@ -1,0 +1,138 @@
+"""The generated libvirt XML, pinned: a change here is a change users will see (as the QEMU
+command line is pinned in test_argv)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clan_vm_tasks.backends.libvirt import xml
+from clan_vm_tasks.models import NetworkConfig, PortForward, VMConfig
+
+
+def plan(config: VMConfig, domain_type: str = "qemu", **extra: str) -> xml.DomainPlan:
+    kernel = "/var/lib/libvirt/images/web.kernel-0123" if config.kernel else None
+    initrd = "/var/lib/libvirt/images/web.initrd-4567" if config.initrd else None
+    return xml.DomainPlan(
+        config=config,
+        domain_type=domain_type,
+        mac="02:00:00:00:00:01",
+        pool="default",
+        disk_volume="web.qcow2",
+        kernel=kernel,
+        initrd=initrd,
+        console_log="/var/lib/libvirt/images/web.console.log",
+        owner="laptop:/home/me/.local/state/clan-vm",
+        **extra,
+    )
+
+
+def test_direct_kernel_boot_with_user_networking() -> None:
+    config = VMConfig(
+        name="web",
+        cpus=2,
+        memory=512,
+        kernel=Path("/k/bzImage"),
+        initrd=Path("/k/initrd"),
+        append="console=ttyS0",
+        network=NetworkConfig(forward_ports=[PortForward(host_port=2222, guest_port=22)]),
+    )
+    assert xml.domain_xml(plan(config)) == (
+        """<domain xmlns:clan="https://clan.lol/xmlns/clan-vm-tasks/1" type="qemu">
+  <name>web</name>
+  <description>a VM of clan-vm-tasks</description>
+  <metadata>
+    <clan:vm>
+      <clan:owner>laptop:/home/me/.local/state/clan-vm</clan:owner>
+    </clan:vm>
+  </metadata>
+  <memory unit="MiB">512</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch="x86_64" machine="q35">hvm</type>
+    <kernel>/var/lib/libvirt/images/web.kernel-0123</kernel>
+    <initrd>/var/lib/libvirt/images/web.initrd-4567</initrd>
+    <cmdline>console=ttyS0 clan.hostname=web</cmdline>
+  </os>
+  <features>
+    <acpi />
+  </features>
+  <cpu mode="maximum" />
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type="volume" device="disk">
+      <driver name="qemu" type="qcow2" />
+      <source pool="default" volume="web.qcow2" />
+      <target dev="vda" bus="virtio" />
+    </disk>
+    <interface type="user">
+      <mac address="02:00:00:00:00:01" />
+      <model type="virtio" />
+    </interface>
+    <serial type="pty">
+      <log file="/var/lib/libvirt/images/web.console.log" append="off" />
+      <target port="0" />
+    </serial>
+    <console type="pty">
+      <target type="serial" port="0" />
+    </console>
+    <channel type="unix">
+      <target type="virtio" name="org.qemu.guest_agent.0" />
+    </channel>
+    <memballoon model="none" />
+  </devices>
+</domain>
+"""
+    )
+
+
+def test_kvm_uses_the_host_cpu_and_a_redefinition_keeps_the_uuid() -> None:
+    uuid = "2f31065a-e1d4-4251-921a-613d5add29dd"
+    text = xml.domain_xml(plan(VMConfig(name="web"), "kvm", uuid=uuid))
+    assert text.startswith('<domain xmlns:clan="https://clan.lol/xmlns/clan-vm-tasks/1" type="kvm"')
+    assert '<cpu mode="host-passthrough" />' in text
+    assert f"<name>web</name>\n  <uuid>{uuid}</uuid>" in text
+
+
+def test_bridge_tap_and_no_networking() -> None:
+    bridged = xml.domain_xml(
+        plan(VMConfig(name="web", network=NetworkConfig(mode="bridge", bridge="br7")))
+    )
+    assert '<interface type="bridge">\n      <source bridge="br7" />' in bridged
+    tapped = xml.domain_xml(plan(VMConfig(name="web", network=NetworkConfig(mode="tap", tap="t7"))))
+    assert '<interface type="ethernet">\n      <target dev="t7" managed="no" />' in tapped
+    none = xml.domain_xml(plan(VMConfig(name="web", network=NetworkConfig(mode="none"))))
+    assert "<interface" not in none
+
+
+def test_no_kernel_no_direct_boot_no_agent_and_text_is_escaped() -> None:
+    text = xml.domain_xml(plan(VMConfig(name="web", agent=False)))
+    assert "<kernel>" not in text and "<cmdline>" not in text and "<channel" not in text
+    odd = VMConfig(name="web", kernel=Path("/k"), append="a<b&c")
+    assert "<cmdline>a&lt;b&amp;c clan.hostname=web</cmdline>" in xml.domain_xml(plan(odd))
+
+
+def test_what_is_read_back_from_a_domain_and_its_snapshots() -> None:
+    text = xml.domain_xml(plan(VMConfig(name="web")))
+    assert xml.owner(text) == "laptop:/home/me/.local/state/clan-vm"
+    assert xml.owner("<domain><name>other</name></domain>") is None
+    assert xml.owner("not xml") is None
+    assert xml.disk_volume(text) == ("default", "web.qcow2")
+    running = (
+        "<domainsnapshot><name>s1</name><state>running</state><creationTime>1700000000"
+        "</creationTime><memory snapshot='internal'/><domain><memory unit='KiB'>262144"
+        "</memory></domain></domainsnapshot>"
+    )
+    assert xml.snapshot_facts(running) == (1700000000, True, 256 << 20)
+    stopped = running.replace("running", "shutoff").replace("'internal'", "'no'")
+    assert xml.snapshot_facts(stopped)[1] is False
+
+
+def test_volumes_and_snapshots() -> None:
+    assert xml.volume_xml("web.qcow2", 64 << 20, "qcow2") == (
+        '<volume><name>web.qcow2</name><capacity unit="bytes">67108864</capacity>'
+        '<target><format type="qcow2" /><compat>1.1</compat></target></volume>'
+    )
+    assert "<compat>" not in xml.volume_xml("web.kernel-0123", 1 << 20, "raw")
+    assert xml.snapshot_xml("s1") == "<domainsnapshot><name>s1</name></domainsnapshot>"
