@@ -12,6 +12,7 @@ from invoke.exceptions import ParseError
 from invoke.program import Program
 
 from clan_vm_tasks import __version__, tasks
+from clan_vm_tasks.tasks import common
 
 HELP_FLAGS = ("--help", "-h")
 # Tasks whose VM names may also be given as bare words (clan-vm-manager build web db), with
@@ -19,7 +20,7 @@ HELP_FLAGS = ("--help", "-h")
 NAMED_TASKS = {
     "eval": ("--flake",),
     "build": ("--flake",),
-    "boot-test": ("--flake", "--timeout", "--expect", "--junit"),
+    "boot-test": ("--flake", "--timeout", "--expect", "--junit", "--check"),
 }
 
 
@@ -89,8 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         version=__version__,
         namespace=collection(),
     )
+    given = list(sys.argv if argv is None else argv)
+    common.COMMAND_LINE[:] = given  # exec and ssh take the words after "--" exactly as given
     try:
-        program.run(normalise(list(sys.argv if argv is None else argv)))
+        program.run(normalise(given))
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -29,5 +29,13 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+class AgentUnavailable(ClanVMError):
+    """The guest agent did not answer (none in the guest, not started yet, or busy)."""
+
+
+class AgentError(ClanVMError):
+    """The guest agent answered a command with an error."""
+
+
 class StateConflict(ClanVMError):
     """The operation makes no sense in the VM's current state (e.g. stop a stopped VM)."""

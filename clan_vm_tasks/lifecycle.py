@@ -17,6 +17,8 @@ from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm.create import create, reconfigure
 from clan_vm_tasks.vm.delete import delete
+from clan_vm_tasks.vm.guest import ExecResult, copy_in, copy_out, wait_for_agent
+from clan_vm_tasks.vm.guest import execute as _execute
 from clan_vm_tasks.vm.inspect import attach_console, console_log, show, status
 from clan_vm_tasks.vm.listing import list_vms
 from clan_vm_tasks.vm.pause import pause, resume
@@ -31,15 +33,19 @@ from clan_vm_tasks.vm.stop import DEFAULT_STOP_TIMEOUT, Stopped, stop
 
 __all__ = [
     "DEFAULT_STOP_TIMEOUT",
+    "ExecResult",
     "Settings",
     "Started",
     "Stopped",
     "VMConfig",
     "attach_console",
     "console_log",
+    "copy_in",
+    "copy_out",
     "create",
     "delete",
     "delete_snapshot",
+    "exec",
     "list_snapshots",
     "list_vms",
     "open_store",
@@ -54,7 +60,14 @@ __all__ = [
     "start",
     "status",
     "stop",
+    "wait_for_agent",
 ]
+
+
+def exec(store: Store, name: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+    """Run ARGV in the guest of running VM NAME through its agent (like the NixOS test
+    driver's ``machine.execute``): exit code, stdout and stderr."""
+    return _execute(store, name, argv, timeout)
 
 
 def open_store(settings: Settings) -> Store:

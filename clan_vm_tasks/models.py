@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -127,6 +128,53 @@ class BootTest(_Model):
     checks: list[str] = Field(default_factory=list)
 
 
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,30}")  # a 9p mount tag (and a QEMU id)
+_DISK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,19}")  # a virtio-blk serial: 20 bytes
+_LABEL = re.compile(r"[A-Za-z0-9_.-]{1,16}")  # an ext4 label: 16 bytes
+
+
+class Share(_Model):
+    """A host directory the guest sees over 9p, by mount tag (the key in ``shares``)."""
+
+    source: Path | None = None  # None: a directory of the VM's own (vms/NAME/shares/TAG)
+    target: str | None = None  # where the guest mounts it (the guest's business)
+    read_only: StrictBool = True
+    type: Literal["9p", "virtiofs"] = "9p"
+    security_model: Literal["passthrough", "mapped-xattr", "mapped-file", "none"] = "mapped-xattr"
+
+    @field_validator("source")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path")
+        return value
+
+
+class ExtraDisk(_Model):
+    size: Annotated[int, Field(ge=1, le=64 * 1024 * 1024, description="MiB")]
+
+
+class RootFilesystem(_Model):
+    """A file system made on the root disk when the VM is created."""
+
+    type: Literal["ext4"] = "ext4"
+    label: str = "nixos"
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        if not _LABEL.fullmatch(value):
+            raise ValueError(f"{value!r} is not a file system label (1-16 of A-Z a-z 0-9 _ . -)")
+        return value
+
+
 class VMConfig(_Model):
     """What a VM is: everything needed to launch it, nothing about whether it runs."""
 
@@ -146,6 +194,28 @@ class VMConfig(_Model):
     agent: StrictBool = True  # a virtio-serial channel for the QEMU guest agent
     ssh_user: str = "root"  # whose authorized_keys get the VM's key (``ssh``)
     host: str | None = None  # a libvirt host (URI or a name from the settings); None: here
+    nixos_configuration: str | None = None  # the NixOS configuration this VM is a variant of
+    root_filesystem: RootFilesystem | None = None  # made on the disk at create
+    graphics: StrictBool = False  # a display (virtio-vga over SPICE); else serial only
+    shares: dict[str, Share] = Field(default_factory=dict)  # by mount tag
+    extra_disks: dict[str, ExtraDisk] = Field(default_factory=dict)  # by name (serial)
+
+    @field_validator("shares", "extra_disks")
+    @classmethod
+    def _keys(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        pattern, what = (_TAG, "mount tag") if info.field_name == "shares" else (_DISK_NAME, "disk")
+        for key in value:
+            if not pattern.fullmatch(key):
+                raise ValueError(f"{key!r} is not a valid {what} name")
+        return value
+
+    @model_validator(mode="after")
+    def _fresh_disk(self) -> VMConfig:
+        if self.root_filesystem is not None and self.base_image is not None:
+            raise ValueError(
+                "rootFilesystem formats a new, empty disk; it cannot go with baseImage"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

@@ -49,3 +49,67 @@ def mac_for(name: str) -> str:
     digest = hashlib.sha256(f"clan-vm:{name}".encode()).digest()
     octets = [0x02, *digest[:5]]  # 0x02: locally administered, unicast
     return ":".join(f"{o:02x}" for o in octets)
+
+
+# A libvirt host is named in the settings file (``hosts:``) or given as a libvirt URI.
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_TRANSPORTS = ("", "unix", "ssh", "libssh", "libssh2", "tcp", "tls", "ext")
+_URI_PARAMS = {
+    "keyfile",
+    "no_verify",
+    "no_tty",
+    "known_hosts",
+    "known_hosts_verify",
+    "sshauth",
+    "pkipath",
+    "tls_priority",
+    "proxy",
+    "mode",
+    "socket",
+    "netcat",
+    "command",
+}
+# What makes libvirt run a program on this machine: only the user's own settings file may.
+_RUNS_PROGRAMS = {"command"}
+
+
+def host_name_problem(name: str) -> str | None:
+    if not _HOST_NAME.fullmatch(name):
+        return (
+            f"invalid host name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(or give a libvirt URI such as qemu+ssh://root@hv1/system)"
+        )
+    return None
+
+
+def uri_problem(uri: str, *, trusted: bool) -> str | None:
+    """Why URI is not a libvirt URI of the QEMU driver we can use, or None. Only a TRUSTED
+    URI (from the settings file) may name a program for libvirt to run (``command=``,
+    ``qemu+ext``); a VM definition may come from someone else's flake."""
+    from urllib.parse import parse_qsl, urlsplit  # lazy: list never parses URIs
+
+    try:
+        parts = urlsplit(uri)
+        params = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as error:
+        return f"invalid libvirt URI {uri!r}: {error}"
+    driver, _, transport = parts.scheme.partition("+")
+    if driver != "qemu" or transport not in _TRANSPORTS or "://" not in uri:
+        return (
+            f"invalid libvirt URI {uri!r}: expected qemu:///system or qemu+ssh://USER@HOST/system"
+        )
+    if parts.path not in ("/system", "/session"):
+        return f"invalid libvirt URI {uri!r}: the path must be /system or /session"
+    if parts.fragment or any(c.isspace() or ord(c) < 32 for c in uri):
+        return f"invalid libvirt URI {uri!r}"
+    for key, _value in params:
+        if key not in _URI_PARAMS:
+            return f"invalid libvirt URI {uri!r}: unknown parameter {key!r}"
+        if key in _RUNS_PROGRAMS and not trusted:
+            return (
+                f"libvirt URI {uri!r} runs a program ({key}=): name the host in the settings "
+                "file (hosts:) instead"
+            )
+    if transport == "ext" and not trusted:
+        return f"libvirt URI {uri!r} runs a program (qemu+ext): name it in the settings file"
+    return None

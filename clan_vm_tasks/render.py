@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 Notify = Callable[[str], None]  # how operations report progress and warnings
+# Terminal control sequences and characters a console line may carry (colours, \r).
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -24,6 +33,8 @@ def as_json(data: Any) -> str:
 
 def state_word(info: dict[str, Any]) -> str:
     word = str(info["state"])
+    if word == "unreachable" and info.get("error"):
+        return f"{word}: {info['error']}"
     if info.get("pid"):
         word += f" (pid {info['pid']})"
     if info.get("qmp") is False:
@@ -37,5 +48,134 @@ def key_values(pairs: Sequence[tuple[str, object]]) -> str:
 
 
 def notice(message: str) -> None:
-    """The default Notify: one line on stderr, at once."""
-    print(message, file=sys.stderr, flush=True)
+    """The default Notify: one line on stderr, at once (above a progress line, if one shows)."""
+    with _PROGRESS.lock:
+        _PROGRESS.clear()
+        print(message, file=sys.stderr, flush=True)
+        _PROGRESS.draw()
+
+
+class Progress:
+    """What a long command is doing, as it happens. On a terminal: one status line on stderr,
+    rewritten as things move (the phase, its latest detail, the seconds it has taken).
+    Without one (logs, CI): a plain line for each step worth a line (``step``), nothing else.
+    Quiet: nothing. The Nix and VM code report to ``progress()``; tasks choose the mode."""
+
+    def __init__(self, *, quiet: bool = True, live: bool | None = None) -> None:
+        self.quiet = quiet
+        self.live = not quiet and (sys.stderr.isatty() if live is None else live)
+        self.lock = threading.RLock()
+        self._phase = ""
+        self._detail = ""
+        self._began = time.monotonic()
+        self._shown = False
+        self._ticker: threading.Thread | None = None
+
+    def phase(self, text: str) -> None:
+        """A new phase (evaluating, building, creating, booting): the status line only."""
+        with self.lock:
+            self._phase, self._detail, self._began = text, "", time.monotonic()
+            self._start_ticker()
+            self.draw()
+
+    def detail(self, text: str) -> None:
+        """The latest detail of the phase (the derivation being built, a console line)."""
+        with self.lock:
+            self._detail = " ".join(_CONTROL.sub(" ", text).split())
+            self.draw()
+
+    @contextlib.contextmanager
+    def following(self, path: Path, phase: str) -> Iterator[None]:
+        """While the block runs (a boot): PHASE, with the latest line of the file at PATH as
+        its detail, once that file is a new one (a boot starts a new console log)."""
+        if not self.live:
+            yield
+            return
+        self.phase(phase)
+        stop = threading.Event()
+
+        def watch() -> None:
+            try:
+                before: int | None = os.stat(path).st_ino
+            except OSError:
+                before = None
+            while not stop.wait(0.2):
+                try:
+                    info = os.stat(path)
+                    if info.st_ino == before:
+                        continue
+                    with open(path, "rb") as log:
+                        log.seek(max(0, info.st_size - 4096))
+                        tail = log.read().decode(errors="replace")
+                except OSError:
+                    continue
+                text = _CONTROL.sub("", tail.replace("\r", "\n"))
+                lines = [line for line in text.splitlines() if line.strip()]
+                if lines:
+                    self.detail(lines[-1])
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            self.done()
+
+    def step(self, text: str) -> None:
+        """A line worth keeping in a log too (a build that starts): printed in both modes."""
+        if self.quiet:
+            return
+        notice(text)
+
+    def done(self) -> None:
+        with self.lock:
+            self.clear()
+            self._phase = self._detail = ""
+
+    def clear(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+            self._shown = False
+
+    def draw(self) -> None:
+        if not (self.live and self._phase):
+            return
+        seconds = time.monotonic() - self._began
+        text = self._phase + (f": {self._detail}" if self._detail else "")
+        text += f" ({seconds:.0f}s)" if seconds >= 1 else ""
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        line = text if len(text) <= width else text[: max(0, width - 3)] + "..."
+        sys.stderr.write("\r\x1b[2K" + line)
+        sys.stderr.flush()
+        self._shown = True
+
+    def _start_ticker(self) -> None:
+        if not self.live or self._ticker is not None:
+            return
+
+        def tick() -> None:
+            while True:
+                time.sleep(0.5)
+                with self.lock:
+                    self.draw()
+
+        self._ticker = threading.Thread(target=tick, daemon=True)
+        self._ticker.start()
+
+
+_PROGRESS = Progress()
+
+
+def progress() -> Progress:
+    """The progress of the running command (silent unless a task asked for it)."""
+    return _PROGRESS
+
+
+def show_progress(quiet: bool) -> Progress:
+    """Make the running command show its progress (a status line on a terminal)."""
+    global _PROGRESS
+    _PROGRESS = Progress(quiet=quiet)
+    return _PROGRESS

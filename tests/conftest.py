@@ -119,7 +119,7 @@ class CLI:
         return self.ok("start", name, "--wait-for", READY, "--timeout", BOOT_TIMEOUT)
 
 
-def _kill_leftover_qemu(state_dir: Path) -> None:
+def kill_leftover_qemu(state_dir: Path) -> None:
     """Whatever a failed test left running under this state dir must not outlive it."""
     for pidfile in state_dir.glob("vms/*/qemu.pid"):
         try:
@@ -142,7 +142,7 @@ def _kill_leftover_qemu(state_dir: Path) -> None:
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "state"
     yield path
-    _kill_leftover_qemu(path)
+    kill_leftover_qemu(path)
 
 
 @pytest.fixture

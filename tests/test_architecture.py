@@ -76,7 +76,7 @@ def test_task_modules_import_no_other_task_module() -> None:
 
 
 # What a fast command must not pay for (invoke itself already brings yaml and asyncio).
-HEAVY = ("pydantic", "qemu", "sh", "clan_vm_tasks.models", "clan_vm_tasks.nix")
+HEAVY = ("pydantic", "qemu", "sh", "libvirt", "clan_vm_tasks.models", "clan_vm_tasks.nix")
 
 
 def test_list_imports_nothing_heavy(tmp_path: Path) -> None:

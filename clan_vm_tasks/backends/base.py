@@ -4,17 +4,21 @@
 a backend does it on a hypervisor. A ``Backend`` makes disks and hands out one
 ``Machine`` per VM; a ``Machine`` launches, observes, stops, pauses, snapshots
 and shows the console of that VM. The local QEMU backend
-(``clan_vm_tasks.backends.qemu``) is the implementation today; every method is
-bounded in time, and failures are ``ClanVMError``.
+(``clan_vm_tasks.backends.qemu``) runs VMs on this machine; a ``HostedBackend``
+(``clan_vm_tasks.backends.libvirt``) runs them on a libvirt host, local or remote.
+Every method is bounded in time, and failures are ``ClanVMError`` (``HostUnreachable``
+when the host does not answer).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
@@ -41,12 +45,21 @@ class AccelChoice:
     notice: str | None  # one line for the user when we fell back or were overridden
 
 
+class HostUnreachable(ClanVMError):
+    """The host of a VM did not answer (in time): its VMs' state is unknown, not stopped."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"host {host} is unreachable: {reason}")
+        self.host = host
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Launched:
     """A VM the hypervisor runs and whose control channel answers."""
 
-    pid: int
-    pid_start: int  # so a recycled pid is never taken for this VM
+    pid: int | None  # the local QEMU process; None for a VM on a libvirt host
+    pid_start: int | None  # so a recycled pid is never taken for this VM
     accel: str
     console_offset: int  # where this boot's console output begins
     tap: str | None = None  # a tap made for this boot; released when it ends
@@ -75,6 +88,15 @@ class Snapshot:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "memory": self.memory}
+
+
+class GuestAgent(Protocol):
+    """A session with the QEMU guest agent of a running VM: synchronised, one command at a
+    time. Failures are AgentUnavailable (no answer in time) or AgentError (an error reply)."""
+
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any: ...
 
 
 class Machine(Protocol):
@@ -149,6 +171,15 @@ class Machine(Protocol):
 
     def disk_snapshot(self, command: SnapshotCommand, tag: str) -> None: ...
 
+    def repair_disk(self) -> str | None:
+        """After an interrupted offline disk operation: repair what the interruption can leave;
+        what was repaired, or None when the disk was sound."""
+
+    # --- its guest agent
+    def agent(self, timeout: float) -> AbstractContextManager[GuestAgent]:
+        """A session with the guest agent; AgentUnavailable when it does not answer within
+        TIMEOUT (a guest without an agent never makes this hang)."""
+
     # --- its console
     def wait_for_text(
         self, text: str, offset: int, timeout: float, alive: Callable[[], bool]
@@ -179,3 +210,33 @@ class Backend(Protocol):
     def check_base_image(self, path: Path) -> int:
         """Refuse (InvalidInput) a base image that is not safe to lay a disk over; its
         virtual size in MiB, rounded up."""
+
+
+class HostedBackend(Backend, Protocol):
+    """VMs on a libvirt host, this machine or another: each VM's definition and disk are
+    made there at create and taken away at delete; the local state directory keeps its
+    definition, history and record, but whether it runs is always asked of the host."""
+
+    host: str  # as the user named it: a name from the settings file, or a URI
+    uri: str  # the libvirt URI it stands for
+    address: str  # where its VMs' forwarded ports are reached from this machine
+
+    def place(self, config: VMConfig, state_dir: Path) -> None:
+        """Make the VM on the host, stopped: its disk and its definition, marked as made by
+        STATE_DIR. What a killed ``place`` left there the next ``place`` or ``remove`` takes."""
+
+    def remove(self, name: str, state_dir: Path, *, keep_disk: bool) -> str | None:
+        """Take the VM off the host (only what STATE_DIR made); where its kept disk is."""
+
+    def guest_address(self, name: str) -> str | None:
+        """The running guest's own IPv4 address (a bridged VM), if the host can tell."""
+
+    def details(self, name: str) -> dict[str, Any]:
+        """What ``show`` adds: the host, its URI, the domain, the disk and console log there."""
+
+    def survey(self, timeout: float) -> None:
+        """Ask the host once for the state of all its VMs; until ``forget_survey`` its
+        machines answer ``alive``, ``ended`` and ``find_running`` from that answer (``list``
+        asks each host once, not once per VM)."""
+
+    def forget_survey(self) -> None: ...

@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from clan_vm_tasks.clan.nixstore import in_store
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
 
 __all__ = [
@@ -30,10 +31,12 @@ __all__ = [
     "VM_TAG",
     "InventoryError",
     "find_clan_dir",
+    "has_machine",
     "merge_tags",
     "push",
     "remove",
     "render_inventory",
+    "target_host",
 ]
 
 INVENTORY_FILE = "inventory.json"
@@ -45,6 +48,7 @@ MACHINE_CLASS = "nixos"
 
 # clan machine names end up as Nix attribute names and hostnames: clan-cli's own rule.
 _MACHINE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_ADDRESS = re.compile(r"[A-Za-z0-9._:-]{1,253}")  # where targetHost reaches the VM's SSH port
 
 JsonObject = dict[str, Any]
 
@@ -94,6 +98,11 @@ def validate_ssh_port(ssh_port: int) -> None:
     # bool is an int subclass; True would otherwise become port 1.
     if isinstance(ssh_port, bool) or not isinstance(ssh_port, int) or not 0 < ssh_port < 65536:
         raise InvalidInventoryInput(f"invalid ssh port {ssh_port!r}: expected 1-65535")
+
+
+def validate_address(address: str) -> None:
+    if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+        raise InvalidInventoryInput(f"invalid ssh address {address!r}: a host name or IP address")
 
 
 def merge_tags(existing: Sequence[Any], extra: Sequence[str]) -> list[Any]:
@@ -174,7 +183,7 @@ def _foreign_error(name: str, path: Path) -> InventoryError:
     )
 
 
-def _new_entry(name: str, tags: list[str], ssh_port: int | None) -> JsonObject:
+def _new_entry(name: str, tags: list[str], ssh_port: int | None, address: str) -> JsonObject:
     entry: JsonObject = {
         "name": name,
         "description": DESCRIPTION,
@@ -182,12 +191,28 @@ def _new_entry(name: str, tags: list[str], ssh_port: int | None) -> JsonObject:
         "tags": merge_tags([], tags),
     }
     if ssh_port is not None:
-        entry["deploy"] = {"targetHost": _target_host(ssh_port)}
+        entry["deploy"] = {"targetHost": target_host(ssh_port, address)}
     return entry
 
 
-def _target_host(ssh_port: int) -> str:
-    return f"root@127.0.0.1:{ssh_port}"
+def has_machine(clan_dir: Path, name: str) -> bool:
+    """Whether inventory.json in CLAN_DIR lists machine NAME (an unreadable one: no)."""
+    try:
+        loaded = _load(clan_dir / INVENTORY_FILE)
+    except InventoryError:
+        return False
+    return loaded is not None and name in loaded[0].get("machines", {})
+
+
+def _check_writable(clan_dir: Path) -> None:
+    if in_store(clan_dir):  # the tool never writes there
+        raise InventoryError(f"{clan_dir} is in the Nix store (read-only): name your checkout")
+
+
+def target_host(ssh_port: int, address: str) -> str:
+    """``deploy.targetHost``: root at ADDRESS, port SSH_PORT."""
+    host = f"[{address}]" if ":" in address else address  # an IPv6 address needs brackets
+    return f"root@{host}:{ssh_port}"
 
 
 def upsert_machine(
@@ -198,6 +223,7 @@ def upsert_machine(
     tags: list[str],
     force: bool,
     path: Path,
+    address: str = "127.0.0.1",
 ) -> bool:
     """Apply a push to parsed inventory data in place; returns whether the entry existed.
 
@@ -207,13 +233,13 @@ def upsert_machine(
     machines: JsonObject = data.setdefault("machines", {})
     entry = machines.get(name)
     if entry is None:
-        machines[name] = _new_entry(name, tags, ssh_port)
+        machines[name] = _new_entry(name, tags, ssh_port, address)
         return False
     if not _is_ours(entry, name, path):
         if not force:
             raise _foreign_error(name, path)
         # Taking over: the old icon/tags/deploy describe a different machine, start fresh.
-        machines[name] = _new_entry(name, tags, ssh_port)
+        machines[name] = _new_entry(name, tags, ssh_port, address)
         return True
     entry["name"] = name
     entry["description"] = DESCRIPTION
@@ -222,9 +248,9 @@ def upsert_machine(
     if ssh_port is not None:
         deploy = entry.get("deploy")
         if deploy is None and "deploy" not in entry:
-            entry["deploy"] = {"targetHost": _target_host(ssh_port)}
+            entry["deploy"] = {"targetHost": target_host(ssh_port, address)}
         elif isinstance(deploy, dict):
-            deploy["targetHost"] = _target_host(ssh_port)  # keeps buildHost, forwardAgent, ...
+            deploy["targetHost"] = target_host(ssh_port, address)  # keeps buildHost, ...
         else:
             raise InventoryError(
                 f"machine {name!r} in {path}: 'deploy' must be an object, not {_json_type(deploy)}"
@@ -343,6 +369,7 @@ def commit_inventory(clan_dir: Path, git_dir: Path, message: str) -> None:
 def _check_clan_dir(clan_dir: Path) -> None:
     if not clan_dir.is_dir():
         raise InventoryError(f"clan directory {clan_dir} does not exist or is not a directory")
+    _check_writable(clan_dir)
 
 
 def push(
@@ -353,12 +380,14 @@ def push(
     tags: Sequence[str] = (),
     force: bool = False,
     commit: bool = False,
+    address: str = "127.0.0.1",
 ) -> bool:
-    """Add or update ``machines[name]``; returns True if inventory.json was (re)written."""
+    """Add or update ``machines[name]`` (reached at ADDRESS); True if the file was written."""
     validate_machine_name(name)
     extra_tags = validate_tags(tags)
     if ssh_port is not None:
         validate_ssh_port(ssh_port)
+        validate_address(address)
     _check_clan_dir(clan_dir)
     path = clan_dir / INVENTORY_FILE
     with _flocked(clan_dir / LOCK_FILE):
@@ -373,7 +402,7 @@ def push(
         # hand-formatted file.
         before = render_inventory(data, trailing_newline=trailing_newline)
         existed = upsert_machine(
-            data, name, ssh_port=ssh_port, tags=extra_tags, force=force, path=path
+            data, name, ssh_port=ssh_port, tags=extra_tags, force=force, path=path, address=address
         )
         after = render_inventory(data, trailing_newline=trailing_newline)
         if loaded is not None and after == before:
@@ -392,6 +421,7 @@ def remove(clan_dir: Path, name: str, *, force: bool = False, commit: bool = Fal
     # Checked before locking so that removing from a clan without inventory creates nothing.
     if not path.exists():
         return False
+    _check_writable(clan_dir)
     with _flocked(clan_dir / LOCK_FILE):
         git_dir = git_dir_of(clan_dir) if commit else None
         loaded = _load(path)

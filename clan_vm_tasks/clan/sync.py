@@ -1,4 +1,13 @@
-"""Keeping the clan inventory in step with VMs: pushed after create and start, removed on delete.
+"""Keeping the clan inventory in step with VMs: pushed after create and start, removed on delete,
+with clan's semantics: an entry in ``inventory.json`` is a machine ``clan machines update``
+deploys.
+
+- The clan is only what the user names: ``--clan-dir`` or ``$CLAN_DIR`` (and the explicit
+  ``inventory`` task), never a directory that merely holds an ``inventory.json``.
+- A VM of a clan machine (``nixosConfiguration``) is that machine: it gets no entry of its
+  own; the user learns how to deploy to it.
+- An ad-hoc VM gets an entry (tag ``vm``), with a notice of what that means to clan.
+- A clan in the Nix store is read-only: nothing is written there, a one-line notice says so.
 
 A failed automatic update does not undo the VM operation that succeeded; it is
 reported as a warning (the explicit ``inventory push`` task reports it as an error).
@@ -6,26 +15,19 @@ reported as a warning (the explicit ``inventory push`` task reports it as an err
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from clan_vm_tasks.backends.base import HostUnreachable
 from clan_vm_tasks.clan import inventory
+from clan_vm_tasks.clan.nixstore import in_store
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.store import Store
+from clan_vm_tasks.vm import machines
 
 
-def _local(ref: str) -> Path | None:
-    path = Path(ref.removeprefix("path:").removeprefix("git+file://"))
-    return path.absolute() if path.is_dir() else None
-
-
-def flake_dir(flake: str | None = None, start: Path | None = None) -> Path | None:
-    """The local flake we work with: FLAKE (``--flake``) or ``$CLAN_VM_FLAKE`` when they are
-    directories, else the nearest directory with a flake.nix at or above START (the cwd)."""
-    explicit = flake or os.environ.get("CLAN_VM_FLAKE")
-    if explicit:
-        return _local(explicit)
+def flake_dir(start: Path | None = None) -> Path | None:
+    """The nearest directory with a flake.nix at or above START (the cwd)."""
     here = (start or Path.cwd()).absolute()
     for directory in (here, *here.parents):
         if (directory / "flake.nix").is_file():
@@ -33,27 +35,57 @@ def flake_dir(flake: str | None = None, start: Path | None = None) -> Path | Non
     return None
 
 
-def clan_dir(explicit: str | None, flake: str | None = None) -> Path | None:
-    return inventory.find_clan_dir(Path(explicit) if explicit else None, flake_dir(flake))
+def clan_dir(explicit: str | None) -> Path | None:
+    """The clan the user named for automatic updates: ``--clan-dir``, else ``$CLAN_DIR``."""
+    return inventory.find_clan_dir(Path(explicit) if explicit else None, None)
 
 
-def ssh_port(store: Store, name: str) -> int | None:
-    """The host port forwarded to the guest's SSH port 22, if any.
+def named_clan_dir(explicit: str | None) -> Path | None:
+    """For the ``inventory`` task, which names the clan by being run: ``--clan-dir``,
+    ``$CLAN_DIR``, else the flake around the working directory if it holds an inventory."""
+    return inventory.find_clan_dir(Path(explicit) if explicit else None, flake_dir())
 
-    While the VM runs, the ports chosen at start count (``auto`` ones included);
-    otherwise only a fixed port from the definition is known.
+
+def clan_machine(store: Store, name: str) -> str | None:
+    """The NixOS configuration (a clan machine) VM NAME is the VM variant of, if any."""
+    value = store.read_config(name).get("nixos_configuration")
+    return value if isinstance(value, str) and value else None
+
+
+def deploy_hint(store: Store, name: str, machine: str) -> str:
+    target = ssh_target(store, name)
+    if target is None:
+        return f"clan machines update {machine} --target-host root@HOST:PORT"
+    port, address = target
+    return f"clan machines update {machine} --target-host {inventory.target_host(port, address)}"
+
+
+def ssh_target(store: Store, name: str) -> tuple[int, str] | None:
+    """(port, address) where the guest's SSH port 22 is reached from this machine, if any.
+
+    A forward to it: on 127.0.0.1 for a VM here, on its libvirt host for a VM there (while
+    the VM runs the ports chosen at start count, ``auto`` ones included; otherwise only a
+    fixed port from the definition is known). A VM bridged on a libvirt host: the guest's
+    own address, as its host learns it.
     """
     for forward in store.read_state(name).forwards:
-        match = re.fullmatch(r"tcp:127\.0\.0\.1:(\d+)->22", forward)
+        match = re.fullmatch(r"tcp:([^:]+):(\d+)->22", forward)
         if match:
-            return int(match.group(1))
-    network = store.read_config(name).get("network")
+            return int(match.group(2)), match.group(1)
+    config = store.read_config(name)
+    host = config.get("host") if isinstance(config.get("host"), str) else None
+    network = config.get("network")
     forwards = network.get("forward_ports", []) if isinstance(network, dict) else []
     for forward in forwards:
         if not isinstance(forward, dict) or forward.get("protocol", "tcp") != "tcp":
             continue
         if forward.get("guest_port") == 22 and isinstance(forward.get("host_port"), int):
-            return int(forward["host_port"])
+            address = machines.hosted(host).address if host else "127.0.0.1"
+            return int(forward["host_port"]), address
+    if host and isinstance(network, dict) and network.get("mode") == "bridge":
+        guest = machines.hosted(host).guest_address(name)
+        if guest is not None:
+            return 22, guest
     return None
 
 
@@ -62,19 +94,36 @@ def push(store: Store, name: str, directory: Path | None, notify: Notify) -> Non
     push never brings back an entry that a racing delete took out."""
     if directory is None:
         return
+    path = directory / inventory.INVENTORY_FILE
+    if in_store(directory):
+        notify(f"notice: {path} is in the Nix store (read-only): the clan inventory is not updated")
+        return
     with store.lock(name):
         if not store.exists(name):
             return
         try:
-            if inventory.push(directory, name, ssh_port=ssh_port(store, name)):
-                notify(f"added '{name}' to {directory / inventory.INVENTORY_FILE}")
-        except inventory.InventoryError as error:
+            machine = clan_machine(store, name)
+            if machine is not None:
+                notify(
+                    f"notice: '{name}' is the VM of the clan machine {machine}, which needs no "
+                    f"inventory entry of its own; deploy to it with "
+                    f"{deploy_hint(store, name, machine)}"
+                )
+                return
+            new = not inventory.has_machine(directory, name)
+            port, address = ssh_target(store, name) or (None, "127.0.0.1")
+            if inventory.push(directory, name, ssh_port=port, address=address) and new:
+                notify(
+                    f"added '{name}' to {path}: `clan machines update` now treats it as a "
+                    f"machine to deploy (clan-vm-manager inventory remove {name} takes it out)"
+                )
+        except (inventory.InventoryError, HostUnreachable) as error:
             notify(f"warning: the clan inventory was not updated: {error}")
 
 
 def forget(store: Store, name: str, directory: Path | None, notify: Notify) -> None:
     """After delete, under the VM's lock (unless the name was created again meanwhile)."""
-    if directory is None:
+    if directory is None or in_store(directory):
         return
     with store.lock(name):
         if store.exists(name):

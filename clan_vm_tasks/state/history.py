@@ -1,4 +1,9 @@
-"""Append-only event log: one JSON object per line, never rewritten."""
+"""Append-only event log: one JSON object per line, never rewritten.
+
+An event of a VM on a libvirt host says which host ("..., on hv1"): the host is read
+from the VM's definition in the same state directory, so the local history tells
+where each thing happened.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any
 
 from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
 from clan_vm_tasks.render import Notify, notice
+from clan_vm_tasks.state.store import host_in
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,10 @@ def _user() -> str:
 
 def append(log: Path, vm: str, action: str, details: str = "", result: str = "ok") -> VMEvent:
     """Append one event as one whole line, or nothing (OSError)."""
+    host = host_in(log.parent, vm)
+    if host is not None:
+        where = "on " + host.split("?", 1)[0]  # a URI's parameters (key files) are noise here
+        details = f"{details}, {where}" if details else where
     event = VMEvent(now(), vm, action, _user(), details, result)
     line = json.dumps(asdict(event), ensure_ascii=False).encode() + b"\n"
     fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

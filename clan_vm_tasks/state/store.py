@@ -38,8 +38,10 @@ from clan_vm_tasks.names import check_name
 from clan_vm_tasks.state import files
 
 LOCK_TIMEOUT = 120.0
-STATES = ("running", "stopped", "paused", "crashed", "starting", "broken")
-RECORDED = STATES[:-1]  # "broken" is what list says of a VM whose definition is unusable
+RECORDED = ("running", "stopped", "paused", "crashed", "starting")
+# What list also says: "broken" (a VM whose definition is unusable), "unreachable" (a VM on
+# a libvirt host that does not answer).
+STATES = (*RECORDED, "broken", "unreachable")
 
 
 @dataclass
@@ -103,6 +105,16 @@ def runtime_root() -> Path:
     return Path("/tmp") / f"clan-vm-{os.getuid()}"
 
 
+def host_in(root: Path, name: str) -> str | None:
+    """The ``host`` of VM NAME's definition in the state directory ROOT, read cheaply."""
+    try:
+        with open(f"{root}/vms/{name}/config.json", "rb") as f:
+            host = json.loads(f.read()).get("host")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return host if isinstance(host, str) else None
+
+
 class VMPaths:
     """Where one VM's files live; each path is built on first use (``list`` touches two)."""
 
@@ -129,6 +141,19 @@ class VMPaths:
     def disk(self) -> Path:
         return self.dir / "disk.qcow2"
 
+    def extra_disk(self, name: str) -> Path:
+        """The image of the extra disk NAME (``extraDisks.NAME``)."""
+        return self.dir / f"disk-{name}.qcow2"
+
+    def share_dir(self, tag: str) -> Path:
+        """The VM's own directory behind the share TAG when the share names no source."""
+        return self.dir / "shares" / tag
+
+    @cached_property
+    def spice_socket(self) -> Path:
+        """The display of a VM with graphics (SPICE)."""
+        return self.run / "spice.sock"
+
     @cached_property
     def console_log(self) -> Path:
         return self.dir / "console.log"
@@ -153,6 +178,10 @@ class VMPaths:
     @cached_property
     def serial_socket(self) -> Path:
         return self.run / "serial.sock"
+
+    @cached_property
+    def agent_socket(self) -> Path:
+        return self.run / "agent.sock"
 
 
 class Store:
@@ -189,6 +218,10 @@ class Store:
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(f"{self.vms}/{name}/config.json")
+
+    def host_of(self, name: str) -> str | None:
+        """The libvirt host a VM's definition places it on (None: this machine)."""
+        return host_in(self.root, name)
 
     def has_pidfile(self, name: str) -> bool:
         """A VM process may run whatever the record says (a plain stat: ``list`` asks it)."""

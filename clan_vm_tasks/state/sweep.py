@@ -44,6 +44,10 @@ def _finish(store: Store, entry: str, purpose: str, name: str, warn: Notify) -> 
             disk = staging / "disk.qcow2"
             if purpose == "keeping" and disk.exists():
                 details = f"disk kept at {store.keep_disk(disk, name)}"
+            if purpose == "keeping":  # extra disks (disk-NAME.qcow2) too
+                for extra in sorted(staging.glob("disk-*.qcow2")):
+                    label = extra.name.removeprefix("disk-").removesuffix(".qcow2")
+                    store.keep_disk(extra, f"{name}-{label}")
             # Renamed away at its ctime: an event from then on was recorded by that command.
             if not history.recorded_since(store.history, name, "delete", os.stat(staging).st_ctime):
                 history.record(

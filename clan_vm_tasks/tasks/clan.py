@@ -35,16 +35,29 @@ def inventory(
     from clan_vm_tasks.clan import sync
 
     check_name(name)
-    directory = sync.clan_dir(clan_dir)
+    directory = sync.named_clan_dir(clan_dir)
     if directory is None:
         raise InvalidInput("no clan directory: pass --clan-dir DIR or set CLAN_DIR")
     path = directory / inv.INVENTORY_FILE
     if action == "push":
         store, _ = open_store()
         store.require(name)
-        port = sync.ssh_port(store, name)
+        machine = sync.clan_machine(store, name)
+        if machine is not None:
+            raise InvalidInput(
+                f"VM '{name}' is the VM of the clan machine {machine} (its nixosConfiguration), "
+                f"which needs no inventory entry of its own; deploy to it with "
+                f"{sync.deploy_hint(store, name, machine)}"
+            )
+        port, address = sync.ssh_target(store, name) or (None, "127.0.0.1")
         changed = inv.push(
-            directory, name, ssh_port=port, tags=tag or [], force=force, commit=commit
+            directory,
+            name,
+            ssh_port=port,
+            address=address,
+            tags=tag or [],
+            force=force,
+            commit=commit,
         )
         say(f"{'updated' if changed else 'unchanged:'} machine '{name}' in {path}")
     elif action == "remove":

@@ -11,6 +11,7 @@ import functools
 import math
 import re
 import signal
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -102,11 +103,29 @@ def open_store(accel: str | None = None, *, create: bool = True) -> tuple[Store,
     return store, settings
 
 
+# The command line as the entry point got it (else sys.argv): invoke keeps only a
+# space-joined string of what follows "--", and a command for the guest needs its words.
+COMMAND_LINE: list[str] = []
+
+
+def after_double_dash() -> list[str]:
+    """The words after the first standalone "--" on the command line."""
+    words = COMMAND_LINE or sys.argv
+    return words[words.index("--") + 1 :] if "--" in words else []
+
+
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+def on_host(host: str | None) -> str:
+    """Where a VM is, for messages: ' on HOST' (a URI without its parameters) or nothing."""
+    return f" on {host.split('?', 1)[0]}" if host else ""
 
 
 NAME_HELP = "name of the VM"
 CLAN_DIR_HELP = "clan directory whose inventory.json lists this VM (default: $CLAN_DIR)"
 ALLOW_QEMU_ARGS_HELP = "let the flake's qemuArgs for this VM through (they can run host programs)"
+ALLOW_SHARES_HELP = "let the flake's shares for this VM through (the guest sees host directories)"
+QUIET_HELP = "show no progress (on a terminal: evaluating, building, creating, booting)"
 FLAKE_HELP = "flake declaring clanVms (default: $CLAN_VM_FLAKE, else the flake around the cwd)"

@@ -6,7 +6,7 @@ from invoke.context import Context
 
 from clan_vm_tasks import render
 from clan_vm_tasks.names import check_name
-from clan_vm_tasks.tasks.common import NAME_HELP, number, open_store, say, vm_task
+from clan_vm_tasks.tasks.common import NAME_HELP, number, on_host, open_store, say, vm_task
 
 
 @vm_task(
@@ -29,7 +29,7 @@ def snapshot(c: Context, name: str, snap: str, delete: bool = False, live: bool 
         return
     taken = snapshots.take(store, name, snap, live=live)
     what = "with memory state" if taken.memory else "of the disk"
-    say(f"took snapshot '{snap}' of VM '{name}' {what}")
+    say(f"took snapshot '{snap}' of VM '{name}'{on_host(store.host_of(name))} {what}")
 
 
 @vm_task(help={"name": NAME_HELP, "snap": "name of the snapshot"})
@@ -41,7 +41,8 @@ def revert(c: Context, name: str, snap: str) -> None:
     store, _ = open_store()
     target, status = snapshots.revert(store, name, snap)
     if status in ("running", "paused"):
-        say(f"reverted VM '{name}' to snapshot '{snap}' (memory and disk); it is {status}")
+        where = on_host(store.host_of(name))
+        say(f"reverted VM '{name}'{where} to snapshot '{snap}' (memory and disk); it is {status}")
     else:
         note = " (its memory state is only restored into a running VM)" if target.memory else ""
         say(f"reverted the disk of VM '{name}' to snapshot '{snap}'{note}")

@@ -29,18 +29,23 @@ def _describe_declared(name: str, definition: dict[str, Any]) -> str:
         "filter": "only VMs in this state: " + ", ".join(STATES),
         "json": "print a JSON array",
         "flake": "also list the VMs this flake declares (bare --flake: the flake around the cwd)",
+        "host": "only the VMs on this libvirt host (a name from the settings file or a URI)",
     },
 )
 def list_(
-    c: Context, filter: str | None = None, json: bool = False, flake: str | bool | None = None
+    c: Context,
+    filter: str | None = None,
+    json: bool = False,
+    flake: str | bool | None = None,
+    host: str | None = None,
 ) -> None:
-    """List VMs with their state."""
+    """List VMs with their state, on this machine and on libvirt hosts."""
     from clan_vm_tasks.vm.listing import list_vms
 
     if filter is not None and filter not in STATES:
         raise InvalidInput(f"unknown state {filter!r}: use one of {', '.join(STATES)}")
-    store, _ = open_store(create=False)
-    vms = list_vms(store, filter)
+    store, settings = open_store(create=False)
+    vms = list_vms(store, filter, host, settings)
     if flake:  # a read-only command evaluates a flake only when asked to
         from clan_vm_tasks.nix import declared, flakes
 
@@ -57,23 +62,47 @@ def list_(
         return
     say(
         render.table(
-            ["NAME", "STATE", "PID", "CPUS", "MEMORY", "NETWORK", "FORWARDS"]
-            + (["FLAKE"] if vms and "declared" in vms[0] else []),
+            ["NAME", "HOST", "STATE", "PID", "CPUS", "MEMORY", "NETWORK", "FORWARDS"]
+            + (["FLAKE", "EVAL ERROR"] if vms and "declared" in vms[0] else []),
             [
                 [
                     v["name"],
-                    f"broken: {v['error']}" if v.get("state") == "broken" else v["state"],
+                    _host(v.get("host")),
+                    f"{v['state']}: {v['error']}" if v.get("error") else v["state"],
                     v["pid"],
                     v["cpus"],
                     None if v["memory"] is None else f"{v['memory']} MiB",
                     v["network"],
                     ", ".join(v["forwards"]) or None,
-                    *(["declared" if v["declared"] else None] if "declared" in v else []),
+                    *(_flake_columns(v) if "declared" in v else []),
                 ]
                 for v in vms
             ],
         )
     )
+
+
+def _shares(shares: dict[str, Any], directory: str) -> str | None:
+    """The shares as "TAG: SOURCE (ro)", a share without a source at the VM's own directory."""
+    return (
+        ", ".join(
+            f"{tag}: {share.get('source') or f'{directory}/shares/{tag}'}"
+            + (" (read-only)" if share.get("read_only") else "")
+            for tag, share in sorted(shares.items())
+        )
+        or None
+    )
+
+
+def _flake_columns(vm: dict[str, Any]) -> list[str | None]:
+    """list --flake: whether the flake declares the VM, and why its definition does not
+    evaluate (the first line: the location line stays in --json)."""
+    error = vm.get("eval_error")
+    return ["declared" if vm["declared"] else None, error.splitlines()[0] if error else None]
+
+
+def _host(host: str | None) -> str | None:
+    return host.split("?", 1)[0] if host else None  # a URI's parameters are noise here
 
 
 @vm_task(help={"name": NAME_HELP, "json": "print a JSON object"})
@@ -84,7 +113,8 @@ def status(c: Context, name: str, json: bool = False) -> None:
     check_name(name)
     store, _ = open_store(create=False)
     info = vm_status(store, name)
-    say(render.as_json(info) if json else f"{name}: {render.state_word(info)}")
+    where = f", on {_host(info.get('host'))}" if info.get("host") else ""
+    say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}")
 
 
 @vm_task(help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP})
@@ -113,6 +143,7 @@ def show(c: Context, name: str, json: bool = False, flake: str | None = None) ->
         render.key_values(
             [
                 ("name", name),
+                *([("host", f"{info['uri']} (domain {info['domain']})")] if "uri" in info else []),
                 ("state", render.state_word(info)),
                 ("accel", info["accel"]),
                 ("cpus", info["cpus"]),
@@ -133,6 +164,8 @@ def show(c: Context, name: str, json: bool = False, flake: str | None = None) ->
                 ("network", f"{info['network']}, mac {info['mac']}"),
                 ("forwards", ", ".join(info["forwards"]) or None),
                 ("qemu args", " ".join(config["qemu_args"]) or None),
+                ("shares", _shares(config.get("shares") or {}, info["directory"])),
+                ("display", info.get("spice_socket") and f"spice+unix://{info['spice_socket']}"),
                 ("console log", info["console_log"]),
                 ("qmp socket", info["qmp_socket"]),
                 ("directory", info["directory"]),

@@ -7,31 +7,44 @@ declares the VM) is evaluated and built first.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from invoke.context import Context
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name, check_new_name
-from clan_vm_tasks.render import notice
+from clan_vm_tasks.render import notice, show_progress
 from clan_vm_tasks.tasks.common import (
     ALLOW_QEMU_ARGS_HELP,
+    ALLOW_SHARES_HELP,
     CLAN_DIR_HELP,
     FLAKE_HELP,
     NAME_HELP,
+    QUIET_HELP,
     number,
+    on_host,
     open_store,
     say,
     vm_task,
 )
 
+if TYPE_CHECKING:
+    from clan_vm_tasks.vm.start import Started
 
-def _create_from_flake(option: str, name: str, allow_qemu_args: bool) -> None:
+
+def _create_from_flake(
+    option: str | bool, name: str, allow_qemu_args: bool, allow_shares: bool
+) -> None:
     from clan_vm_tasks.nix import flakes
-    from clan_vm_tasks.nix.prepare import prepare
+    from clan_vm_tasks.nix.prepare import apply, plan
 
     store, settings = open_store()
-    existed = store.exists(name)
-    config = prepare(store, settings, flakes.chosen(option), name, notice, allow_qemu_args)
-    if existed:
+    planned = plan(store, settings, flakes.chosen(option), name, allow_qemu_args, allow_shares)
+    applied = apply(store, planned, notice)
+    config = applied.config
+    if applied.change.pending:
+        say(f"VM '{name}' runs its earlier definition; the new one applies at its next start")
+    elif not applied.created:
         say(f"VM '{name}' is up to date with its definition")
     else:
         say(
@@ -42,6 +55,7 @@ def _create_from_flake(option: str, name: str, allow_qemu_args: bool) -> None:
 
 @vm_task(
     iterable=["qemu_arg", "forward"],
+    optional=["flake"],
     help={
         "name": NAME_HELP,
         "cpus": "virtual CPUs (default 2)",
@@ -60,9 +74,14 @@ def _create_from_flake(option: str, name: str, allow_qemu_args: bool) -> None:
         "qemu_arg": "extra QEMU argument (repeatable)",
         "machine": "QEMU machine type (default q35)",
         "accel": "auto (default), kvm or tcg",
+        "host": "place the VM on a libvirt host: a name from the settings file (hosts:) or a "
+        "libvirt URI such as qemu:///system or qemu+ssh://USER@HOST/system",
         "clan_dir": CLAN_DIR_HELP,
-        "flake": "create (or update) the VM from this flake's clanVms definition instead",
+        "flake": "create (or update) the VM from this flake's clanVms definition instead "
+        "(bare --flake: the flake around the cwd)",
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
+        "allow_shares": ALLOW_SHARES_HELP,
+        "quiet": QUIET_HELP,
     },
 )
 def create(
@@ -84,8 +103,11 @@ def create(
     accel: str = "auto",
     from_image: str | None = None,
     clan_dir: str | None = None,
-    flake: str | None = None,
+    flake: str | bool | None = None,
     allow_qemu_args: bool = False,
+    host: str | None = None,
+    allow_shares: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks.clan import sync
@@ -93,10 +115,11 @@ def create(
     from clan_vm_tasks.vm.create import create as create_vm
 
     check_new_name(name)
+    show_progress(quiet)
     if flake:
-        _create_from_flake(flake, name, allow_qemu_args)
+        _create_from_flake(flake, name, allow_qemu_args, allow_shares)
         store, _ = open_store()
-        sync.push(store, name, sync.clan_dir(clan_dir, flake), notice)
+        sync.push(store, name, sync.clan_dir(clan_dir), notice)
         return
     disk_size = number(disk, "disk", 20480)
     if from_image and disk is None:
@@ -107,7 +130,8 @@ def create(
         base = Path(from_image)
         if not base.is_file():
             raise InvalidInput(f"base image {base} does not exist or is not a file")
-        disk_size = machines.backend().check_base_image(base)  # an overlay is as large as its base
+        # An overlay is as large as its base.
+        disk_size = machines.backend(host or None).check_base_image(base)
     definition = {
         "name": name,
         "cpus": number(cpus, "cpus", 2),
@@ -127,27 +151,38 @@ def create(
             "forward_ports": [PortForward.parse(f) for f in forward or []],
         },
         "qemu_args": list(qemu_arg or []),
+        "host": host or None,
     }
     config = validate(VMConfig, definition, "VM definition")
     store, _ = open_store()
     config = create_vm(store, config)
     sync.push(store, name, sync.clan_dir(clan_dir), notice)
+    disk_at = f"at {store.paths(name).disk}" if config.host is None else "on its host"
     say(
-        f"created VM '{name}': {config.cpus} cpus, {config.memory} MiB memory, "
-        f"{config.disk_size} MiB disk at {store.paths(name).disk}"
+        f"created VM '{name}'{on_host(config.host)}: {config.cpus} cpus, "
+        f"{config.memory} MiB memory, {config.disk_size} MiB disk {disk_at}"
     )
+
+
+def _running(host: str | None, started: Started) -> str:
+    if started.pid is None:
+        return f"{on_host(host)} ({started.accel})"
+    return f" (pid {started.pid}, {started.accel})"
 
 
 @vm_task(
     help={
         "name": NAME_HELP,
         "foreground": "run QEMU attached to this command and stream the console",
+        "wait_for_agent": "return only after the guest agent answers (within --timeout)",
         "wait_for": "return only after this text appears on the serial console",
         "timeout": "seconds to wait for --wait-for (default 60)",
         "accel": "override the accelerator: kvm or tcg",
         "clan_dir": CLAN_DIR_HELP,
         "flake": FLAKE_HELP,
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
+        "allow_shares": ALLOW_SHARES_HELP,
+        "quiet": QUIET_HELP,
     }
 )
 def start(
@@ -160,37 +195,54 @@ def start(
     clan_dir: str | None = None,
     flake: str | None = None,
     allow_qemu_args: bool = False,
+    wait_for_agent: bool = False,
+    allow_shares: bool = False,
+    quiet: bool = False,
 ) -> None:
-    """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared)."""
+    """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared, and with
+    --wait-for-agent the guest agent answered)."""
     from clan_vm_tasks.clan import sync
+    from clan_vm_tasks.nix import launch
     from clan_vm_tasks.vm.start import start as start_vm
 
     check_name(name)
     seconds = number(timeout, "timeout", 60, float)
+    show_progress(quiet)
     store, settings = open_store(accel)
-    from clan_vm_tasks.nix.prepare import apply_flake
+    clan = sync.clan_dir(clan_dir)
 
-    apply_flake(store, settings, flake, name, notice, allow_qemu_args)
-    clan = sync.clan_dir(clan_dir, flake)
-    if foreground:  # start only returns when the VM is gone again
-        sync.push(store, name, clan, notice)
-    started = start_vm(
+    def boot() -> Started:
+        if foreground:  # start only returns when the VM is gone again
+            sync.push(store, name, clan, notice)
+        return start_vm(
+            store,
+            settings,
+            name,
+            wait_for=wait_for or None,
+            timeout=seconds,
+            accel=accel,
+            foreground=foreground,
+            wait_for_agent=wait_for_agent,
+        )
+
+    started = launch.start(
         store,
         settings,
         name,
+        flake,
+        boot,
+        notify=notice,
         wait_for=wait_for or None,
-        timeout=seconds,
-        accel=accel,
-        foreground=foreground,
+        follow=not foreground,
+        allow_qemu_args=allow_qemu_args,
+        allow_shares=allow_shares,
     )
     if not foreground:
         sync.push(store, name, clan, notice)
-        how = (
-            f"{wait_for!r} appeared after {started.seconds:.1f}s"
-            if wait_for
-            else (f"QMP answered after {started.seconds:.1f}s")
-        )
-        say(f"started VM '{name}' (pid {started.pid}, {started.accel}): {how}")
+        what = [f"{wait_for!r} appeared"] if wait_for else []
+        what += ["the guest agent answered"] if wait_for_agent else []
+        how = f"{' and '.join(what) or 'QMP answered'} after {started.seconds:.1f}s"
+        say(f"started VM '{name}'{_running(store.host_of(name), started)}: {how}")
 
 
 @vm_task(
@@ -209,7 +261,10 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
     seconds = number(timeout, "timeout", DEFAULT_STOP_TIMEOUT, float)
     store, _ = open_store()
     stopped = stop_vm(store, name, force=force, timeout=seconds)
-    say(f"stopped VM '{name}' after {stopped.seconds:.1f}s: {stopped.words} ({stopped.step})")
+    say(
+        f"stopped VM '{name}'{on_host(store.host_of(name))} after {stopped.seconds:.1f}s: "
+        f"{stopped.words} ({stopped.step})"
+    )
 
 
 @vm_task(
@@ -217,18 +272,52 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
         "name": NAME_HELP,
         "timeout": "seconds the guest gets to power off (default 30)",
         "wait_for": "return only after this text appears on the console again",
+        "flake": FLAKE_HELP,
+        "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
+        "allow_shares": ALLOW_SHARES_HELP,
+        "quiet": QUIET_HELP,
     }
 )
-def restart(c: Context, name: str, timeout: str | None = None, wait_for: str | None = None) -> None:
-    """Stop a VM gracefully (if running) and start it again."""
+def restart(
+    c: Context,
+    name: str,
+    timeout: str | None = None,
+    wait_for: str | None = None,
+    flake: str | None = None,
+    allow_qemu_args: bool = False,
+    allow_shares: bool = False,
+    quiet: bool = False,
+) -> None:
+    """Stop a VM gracefully (if running) and start it again; a VM from a flake is evaluated
+    and built first (like start), and its changed definition applied in between."""
+    from clan_vm_tasks.nix import launch
     from clan_vm_tasks.vm.restart import restart as restart_vm
     from clan_vm_tasks.vm.stop import DEFAULT_STOP_TIMEOUT
 
     check_name(name)
     seconds = number(timeout, "timeout", DEFAULT_STOP_TIMEOUT, float)
+    show_progress(quiet)
     store, settings = open_store()
-    started = restart_vm(store, settings, name, timeout=seconds, wait_for=wait_for or None)
-    say(f"restarted VM '{name}' (pid {started.pid}, {started.accel})")
+    store.require(name)
+    started = launch.restart(
+        store,
+        settings,
+        name,
+        flake,
+        lambda before_start: restart_vm(
+            store,
+            settings,
+            name,
+            timeout=seconds,
+            wait_for=wait_for or None,
+            before_start=before_start,
+        ),
+        notify=notice,
+        wait_for=wait_for or None,
+        allow_qemu_args=allow_qemu_args,
+        allow_shares=allow_shares,
+    )
+    say(f"restarted VM '{name}'{_running(store.host_of(name), started)}")
 
 
 @vm_task(
@@ -246,9 +335,14 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
 
     check_name(name)
     store, _ = open_store()
+    host = store.host_of(name)
     kept = delete_vm(store, name, force=force)
     forget(store, name)  # its Nix GC roots, if it came from a flake
-    say(f"deleted VM '{name}'" + (f"; its disk image is kept at {kept}" if kept else ""))
+    if isinstance(kept, str):  # on a libvirt host: its volume there
+        say(f"deleted VM '{name}'{on_host(host)}; its disk is kept as {kept}")
+    else:
+        kept_at = f"; its disk image is kept at {kept}" if kept else ""
+        say(f"deleted VM '{name}'{on_host(host)}{kept_at}")
     sync.forget(store, name, sync.clan_dir(clan_dir), notice)
 
 
@@ -260,7 +354,7 @@ def pause(c: Context, name: str) -> None:
     check_name(name)
     store, _ = open_store()
     pause_vm(store, name)
-    say(f"paused VM '{name}'")
+    say(f"paused VM '{name}'{on_host(store.host_of(name))}")
 
 
 @vm_task(help={"name": NAME_HELP})
@@ -271,4 +365,4 @@ def resume(c: Context, name: str) -> None:
     check_name(name)
     store, _ = open_store()
     resume_vm(store, name)
-    say(f"resumed VM '{name}'")
+    say(f"resumed VM '{name}'{on_host(store.host_of(name))}")

@@ -6,6 +6,7 @@ not use a flake never pay for them.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from invoke.context import Context
@@ -13,10 +14,12 @@ from invoke.exceptions import Exit
 
 from clan_vm_tasks import render
 from clan_vm_tasks.names import check_name
-from clan_vm_tasks.render import notice
+from clan_vm_tasks.render import notice, show_progress
 from clan_vm_tasks.tasks.common import (
     ALLOW_QEMU_ARGS_HELP,
+    ALLOW_SHARES_HELP,
     FLAKE_HELP,
+    QUIET_HELP,
     number,
     open_store,
     say,
@@ -33,14 +36,21 @@ def _names(names: list[str] | None) -> list[str]:
 @vm_task(
     name="eval",
     iterable=["vm"],
-    help={"vm": "a VM to show (repeatable; default: all)", "flake": FLAKE_HELP},
+    help={
+        "vm": "a VM to show (repeatable; default: all)",
+        "flake": FLAKE_HELP,
+        "quiet": QUIET_HELP,
+    },
 )
-def eval_(c: Context, vm: list[str] | None = None, flake: str | None = None) -> None:
+def eval_(
+    c: Context, vm: list[str] | None = None, flake: str | None = None, quiet: bool = False
+) -> None:
     """Print the evaluated clanVms definitions of a flake as JSON."""
     from clan_vm_tasks.nix import flakes
     from clan_vm_tasks.nix.declared import declared, require, to_config
 
     chosen = _names(vm)
+    show_progress(quiet)
     store, _ = open_store()
     selected = flakes.chosen(flake)
     vms = declared(store, selected)
@@ -53,15 +63,25 @@ def eval_(c: Context, vm: list[str] | None = None, flake: str | None = None) -> 
 
 
 @vm_task(
-    iterable=["vm"], help={"vm": "a VM to build (repeatable; default: all)", "flake": FLAKE_HELP}
+    iterable=["vm"],
+    help={
+        "vm": "a VM to build (repeatable; default: all)",
+        "flake": FLAKE_HELP,
+        "quiet": QUIET_HELP,
+    },
 )
-def build(c: Context, vm: list[str] | None = None, flake: str | None = None) -> None:
-    """Build the kernels and initrds of declared VMs and print their store paths."""
+def build(
+    c: Context, vm: list[str] | None = None, flake: str | None = None, quiet: bool = False
+) -> None:
+    """Build all that declared VMs refer to (kernels, initrds, systems, ...), keep it from the
+    garbage collector and print the store paths."""
     from clan_vm_tasks.nix import flakes
     from clan_vm_tasks.nix.declared import declared, require, to_config
+    from clan_vm_tasks.nix.evaluate import BUILDABLE_FIELDS
     from clan_vm_tasks.nix.realise import realise
 
     chosen = _names(vm)
+    show_progress(quiet)
     store, _ = open_store()
     selected = flakes.chosen(flake)
     vms = declared(store, selected)
@@ -69,14 +89,19 @@ def build(c: Context, vm: list[str] | None = None, flake: str | None = None) -> 
     for name in chosen or sorted(vms):
         found = require(vms, selected, name)
         to_config(name, found)
-        realise(store, selected, name, found)
-        rows += [[name, field, found.definition[field]] for field in found.installables]
+        roots = realise(store, selected, name, found)["roots"]
+        for field, objects in sorted(found.installables.items()):
+            if field in BUILDABLE_FIELDS:  # the file itself
+                rows.append([name, field, found.definition[field]])
+                continue
+            for path in sorted({p for o in objects for p in roots.get(o, [])}):
+                rows.append([name, field, path])
     say(render.table(["NAME", "FILE", "PATH"], rows))
 
 
 @vm_task(
     name="boot-test",
-    iterable=["vm"],
+    iterable=["vm", "check"],
     help={
         "vm": "a VM to boot (repeatable; default: every declared VM)",
         "flake": FLAKE_HELP,
@@ -84,6 +109,9 @@ def build(c: Context, vm: list[str] | None = None, flake: str | None = None) -> 
         "expect": "ready text to wait for (default: each VM's bootTest.expect)",
         "junit": "also write the results as JUnit XML to this file",
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
+        "allow_shares": ALLOW_SHARES_HELP,
+        "check": "a command run in each booted guest (through its agent) that must exit 0 "
+        "(repeatable; added to each VM's bootTest.checks)",
     },
 )
 def boot_test(
@@ -94,14 +122,19 @@ def boot_test(
     expect: str | None = None,
     junit: str | None = None,
     allow_qemu_args: bool = False,
+    check: list[str] | None = None,
+    allow_shares: bool = False,
 ) -> None:
-    """Build and boot declared VMs in parallel, wait until each is ready, power them off (CI)."""
+    """Build and boot declared VMs in parallel, wait until each is ready, run its checks in the
+    guest, power them off (CI)."""
     from clan_vm_tasks.nix import boot_test as runner
     from clan_vm_tasks.nix import flakes
 
     chosen = _names(vm)
     seconds = None if timeout is None else number(timeout, "timeout", 0, float)
     store, settings = open_store()
+    if allow_shares:  # for the VMs of this run, as 'allow_shares: ["*"]' would
+        settings = dataclasses.replace(settings, allow_shares=("*",))
     selected = flakes.chosen(flake)
     results = runner.run(
         store,
@@ -112,6 +145,7 @@ def boot_test(
         timeout=seconds,
         notify=notice,
         allow_qemu_args=allow_qemu_args,
+        checks=tuple(check or ()),
     )
     if junit:
         runner.junit(results, Path(junit), f"clanVms.{flakes.current_system()}")

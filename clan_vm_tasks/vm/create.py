@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 from clan_vm_tasks.errors import StateConflict
 from clan_vm_tasks.models import VMConfig
+from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import files, history
 from clan_vm_tasks.state.store import Store, VMState
-from clan_vm_tasks.vm import definition, machines, reconcile
+from clan_vm_tasks.vm import definition, extras, hosts, machines, reconcile
 from clan_vm_tasks.vm.recovery import journaled
 
 MAC_LOCK_TIMEOUT = 120.0
@@ -35,12 +38,16 @@ def create(store: Store, config: VMConfig) -> VMConfig:
                 history.failures_recorded(store.history, name, "create"),
                 journaled(store, name, "create"),
             ):
-                machines.backend().create_disk(
-                    staging / paths.disk.name, config.disk_size, config.base_image
-                )
-                files.atomic_write(
-                    staging / paths.config.name, config.model_dump_json(indent=2).encode()
-                )
+                definition_json = config.model_dump_json(indent=2).encode()
+                if config.host is None:
+                    _create_disk(staging / paths.disk.name, config)
+                    extras.make(staging, config)
+                    files.atomic_write(staging / paths.config.name, definition_json)
+                else:
+                    # The definition first: it names the host whose leftovers the next
+                    # command takes away if this one is killed (see ``hosts``).
+                    files.atomic_write(staging / paths.config.name, definition_json)
+                    hosts.place(store, config)
                 state = VMState(created_at=history.now())
                 files.atomic_write(staging / paths.state.name, state.to_json())
                 os.rename(staging, paths.dir)
@@ -57,15 +64,35 @@ def create(store: Store, config: VMConfig) -> VMConfig:
     return config
 
 
+def _create_disk(path: Path, config: VMConfig) -> None:
+    """The root disk of a local VM: empty, an overlay on its base image, or with a file
+    system made on the host (rootFilesystem: a raw image, mkfs, then qcow2)."""
+    if config.root_filesystem is not None:
+        from clan_vm_tasks.backends.qemu import image
+
+        fs = config.root_filesystem
+        image.create_formatted(path, config.disk_size, fs.type, fs.label)
+    else:
+        machines.backend().create_disk(path, config.disk_size, config.base_image)
+
+
+@dataclass(frozen=True)
+class Reconfigured:
+    changed: list[str]  # the fields of the definition that differ
+    pending: bool = False  # the VM runs: nothing was written, the change applies at its next start
+
+
 def _mac_registry(store: Store) -> files.Locked:
     return files.locked(store.root / "network.lock", "MAC registry", MAC_LOCK_TIMEOUT)
 
 
-def reconfigure(store: Store, name: str, config: VMConfig) -> list[str]:
-    """Apply a changed definition to an existing VM; returns the names of changed fields.
-
-    The new settings take effect at the next start. Growing the disk needs the VM
-    stopped; shrinking is always refused.
+def reconfigure(
+    store: Store, name: str, config: VMConfig, notify: Notify = notice, reason: str = "changed"
+) -> Reconfigured:
+    """Apply a changed definition to an existing, stopped VM: it takes effect at the next
+    start. A running VM is not touched (its definition is what it runs): the change is
+    pending, and applied when a start finds it again. Disks grow; a smaller size keeps the
+    larger disk, with a warning that says how to shrink it.
     """
     config = definition.check(config, store)
     explicit_mac = config.network.mac is not None
@@ -73,9 +100,15 @@ def reconfigure(store: Store, name: str, config: VMConfig) -> list[str]:
     with store.lock(name), _mac_registry(store):
         paths = store.require(name)
         old = definition.load(store, name)
+        config = extras.never_shrink(old, config, notify)
         changed = [f for f in VMConfig.model_fields if getattr(old, f) != getattr(config, f)]
         if not changed:
-            return []
+            return Reconfigured([])
+        if "host" in changed:
+            raise StateConflict(
+                f"the host of VM '{name}' changed; a VM cannot move between hosts: delete it "
+                f"(clan-vm-manager delete {name}) and create it again"
+            )
         if "base_image" in changed:
             raise StateConflict(
                 f"the base image of VM '{name}' changed; an existing disk cannot be moved to "
@@ -83,15 +116,24 @@ def reconfigure(store: Store, name: str, config: VMConfig) -> list[str]:
             )
         if "network" in changed:
             definition.check_mac(config, definition.macs(store), explicit_mac)
+        state = reconcile.current(store, name, locked=True)
+        if state.status in reconcile.ACTIVE:
+            return Reconfigured(changed, pending=True)
+        if "root_filesystem" in changed and config.root_filesystem is not None:
+            notify(
+                f"notice: rootFilesystem of VM '{name}' applies to a new disk only; its disk "
+                f"stays as it is (delete the VM and start it again for a new one)"
+            )
         with (
             history.failures_recorded(store.history, name, "reconfigure"),
             journaled(store, name, "resize", **{"from": old.disk_size}),
         ):
             if "disk_size" in changed:
-                state = reconcile.current(store, name, locked=True)
-                if state.status in reconcile.ACTIVE:
-                    raise StateConflict(f"VM '{name}' is running; stop it to resize its disk")
                 machines.machine(store, name, state).grow_disk(config.disk_size)
+            if "extra_disks" in changed or "shares" in changed:
+                extras.grow(store, old, config)
+                extras.make(paths.dir, config)
+                extras.dropped(old, config, paths, notify)
             store.write(paths.config, config.model_dump_json(indent=2).encode())
-            history.record(store.history, name, "reconfigure", "changed " + ", ".join(changed))
-    return changed
+            history.record(store.history, name, "reconfigure", f"{reason} " + ", ".join(changed))
+    return Reconfigured(changed)

@@ -3,6 +3,7 @@ file system, completed with the defaults that depend on the name."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def load(store: Store, name: str) -> VMConfig:
 def check(config: VMConfig, store: Store) -> VMConfig:
     """The checks a schema cannot do, before anything changes: files exist, a base image is
     safe to lay a disk over, the backend can run the definition. Paths become absolute."""
-    backend = machines.backend()
+    backend = machines.backend(config.host)
     backend.check_config(config)
     updates: dict[str, Any] = {}
     for field in ("kernel", "initrd"):
@@ -58,6 +59,23 @@ def check(config: VMConfig, store: Store) -> VMConfig:
             raise InvalidInput(
                 f"--disk {config.disk_size} MiB is smaller than the base image ({base_mib} MiB)"
             )
+    for tag, share in sorted(config.shares.items()):
+        if share.source is not None and not share.source.is_dir():
+            raise InvalidInput(f"share '{tag}': {share.source} is not a directory")
+        nix_store = os.environ.get("NIX_STORE_DIR", "/nix/store")
+        source = str(share.source)
+        if (source == nix_store or source.startswith(nix_store + "/")) and not share.read_only:
+            raise InvalidInput(
+                f"share '{tag}': {source} is in the Nix store, which is only ever shared "
+                "read-only (readOnly = true)"
+            )
+    extras = [
+        f for f in ("root_filesystem", "shares", "extra_disks", "graphics") if getattr(config, f)
+    ]
+    if config.host is not None and extras:
+        raise InvalidInput(
+            f"VM '{config.name}': {', '.join(extras)} are not supported on libvirt hosts yet"
+        )
     if config.network.mode == "bridge" and config.network.bridge is None:
         updates["network"] = config.network.model_copy(update={"bridge": "clan-br0"})
     return config.model_copy(update=updates)
@@ -72,11 +90,17 @@ def with_mac(config: VMConfig) -> VMConfig:
 
 
 def check_boot_files(config: VMConfig, name: str) -> None:
-    """Before a start: the kernel and initrd recorded at create must still be there."""
+    """Before a start: the kernel and initrd recorded at create, and the shared directories,
+    must still be there."""
     for field in ("kernel", "initrd"):
         path = getattr(config, field)
         if path is not None and not path.is_file():
             raise ClanVMError(f"{field} {path} of VM '{name}' no longer exists")
+    for tag, share in sorted(config.shares.items()):
+        if share.source is not None and not share.source.is_dir():
+            raise ClanVMError(
+                f"the directory {share.source} of share '{tag}' of VM '{name}' is gone"
+            )
 
 
 def macs(store: Store) -> dict[str, str]:

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from clan_vm_tasks.backends.base import HostUnreachable
 from clan_vm_tasks.errors import ClanVMError, StateConflict
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.settings import Settings
-from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import definition, listing, machines, reconcile
+from clan_vm_tasks.state.store import Store, VMPaths
+from clan_vm_tasks.vm import definition, guest, listing, machines, reconcile
 from clan_vm_tasks.vm.stop import require_active
+
+if TYPE_CHECKING:
+    from clan_vm_tasks.models import VMConfig
+
+
+def _unreachable(store: Store, name: str, error: HostUnreachable) -> dict[str, Any]:
+    """A VM whose libvirt host does not answer: its state is unknown, not stopped."""
+    info = listing.view(name, store.read_state(name), store.read_config(name))
+    info.update(state="unreachable", error=error.reason, pid=None, qmp=None, agent=None)
+    return info
 
 
 def status(store: Store, name: str) -> dict[str, Any]:
-    """list's object for one VM, checked against the hypervisor when the VM is alive."""
+    """list's object for one VM, checked against the hypervisor when the VM is alive (and,
+    on a libvirt host, always)."""
     store.require(name)
-    state = reconcile.current(store, name)
+    try:
+        state = reconcile.current(store, name)
+    except HostUnreachable as error:
+        return _unreachable(store, name, error)
     try:
         config = store.read_config(name)
     except ClanVMError:
@@ -31,12 +46,17 @@ def status(store: Store, name: str) -> dict[str, Any]:
         info["qmp"] = run_state is not None  # alive but not answering: hung, or a client attached
         if run_state is not None:
             info["state"] = run_state
+    info["agent"] = guest.ping(store, name) if info["state"] == "running" else None
     return info
 
 
 def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
     """Everything about one VM: status, configuration, paths, accelerator, disk."""
     info = status(store, name)
+    if info["state"] == "unreachable":
+        raise ClanVMError(
+            f"VM '{name}': host {machines.where(info['host'])} is unreachable: {info['error']}"
+        )
     config = definition.load(store, name)
     paths = store.paths(name)
     state = store.read_state(name)
@@ -44,19 +64,20 @@ def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
         info["accel"] = state.accel
     else:
         requested = config.accel if config.accel != "auto" else settings.accel
-        info["accel"] = machines.backend().choose_accel(requested).accel
+        info["accel"] = machines.backend(config.host).choose_accel(requested).accel
     disk = machines.machine(store, name, state).disk_info()
+    hosted = machines.hosted(config.host).details(name) if config.host else {}
     info.update(
         config=json.loads(config.model_dump_json()),
-        console_log=str(paths.console_log),
+        console_log=hosted.get("console_log", str(paths.console_log)),
         directory=str(paths.dir),
-        qmp_socket=str(paths.qmp_socket),
-        serial_socket=str(paths.serial_socket),
+        qmp_socket=None if hosted else str(paths.qmp_socket),
+        serial_socket=None if hosted else str(paths.serial_socket),
         mac=config.network.mac,
         created_at=state.created_at,
         disks=[
             {
-                "path": str(paths.disk),
+                "path": disk.get("filename", str(paths.disk)),
                 "format": disk.get("format"),
                 "virtual_size": disk.get("virtual-size"),
                 "actual_size": disk.get("actual-size"),
@@ -65,7 +86,32 @@ def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
             }
         ],
     )
+    if hosted:
+        info.update(uri=hosted["uri"], domain=hosted["domain"])
+    else:
+        info["disks"] += _extra_disks(paths, config)
+        info["spice_socket"] = str(paths.spice_socket) if config.graphics else None
     return info
+
+
+def _extra_disks(paths: VMPaths, config: VMConfig) -> list[dict[str, Any]]:
+    from clan_vm_tasks.backends.qemu import image
+
+    found = []
+    for name in sorted(config.extra_disks):
+        path = paths.extra_disk(name)
+        disk = image.info(path) if path.exists() else {}
+        found.append(
+            {
+                "path": str(path),
+                "format": disk.get("format"),
+                "virtual_size": disk.get("virtual-size"),
+                "actual_size": disk.get("actual-size"),
+                "backing_file": None,
+                "backing_format": None,
+            }
+        )
+    return found
 
 
 def console_log(store: Store, name: str) -> bytes:

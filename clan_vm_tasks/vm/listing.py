@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import reconcile
 
@@ -52,6 +53,7 @@ def view(name: str, state: VMState, config: Any) -> dict[str, Any]:
         "started_at": state.started_at if active else None,
         "stopped_at": None if active else state.stopped_at,
         "last_stop": None if active else state.stop_step,
+        "host": config.get("host"),  # the libvirt host; None: this machine
     }
 
 
@@ -63,15 +65,41 @@ def _read_json(path: str) -> Any:
         return None
 
 
-def list_vms(store: Store, state_filter: str | None = None) -> list[dict[str, Any]]:
-    result = []
-    for name in store.names():
+def list_vms(
+    store: Store,
+    state_filter: str | None = None,
+    host: str | None = None,
+    settings: Settings | None = None,
+) -> list[dict[str, Any]]:
+    """Every VM's row; with HOST only those on that libvirt host (a name or a URI)."""
+    names = store.names()
+    rows: dict[str, dict[str, Any]] = {}
+    hosted: list[tuple[str, VMState, dict[str, Any]]] = []
+    for name in names:
         # Plain string paths: pathlib's overhead is most of the cost with hundreds of VMs.
         base = f"{store.vms}/{name}"
         state = VMState.from_raw(_read_json(f"{base}/state.json"))
+        config = _read_json(f"{base}/config.json")
+        if isinstance(config, dict) and isinstance(config.get("host"), str):
+            hosted.append((name, state, config))  # asked of its host, with the others there
+            continue
+        if host is not None:
+            continue
         if reconcile.needs_check(store, name, state):
             state = reconcile.current(store, name)
-        row = view(name, state, _read_json(f"{base}/config.json"))
-        if not state_filter or row["state"] == state_filter:
-            result.append(row)
-    return result
+        rows[name] = view(name, state, config)
+    if hosted:
+        from clan_vm_tasks.vm import hosts  # lazy: local VMs never need a libvirt host
+
+        if host is not None:
+            hosted = hosts.placed_on(hosted, host, settings)
+        rows.update(hosts.list_rows(store, hosted, view, settings))
+    elif host is not None:
+        from clan_vm_tasks.vm import machines
+
+        machines.resolve(host, settings)  # an unknown host name is still a wrong request
+    return [
+        rows[name]
+        for name in names
+        if name in rows and (not state_filter or rows[name]["state"] == state_filter)
+    ]

@@ -1,7 +1,8 @@
 """What a VM really is doing, as opposed to what we last wrote down.
 
 Cheap enough for ``list`` over hundreds of VMs: a stopped VM costs one ``stat``
-(no pydantic, no control channel, no backend import). Three records can be untrue:
+(no pydantic, no control channel, no backend import). A VM on a libvirt host is
+always asked of its host (``list`` asks each host once). Three records can be untrue:
 
 - running or paused, but the VM is gone: it crashed or ended by itself (the
   backend tells which and why);
@@ -88,7 +89,8 @@ def observe(store: Store, name: str, state: VMState, locked: bool) -> Change | N
         tap=found.tap,
         forwards=found.forwards,
     )
-    details = f"found running (pid {found.pid}) although recorded {state.status}"
+    how = f"pid {found.pid}" if found.pid is not None else "on its host"
+    details = f"found running ({how}) although recorded {state.status}"
     return Change(running, "recover", details)
 
 
@@ -109,8 +111,8 @@ def apply(store: Store, name: str, before: VMState, change: Change) -> VMState:
 def current(store: Store, name: str, locked: bool = False) -> VMState:
     """The reconciled state; written back (once, with its event) when the lock can be had."""
     state = store.read_state(name)
-    if not needs_check(store, name, state):
-        return state
+    if not needs_check(store, name, state) and store.host_of(name) is None:
+        return state  # a VM on a libvirt host is always asked: it may run, started there
     change = observe(store, name, state, locked)
     if locked:
         return state if change is None else apply(store, name, state, change)

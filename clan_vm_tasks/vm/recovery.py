@@ -23,6 +23,8 @@ from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.state.sweep import sweep
 
 LATE = " (recorded after the command that did it was killed)"
+# Actions that rewrite the disk image with qemu-img while the VM is stopped.
+DISK_ACTIONS = ("resize", "snapshot", "snapshot-delete", "revert")
 
 
 @contextlib.contextmanager
@@ -38,6 +40,10 @@ def journaled(store: Store, name: str, action: str, **expect: Any) -> Iterator[N
 
 
 def recover(store: Store, warn: Notify = notice) -> None:
+    if _hidden_vm_dirs(store):
+        from clan_vm_tasks.vm import hosts  # lazy: usually nothing was left
+
+        hosts.finish_leftovers(store, warn)  # before sweep forgets which host they were on
     sweep(store, warn)
     for name, action, marker in store.pending_work():
         fd = store.try_lock(name)
@@ -54,6 +60,13 @@ def recover(store: Store, warn: Notify = notice) -> None:
             os.close(fd)
 
 
+def _hidden_vm_dirs(store: Store) -> bool:
+    try:
+        return any(entry.startswith(".") for entry in os.listdir(store.vms))
+    except FileNotFoundError:
+        return False
+
+
 def _finish(store: Store, name: str, action: str, marker: Path) -> None:
     """Record ACTION's event if it took effect and was not recorded (the lock is held)."""
     from clan_vm_tasks.vm import machines, reconcile  # lazy: usually nothing is pending
@@ -62,11 +75,15 @@ def _finish(store: Store, name: str, action: str, marker: Path) -> None:
     since = os.stat(marker).st_mtime
     state = reconcile.current(store, name, locked=True)
     machine = machines.machine(store, name, state)
+    if action in DISK_ACTIONS and state.status not in reconcile.ACTIVE:
+        repaired = machine.repair_disk()  # a killed qemu-img can leave the image inconsistent
+        if repaired:
+            history.record(store.history, name, "repair", f"disk: {repaired} (after {action})")
     details: str | None = None
     if action == "create":
         details = "created"
     elif action in ("start", "restart") and state.status in reconcile.ACTIVE:
-        details = f"pid {state.pid}, {state.accel}"
+        details = f"pid {state.pid}, {state.accel}" if state.pid else f"{state.accel}"
     elif action == "stop" and state.status == "stopped" and state.stop_step:
         details = f"{state.stop_step}"
     elif action == "resize":

@@ -16,7 +16,7 @@ from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
-from clan_vm_tasks.vm import definition, machines, reconcile
+from clan_vm_tasks.vm import definition, extras, guest, machines, reconcile
 from clan_vm_tasks.vm.recovery import journaled
 from clan_vm_tasks.vm.stop import stop
 
@@ -24,9 +24,9 @@ from clan_vm_tasks.vm.stop import stop
 @dataclass(frozen=True)
 class Started:
     name: str
-    pid: int
+    pid: int | None  # None for a VM on a libvirt host
     accel: str
-    seconds: float  # until QMP answered, or until the awaited text appeared
+    seconds: float  # until QMP answered, or until the awaited text and the agent were there
 
 
 def _record_failed_start(store: Store, name: str, message: str) -> None:
@@ -74,10 +74,13 @@ def _launch(
     store.require(name)
     state = reconcile.current(store, name, locked=True)
     if state.status in reconcile.ACTIVE:
-        raise StateConflict(f"VM '{name}' is already running (pid {state.pid})")
+        how = f" (pid {state.pid})" if state.pid is not None else ""
+        raise StateConflict(f"VM '{name}' is already running{how}")
     config = definition.load(store, name)
     definition.check_boot_files(config, name)
-    backend = machines.backend()
+    if config.host is None:
+        extras.make(store.paths(name).dir, config)  # its own share directories, extra disks
+    backend = machines.backend(config.host)
     requested = accel or (config.accel if config.accel != "auto" else settings.accel)
     choice = backend.choose_accel(requested)
     machine = backend.machine(store.paths(name), state)
@@ -111,7 +114,8 @@ def _launch(
                 forwards=launched.forwards,
             )
             store.write_state(name, state)
-            history.record(store.history, name, action, f"pid {launched.pid}, {launched.accel}")
+            how = f"pid {launched.pid}, " if launched.pid is not None else ""
+            history.record(store.history, name, action, f"{how}{launched.accel}")
     except BaseException as error:
         _undo_launch(store, name, machine, starting)
         _record_failed_start(store, name, _why(error))
@@ -149,8 +153,10 @@ def start(
     foreground: bool = False,
     notify: Notify = notice,
     action: str = "start",
+    wait_for_agent: bool = False,
 ) -> Started:
-    """Boot a VM and return once QMP answers (and WAIT_FOR appeared on the console)."""
+    """Boot a VM and return once QMP answers (and WAIT_FOR appeared on the console, and with
+    WAIT_FOR_AGENT the guest agent answered)."""
     if timeout <= 0:
         raise InvalidInput("--timeout must be positive")
     began = time.monotonic()
@@ -171,6 +177,14 @@ def start(
         notify("last console lines:\n" + ("\n".join(f"  | {line}" for line in tail) or "  (none)"))
         _record_failed_start(store, name, message)
         raise ClanVMError(message)
+    if wait_for_agent:
+        remaining = max(1.0, timeout - (time.monotonic() - began))
+        try:
+            guest.wait_for_agent(store, name, remaining)
+        except ClanVMError as error:
+            message = f"{error}; the VM is still running (clan-vm-manager stop {name})"
+            _record_failed_start(store, name, message)
+            raise ClanVMError(message) from None
     seconds = time.monotonic() - began
     if foreground:
         _follow_foreground(store, name, machine, state.console_offset, notify)

@@ -52,16 +52,40 @@ def test_create_pushes_and_delete_removes(cli: CLI, clan_dir: Path) -> None:
     assert json.loads((clan_dir / "inventory.json").read_text()) == CLAN
 
 
-def test_clan_dir_from_environment_and_from_the_flake_directory(cli: CLI, clan_dir: Path) -> None:
+def test_only_a_clan_the_user_names_is_updated(cli: CLI, clan_dir: Path) -> None:
     cli.env["CLAN_DIR"] = str(clan_dir)
-    cli.ok("create", "envvm", "--disk", "16")
+    created = cli.ok("create", "envvm", "--disk", "16")
     assert "envvm" in machines(clan_dir)
+    # What that means to clan is said once, when the machine is added.
+    assert "`clan machines update` now treats it as a machine to deploy" in created.err
     del cli.env["CLAN_DIR"]
+    # A flake directory that holds an inventory.json is not thereby the clan to write to.
     (clan_dir / "flake.nix").write_text("{ outputs = _: { }; }\n")
     cli.ok("create", "flakevm", "--disk", "16", cwd=clan_dir)
+    assert "flakevm" not in machines(clan_dir)
+    # The inventory task names it by being run there.
+    cli.ok("inventory", "push", "flakevm", cwd=clan_dir)
     assert "flakevm" in machines(clan_dir)
     cli.ok("create", "elsewhere", "--disk", "16")  # no clan known here: nothing is written
     assert "elsewhere" not in machines(clan_dir)
+
+
+def test_entries_use_only_keys_clan_cores_inventory_module_knows(cli: CLI, clan_dir: Path) -> None:
+    # modules/inventoryClass/inventory.nix of clan-core: any other key fails its evaluation.
+    machine_keys = {"name", "description", "icon", "machineClass", "installedAt", "tags", "deploy"}
+    deploy_keys = {"targetHost", "buildHost", "forwardAgent"}
+    cli.ok("create", "web", "--disk", "16", "--forward", "tcp:2201:22", "--clan-dir", str(clan_dir))
+    entry = machines(clan_dir)["web"]
+    assert set(entry) <= machine_keys and set(entry["deploy"]) <= deploy_keys  # type: ignore[arg-type]
+
+
+def test_a_clan_in_the_nix_store_is_never_written(cli: CLI, tmp_path: Path) -> None:
+    store_clan = Path("/nix/store")  # read-only by design, whatever the file system says
+    created = cli.ok("create", "web", "--disk", "16", "--clan-dir", str(store_clan))
+    assert "is in the Nix store (read-only): the clan inventory is not updated" in created.err
+    assert not (store_clan / "inventory.json").exists()
+    pushed = cli.run("inventory", "push", "web", "--clan-dir", str(store_clan))
+    assert pushed.code == 1 and "Nix store (read-only)" in pushed.err
 
 
 @pytest.mark.vm

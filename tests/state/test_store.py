@@ -242,3 +242,44 @@ def test_a_read_only_command_with_an_unusable_home_creates_nothing(tmp_path: Pat
         assert result.returncode == code, result
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "no-home").exists()
+
+
+def test_a_qemu_img_started_by_a_killed_command_does_not_outlive_it(cli: CLI) -> None:
+    """qemu-img is slowed down at its writes; the command that started it is killed."""
+    argv = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64"]
+    argv += ["-e", "inject=pwrite64:delay_enter=3000000", *cli.command(), "create", "slow"]
+    tracer = subprocess.Popen(argv, env=cli.env, stdout=subprocess.DEVNULL)
+
+    def processes(word: str) -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                entry.isdigit()
+                and any(word.encode() in a for a in cmdline[:1])
+                and any(str(cli.state_dir).encode() in a for a in cmdline)
+            ):
+                found.append(int(entry))
+        return found
+
+    deadline = time.monotonic() + 60
+    while not processes("qemu-img"):
+        assert time.monotonic() < deadline and tracer.poll() is None
+        time.sleep(0.05)
+    command = [
+        int(e) for e in os.listdir("/proc")
+        if e.isdigit() and b"create\0slow" in Path(f"/proc/{e}/cmdline").read_bytes()
+        and b"strace" not in Path(f"/proc/{e}/cmdline").read_bytes()
+    ]  # fmt: skip
+    assert command
+    os.kill(command[0], 9)
+    tracer.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while processes("qemu-img"):
+        assert time.monotonic() < deadline, "qemu-img outlived the command that started it"
+        time.sleep(0.1)
+    cli.ok("list")  # the next command clears the half-created VM
+    assert [p.name for p in (cli.state_dir / "vms").iterdir()] == []

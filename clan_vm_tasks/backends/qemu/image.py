@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,8 @@ from clan_vm_tasks.errors import ClanVMError, InvalidInput
 QEMU_IMG = "qemu-img"
 
 
-def _qemu_img(*args: str) -> str:
+def _qemu_img(*args: str, ok: tuple[int, ...] = (0,)) -> str:
+    """Run qemu-img; exit codes in OK count as success."""
     import sh  # lazy: only disk operations pay for it
 
     try:
@@ -26,6 +30,7 @@ def _qemu_img(*args: str) -> str:
             _tty_out=False,
             _env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
             _preexec_fn=die_with_parent,
+            _ok_code=list(ok),
         )
         return str(output)
     except sh.ErrorReturnCode as error:
@@ -46,6 +51,38 @@ def create(path: Path, size_mib: int) -> None:
     _qemu_img(
         "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", str(path), f"{size_mib}M"
     )
+
+
+def create_formatted(path: Path, size_mib: int, fstype: str, label: str) -> None:
+    """A qcow2 disk holding one file system (no partition table), made on the host without
+    loop devices, as nixpkgs' qemu-vm.nix does: a raw image, ``mkfs``, converted to qcow2.
+    The root directory belongs to root, whoever runs this."""
+    raw = path.with_name(path.name + ".raw")
+    try:
+        _qemu_img("create", "-q", "-f", "raw", str(raw), f"{size_mib}M")
+        _mkfs(fstype, label, raw)
+        _qemu_img("convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path))
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _mkfs(fstype: str, label: str, target: Path) -> None:
+    program = f"mkfs.{fstype}"
+    found = shutil.which(program, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if found is None:
+        raise ClanVMError(
+            f"{program} not found: it makes rootFilesystem (Debian: apt install e2fsprogs)"
+        )
+    argv = [found, "-q", "-F", "-L", label, "-E", "root_owner=0:0", str(target)]
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, check=False, preexec_fn=die_with_parent
+        )
+    except OSError as error:
+        raise ClanVMError(f"{program} could not run: {error}") from None
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        raise ClanVMError(f"{program} failed: {lines[-1] if lines else result.returncode}")
 
 
 def info(path: Path) -> dict[str, Any]:
@@ -137,3 +174,19 @@ def snapshot(path: Path, action: str, tag: str) -> None:
     # qemu-img snapshot has no -f: the format goes in as image options, never probed.
     options = f"driver=qcow2,file.filename={str(path).replace(',', ',,')}"
     _qemu_img("snapshot", action, tag, "--image-opts", options)
+
+
+def repair(path: Path) -> str | None:
+    """Check one of our disks after an interrupted qemu-img and repair what an interruption
+    leaves (leaked clusters, stale copied flags); what was repaired, None if nothing."""
+    # Exit codes: 0 clean, 2 corruptions left, 3 only leaks left (repaired ones count 0).
+    report = json.loads(
+        _qemu_img("check", "-f", "qcow2", "-r", "all", "--output=json", str(path), ok=(0, 2, 3))
+    )
+    fixed = {k: int(report.get(k, 0)) for k in ("corruptions-fixed", "leaks-fixed")}
+    left = int(report.get("corruptions", 0))
+    if left:
+        raise ClanVMError(f"{path} has {left} corruptions that qemu-img check cannot repair")
+    if not any(fixed.values()):
+        return None
+    return f"repaired {fixed['corruptions-fixed']} corruptions, {fixed['leaks-fixed']} leaks"

@@ -33,6 +33,7 @@ from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
+    from clan_vm_tasks.backends.qemu.agent import AgentSession
     from clan_vm_tasks.backends.qemu.qmp import Monitor
     from clan_vm_tasks.models import VMConfig
     from clan_vm_tasks.state.store import VMPaths, VMState
@@ -131,6 +132,7 @@ class QemuMachine:
                     console_log=paths.console_log,
                     pidfile=paths.pidfile,
                     events=paths.events,
+                    agent_socket=paths.agent_socket,
                     daemonize=not foreground,
                     tap=net.tap,
                 )
@@ -181,7 +183,7 @@ class QemuMachine:
 
         files.private_dir(self.paths.run.parent)
         files.private_dir(self.paths.run)
-        for sock in (self.paths.qmp_socket, self.paths.serial_socket):
+        for sock in (self.paths.qmp_socket, self.paths.serial_socket, self.paths.agent_socket):
             sock.unlink(missing_ok=True)
 
     def _await_qmp(self, proc: process.ProcessId, timeout: float) -> None:
@@ -304,7 +306,8 @@ class QemuMachine:
     def release(self, state: VMState) -> None:
         from clan_vm_tasks.backends.qemu import host_network
 
-        for leftover in (self.paths.pidfile, self.paths.qmp_socket, self.paths.serial_socket):
+        paths = self.paths
+        for leftover in (paths.pidfile, paths.qmp_socket, paths.serial_socket, paths.agent_socket):
             leftover.unlink(missing_ok=True)
         # A tap we made is named after the VM directory: found even if the record lost it.
         host_network.delete_tap(state.tap or host_network.tap_name(self.paths.dir))
@@ -359,11 +362,23 @@ class QemuMachine:
 
         return [_parse_snapshot(s) for s in image.snapshots(self.paths.disk)]
 
+    def repair_disk(self) -> str | None:
+        from clan_vm_tasks.backends.qemu import image
+
+        return image.repair(self.paths.disk)
+
     def disk_snapshot(self, command: SnapshotCommand, tag: str) -> None:
         from clan_vm_tasks.backends.qemu import image
 
         flag = {"save": "-c", "load": "-a", "delete": "-d"}[command]
         image.snapshot(self.paths.disk, flag, tag)
+
+    # --- its guest agent ------------------------------------------------------------------------
+
+    def agent(self, timeout: float) -> AgentSession:
+        from clan_vm_tasks.backends.qemu.agent import AgentSession
+
+        return AgentSession(self.paths.agent_socket, timeout)
 
     # --- its console ----------------------------------------------------------------------------
 
@@ -410,8 +425,11 @@ class QemuBackend:
             image.create(path, size_mib)
 
     def check_config(self, config: VMConfig) -> None:
-        from clan_vm_tasks.backends.qemu.argv import colliding
+        from clan_vm_tasks.backends.qemu.argv import colliding, share_problem
 
+        problem = share_problem(config)
+        if problem:
+            raise InvalidInput(problem)
         clashes = colliding(config.qemu_args)
         if clashes:
             raise InvalidInput(
