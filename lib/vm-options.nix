@@ -331,7 +331,7 @@ in
       type = types.nullOr types.str;
       default = null;
       example = "qemu+ssh://root@build1/system";
-      description = "Run the VM on this libvirt host: a URI or a name from the settings file's hosts.";
+      description = "Run the VM on this libvirt host: a URI or a name from the settings file's hosts. The VM is built here; the store paths it refers to besides its kernel and initrd (shared store paths) are copied to a remote host with nix copy over the URI's ssh and rooted there.";
     };
   };
 

@@ -15,7 +15,6 @@ reported as a warning (the explicit ``inventory push`` task reports it as an err
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from clan_vm_tasks.backends.base import HostUnreachable
@@ -23,7 +22,7 @@ from clan_vm_tasks.clan import inventory
 from clan_vm_tasks.clan.nixstore import in_store
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import machines
+from clan_vm_tasks.vm import machines, ssh
 
 
 def flake_dir(start: Path | None = None) -> Path | None:
@@ -68,10 +67,9 @@ def ssh_target(store: Store, name: str) -> tuple[int, str] | None:
     fixed port from the definition is known). A VM bridged on a libvirt host: the guest's
     own address, as its host learns it.
     """
-    for forward in store.read_state(name).forwards:
-        match = re.fullmatch(r"tcp:([^:]+):(\d+)->22", forward)
-        if match:
-            return int(match.group(2)), match.group(1)
+    found = ssh.forwarded(store, name)
+    if found is not None:
+        return found[1], found[0]
     config = store.read_config(name)
     host = config.get("host") if isinstance(config.get("host"), str) else None
     network = config.get("network")

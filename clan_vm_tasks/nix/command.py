@@ -20,7 +20,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +134,18 @@ def log_call(argv: Sequence[str], seconds: float) -> None:
             out.write(line)
 
 
-def run(args: Sequence[str], *, what: str, cwd: Path | None = None) -> str:
+def run(
+    args: Sequence[str],
+    *,
+    what: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Run ``nix ARGS`` (with the flake features on); stdout, or a one-line NixError."""
     argv = ["nix", *FEATURES, *options(), *args]
     began = time.monotonic()
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=cwd)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=cwd, env=env)
     except FileNotFoundError:
         raise ClanVMError("nix is not installed (it is needed to use flakes)") from None
     finally:

@@ -14,8 +14,9 @@ from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.nix import diagnose, flakes
 from clan_vm_tasks.nix.command import STORE_DIR, NixError
 from clan_vm_tasks.nix.declared import as_attributes, declared, require, to_config
+from clan_vm_tasks.nix.evaluate import Evaluated
 from clan_vm_tasks.nix.flakes import Flake, where
-from clan_vm_tasks.nix.realise import read_origin, realise
+from clan_vm_tasks.nix.realise import read_origin, realise, remember, running
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
@@ -48,11 +49,46 @@ def plan(
     evaluated = require(declared(store, flake), flake, name)
     config = to_config(name, evaluated)
     allowed = _check_trust(store, settings, flake, name, config, allow_qemu_args, allow_shares)
+    if config.host is not None:  # what its host cannot run is refused before building
+        from clan_vm_tasks.vm import machines
+
+        try:
+            machines.hosted(config.host, settings).check_config(config)
+        except InvalidInput as error:
+            raise InvalidInput(f"{where(name)}: {error}") from None
     try:
-        realise(store, flake, name, evaluated, allowed)
+        origin = realise(store, flake, name, evaluated, allowed)
     except NixError as error:
         raise NixError(diagnose.explain(str(error), flake)) from None
+    if config.host is not None:
+        _send_to_host(store, settings, config, evaluated, origin)
     return Planned(flake, config)
+
+
+def _send_to_host(
+    store: Store, settings: Settings, config: VMConfig, evaluated: Evaluated, origin: dict[str, Any]
+) -> None:
+    """The store paths the guest reaches on its host (not the kernel and initrd, which go
+    as volumes) copied to a remote host and rooted there."""
+    from clan_vm_tasks.nix import remote
+    from clan_vm_tasks.vm import machines
+
+    assert config.host is not None
+    built: dict[str, list[str]] = origin.get("roots") or {}
+    paths = sorted(
+        {
+            path
+            for field, objects in evaluated.installables.items()
+            if field not in ("kernel", "initrd")
+            for obj in objects
+            for path in built.get(obj, [])
+        }
+    )
+    uri = machines.resolve(config.host, settings)
+    previous = origin.get("host_roots") if isinstance(origin.get("host_roots"), dict) else None
+    sent = remote.send(store, config.name, uri, paths, previous or {}, running(store, config.name))
+    if sent is not None or previous:
+        remember(store, config.name, host_roots=sent or previous)
 
 
 def apply(store: Store, planned: Planned, notify: Notify) -> Applied:

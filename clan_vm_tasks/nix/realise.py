@@ -42,6 +42,11 @@ def _write_origin(store: Store, name: str, data: dict[str, Any]) -> None:
     files.atomic_write(directory / ORIGIN, json.dumps(data, indent=2).encode())
 
 
+def remember(store: Store, name: str, **fields: Any) -> None:
+    """Add FIELDS to what the origin of VM NAME records."""
+    _write_origin(store, name, {**read_origin(store, name), **fields})
+
+
 def realise(
     store: Store,
     flake: Flake,
@@ -78,7 +83,7 @@ def realise(
         built = command.realise(
             objects, build_dir / "result", what=f"building {where(name)}", label=name
         )
-    if directory.is_dir() and not _running(store, name):
+    if directory.is_dir() and not running(store, name):
         for other in directory.iterdir():  # earlier builds, and links of the old layout
             if other != build_dir and (other.is_symlink() or other.is_dir()):
                 if other.is_symlink():
@@ -90,17 +95,27 @@ def realise(
         if isinstance(value, str) and not os.path.exists(value):
             raise ClanVMError(f"{where(name)}.{field}: {value} does not exist after building it")
     data: dict[str, Any] = {"flake": flake.ref, "system": current_system(), "roots": built}
+    if isinstance(origin.get("host_roots"), dict):  # kept until the next copy replaces them
+        data["host_roots"] = origin["host_roots"]
     data.update(allowed or {})
     _write_origin(store, name, data)
     return data
 
 
-def _running(store: Store, name: str) -> bool:
+def running(store: Store, name: str) -> bool:
     from clan_vm_tasks.vm import reconcile
 
     return store.exists(name) and reconcile.current(store, name).status in reconcile.ACTIVE
 
 
-def forget(store: Store, name: str) -> None:
-    """Drop the GC roots of a VM that no longer exists."""
+def forget(store: Store, name: str) -> str | None:
+    """Drop the GC roots of a VM that no longer exists, here and on its host; a warning
+    when the host's could not be dropped."""
+    host_roots = read_origin(store, name).get("host_roots")
+    warning = None
+    if isinstance(host_roots, dict):
+        from clan_vm_tasks.nix import remote
+
+        warning = remote.forget(host_roots)
     shutil.rmtree(roots_dir(store, name), ignore_errors=True)
+    return warning

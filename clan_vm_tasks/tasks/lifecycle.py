@@ -337,12 +337,14 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
     store, _ = open_store()
     host = store.host_of(name)
     kept = delete_vm(store, name, force=force)
-    forget(store, name)  # its Nix GC roots, if it came from a flake
+    unrooted = forget(store, name)  # its Nix GC roots, if it came from a flake
     if isinstance(kept, str):  # on a libvirt host: its volume there
         say(f"deleted VM '{name}'{on_host(host)}; its disk is kept as {kept}")
     else:
         kept_at = f"; its disk image is kept at {kept}" if kept else ""
         say(f"deleted VM '{name}'{on_host(host)}{kept_at}")
+    if unrooted:
+        notice(unrooted)
     sync.forget(store, name, sync.clan_dir(clan_dir), notice)
 
 

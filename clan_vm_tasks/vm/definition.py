@@ -69,13 +69,6 @@ def check(config: VMConfig, store: Store) -> VMConfig:
                 f"share '{tag}': {source} is in the Nix store, which is only ever shared "
                 "read-only (readOnly = true)"
             )
-    extras = [
-        f for f in ("root_filesystem", "shares", "extra_disks", "graphics") if getattr(config, f)
-    ]
-    if config.host is not None and extras:
-        raise InvalidInput(
-            f"VM '{config.name}': {', '.join(extras)} are not supported on libvirt hosts yet"
-        )
     if config.network.mode == "bridge" and config.network.bridge is None:
         updates["network"] = config.network.model_copy(update={"bridge": "clan-br0"})
     return config.model_copy(update=updates)

@@ -36,7 +36,8 @@ chmod 700 "$home/.ssh"
 chmod 600 "$keys"
 chown -R "$user" "$home/.ssh"
 """
-_FORWARD_22 = re.compile(r"tcp:127\.0\.0\.1:(\d+)->22")
+# As recorded: the address is 127.0.0.1 here, a libvirt host's own address for a VM there.
+_FORWARD_22 = re.compile(r"tcp:([^:]+):(\d+)->22")
 
 
 def _dir(store: Store, name: str) -> Path:
@@ -97,12 +98,20 @@ def alias(name: str) -> str:
     return f"clan-vm-{name}"
 
 
-def target(store: Store, name: str) -> tuple[str, int]:
-    """Where to reach the guest's sshd: the forward of guest port 22, else its address."""
+def forwarded(store: Store, name: str) -> tuple[str, int] | None:
+    """(address, port) of the running VM's forward of guest port 22, as recorded at start."""
     for forward in store.read_state(name).forwards:
         found = _FORWARD_22.fullmatch(forward)
         if found:
-            return "127.0.0.1", int(found.group(1))
+            return found.group(1), int(found.group(2))
+    return None
+
+
+def target(store: Store, name: str) -> tuple[str, int]:
+    """Where to reach the guest's sshd: the forward of guest port 22, else its address."""
+    found = forwarded(store, name)
+    if found is not None:
+        return found
     network = store.read_config(name).get("network") or {}
     if network.get("mode") in ("user", "nat", None):
         raise ClanVMError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clan_vm_tasks.backends.libvirt import xml
-from clan_vm_tasks.models import NetworkConfig, PortForward, VMConfig
+from clan_vm_tasks.models import NetworkConfig, PortForward, Share, VMConfig
 
 
 def plan(config: VMConfig, domain_type: str = "qemu", **extra: str) -> xml.DomainPlan:
@@ -136,3 +136,32 @@ def test_volumes_and_snapshots() -> None:
     )
     assert "<compat>" not in xml.volume_xml("web.kernel-0123", 1 << 20, "raw")
     assert xml.snapshot_xml("s1") == "<domainsnapshot><name>s1</name></domainsnapshot>"
+
+
+def test_a_shared_store_path_is_a_read_only_9p_filesystem() -> None:
+    config = VMConfig(
+        name="web",
+        shares={"store": Share(source=Path("/nix/store/abc-data"), target="/data")},
+    )
+    text = xml.domain_xml(plan(config))
+    assert (
+        """    <filesystem type="mount" accessmode="mapped">
+      <source dir="/nix/store/abc-data" />
+      <target dir="store" />
+      <readonly />
+    </filesystem>
+    <interface type="user">"""
+        in text
+    )
+
+
+def test_only_read_only_9p_shares_of_store_paths_go_to_a_libvirt_host() -> None:
+    problem = xml.share_problem
+    store = Path("/nix/store/abc-data")
+    assert problem(Share(source=store)) is None
+    assert "directory of this machine" in str(problem(Share(source=Path("/srv/data"))))
+    assert "directory of this machine" in str(problem(Share(source=None)))
+    assert "directory of this machine" in str(problem(Share(source=Path("/nix/storage"))))
+    assert "read-only" in str(problem(Share(source=store, read_only=False)))
+    assert "virtiofs" in str(problem(Share(source=store, type="virtiofs")))
+    assert "mapped-file" in str(problem(Share(source=store, security_model="mapped-file")))

@@ -5,8 +5,9 @@
 - Each test worker reaches host A as a "remote" host too: ``qemu+ssh://`` to an sshd it
   starts on 127.0.0.1 with a generated host key and client key.
 - Host B is a second, independent libvirtd (with its own virtlogd and sshd) in a mount
-  namespace of its own: /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt and
-  /var/cache/libvirt are bind mounts of a directory of the worker. It is reached only
+  namespace of its own: /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt,
+  /var/cache/libvirt and /nix (an empty Nix store) are bind mounts of a directory of the
+  worker. It is reached only
   through its sshd, as a remote host would be, and stopped at the end of the session.
 """
 
@@ -45,6 +46,7 @@ class Host:
     sshd_pidfile: Path | None = None
     wrapper: Path | None = None  # the ssh command= of its URI
     pidfiles: list[Path] = field(default_factory=list)  # daemons to stop at the end
+    inside: list[str] = field(default_factory=list)  # runs a command on the host (host B)
 
 
 def missing() -> str | None:
@@ -192,7 +194,7 @@ def ssh_to_a(ssh: SSH, name: str = "a-ssh", delay: float = 0.0) -> Host:
 
 
 def _prepare_b(base: Path) -> None:
-    for sub in LIBVIRT_DIRS:
+    for sub in (*LIBVIRT_DIRS, "nix"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "lib" / "images").mkdir(exist_ok=True)
     (base / "log" / "qemu").mkdir(exist_ok=True)
@@ -214,6 +216,8 @@ def host_b(ssh: SSH, base: Path) -> Host:
     _conf, sshd_pid = ssh.config("b")
     daemons = {"virtlogd": base / "virtlogd.pid", "libvirtd": base / "libvirtd.pid"}
     mounts = [[str(base / sub), target] for sub, target in LIBVIRT_DIRS.items()]
+    # A Nix store of its own, empty at first, as another machine's would be.
+    mounts.append([str(base / "nix"), "/nix"])
     # One process in the new namespace mounts and starts the daemons, which keep it alive.
     code = (
         "import subprocess, sys, json\n"
@@ -240,7 +244,7 @@ def host_b(ssh: SSH, base: Path) -> Host:
     ssh.start_sshd("b", port, inside)
     uri, wrapper = ssh.uri("b", port)
     pidfiles = [sshd_pid, daemons["libvirtd"], daemons["virtlogd"]]
-    return Host("b", uri, ["virsh", "-q", "-c", uri], sshd_pid, wrapper, pidfiles)
+    return Host("b", uri, ["virsh", "-q", "-c", uri], sshd_pid, wrapper, pidfiles, inside)
 
 
 _connections: dict[str, Any] = {}

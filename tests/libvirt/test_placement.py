@@ -14,6 +14,7 @@ import pytest
 from clan_vm_tasks.clan import inventory, sync
 from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.state.store import Store, VMState
+from clan_vm_tasks.vm import ssh
 from tests.conftest import CLI, Guest
 from tests.libvirt import daemons
 from tests.libvirt.conftest import LV
@@ -164,6 +165,7 @@ def test_target_host_of_a_vm_on_another_machine(tmp_path: Path) -> None:
         VMState(status="running", forwards=["tcp:hv1.example:24567->22"]).to_json()
     )
     assert sync.ssh_target(store, "web") == (24567, "hv1.example")
+    assert ssh.target(store, "web") == ("hv1.example", 24567)  # the ssh task goes there too
     clan = tmp_path / "clan"
     clan.mkdir()
     inventory.push(clan, "web", ssh_port=24567, address="hv1.example")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.backends.base import AccelChoice
-from clan_vm_tasks.backends.libvirt import domain, network, storage
+from clan_vm_tasks.backends.libvirt import domain, network, storage, xml
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, display, host, lib
 from clan_vm_tasks.backends.libvirt.machine import LibvirtMachine
 from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
@@ -29,7 +29,7 @@ _UNSUPPORTED = {
     "base_image": "a base image",
     "root_filesystem": "a root file system made on this machine",
     "extra_disks": "extra disks",
-    "shares": "shared directories",
+    "graphics": "graphics (SPICE)",
 }
 
 
@@ -77,6 +77,10 @@ class LibvirtBackend:
         raise ClanVMError("a VM on a libvirt host gets its disk there (place)")
 
     def check_config(self, config: VMConfig) -> None:
+        for tag, share in sorted(config.shares.items()):
+            problem = xml.share_problem(share)
+            if problem:
+                raise InvalidInput(f"VM '{config.name}' on a libvirt host: share '{tag}' {problem}")
         for field, what in _UNSUPPORTED.items():
             if getattr(config, field, None):
                 raise InvalidInput(

@@ -115,7 +115,7 @@ def _bounded(fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> A
 def _message(error: Any) -> str:
     text = str(error.get_error_message() or error).strip()
     # ssh's own reason is what matters; libvirt's socket prologue and epilogue add nothing.
-    for head in ("Cannot recv data: ", "End of file while reading data: "):
+    for head in ("Cannot recv data: ", "End of file while reading data: ", "internal error: "):
         text = text.removeprefix(head)
     for tail in (": Connection reset by peer", ": Input/output error"):
         text = text.removesuffix(tail)

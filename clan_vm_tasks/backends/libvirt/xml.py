@@ -4,18 +4,22 @@ test_libvirt_xml.py`` pins it, as ``test_argv`` pins the QEMU command line)."""
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from clan_vm_tasks.models import VMConfig
+    from clan_vm_tasks.models import Share, VMConfig
 
 # Marks a domain as made by clan-vm-tasks, and by which state directory.
 NAMESPACE = "https://clan.lol/xmlns/clan-vm-tasks/1"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 NETDEV = "hostnet0"  # libvirt's id for the first interface's netdev (port forwards use it)
 ET.register_namespace("clan", NAMESPACE)
+STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
+# QEMU's 9p security models as libvirt names them (libvirt has no mapped-file).
+_ACCESS_MODES = {"passthrough": "passthrough", "mapped-xattr": "mapped", "none": "squash"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,30 @@ def _interface(devices: ET.Element, config: VMConfig, mac: str) -> None:
     _sub(iface, "model", type="virtio")
 
 
+def share_problem(share: Share) -> str | None:
+    """Why SHARE cannot be given to a VM on a libvirt host, or None. Only store paths can
+    be: Nix copies them to the host (a directory of this machine is not there)."""
+    source = str(share.source or "")
+    if not source.startswith(STORE_DIR + "/"):
+        return "shares a directory of this machine: only store paths can be shared there"
+    if not share.read_only:
+        return "must be read-only (a store path)"
+    if share.type != "9p":
+        return 'is virtiofs: use type = "9p"'
+    if share.security_model not in _ACCESS_MODES:
+        return f"has security model {share.security_model}, which libvirt does not offer"
+    return None
+
+
+def _filesystems(devices: ET.Element, config: VMConfig) -> None:
+    for tag, share in sorted(config.shares.items()):
+        mode = _ACCESS_MODES[share.security_model]
+        filesystem = _sub(devices, "filesystem", type="mount", accessmode=mode)
+        _sub(filesystem, "source", dir=str(share.source))
+        _sub(filesystem, "target", dir=tag)  # the mount tag
+        _sub(filesystem, "readonly")
+
+
 def domain_xml(plan: DomainPlan) -> str:
     config = plan.config
     domain = ET.Element("domain", type=plan.domain_type)
@@ -89,6 +117,7 @@ def domain_xml(plan: DomainPlan) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2")
     _sub(disk, "source", pool=plan.pool, volume=plan.disk_volume)
     _sub(disk, "target", dev="vda", bus="virtio")
+    _filesystems(devices, config)
     _interface(devices, config, plan.mac)
     serial = _sub(devices, "serial", type="pty")
     # On the host, beside the disk: readable through the pool from anywhere.

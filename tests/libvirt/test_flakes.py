@@ -1,0 +1,115 @@
+"""A VM declared in a flake with a remote ``host``: built here, the store paths it refers to
+copied to that host's own Nix store and rooted there, started there, unrooted at delete.
+Host B has a store of its own (empty at first), so nothing is there unless it was sent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import READY, Guest
+from tests.libvirt.conftest import LV
+from tests.nix_fixtures import git, make_flake, needs_nix
+
+pytestmark = [pytest.mark.vm, needs_nix]
+
+FLAKE = """{
+  outputs = { self }:
+    let
+      system = "x86_64-linux";
+      busybox = "${self}/busybox";
+      initrd = derivation {
+        name = "clan-test-initrd";
+        inherit system;
+        builder = busybox;
+        args = [ "sh" "-e" "${self}/build-initrd.sh" ];
+        src = self;
+      };
+      data = derivation {
+        name = "clan-test-data";
+        inherit system;
+        builder = busybox;
+        args = [ "sh" "-c" "${busybox} mkdir $out && echo from-the-store > $out/greeting" ];
+      };
+    in
+    {
+      clanVms.${system}.NAME = {
+        cpus = 1;
+        memory = 192;
+        diskSize = 64;
+        kernel = "${self}/vmlinuz";
+        inherit initrd;
+        append = "console=ttyS0 quiet";
+        host = "b";
+        shares.data.source = "${data}";
+      };
+    };
+}
+"""
+
+
+def on_b(lv: LV, *argv: str) -> str:
+    host = lv.host("b")
+    result = subprocess.run(
+        [*host.inside, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    return result.stdout
+
+
+def test_a_flake_vm_on_a_remote_host_gets_its_store_paths_there(
+    lv: LV, guest: Guest, tmp_path: Path
+) -> None:
+    lv.host("b")
+    cli, name = lv.cli, lv.name("flake")
+    cli.env["CLAN_VM_NIX_OFFLINE"] = "1"
+    flake = make_flake(tmp_path / "flake", guest)
+    (flake / "flake.nix").write_text(FLAKE.replace("NAME", name))
+    git(flake, "commit", "-qam", "a VM on host b")
+
+    started = cli.ok("start", name, "--flake", str(flake), "--wait-for", READY, "--timeout", "180")
+    assert f"created VM '{name}'" in started.out + started.err
+    assert f"started VM '{name}' on b (" in started.out
+    # The share's store path (and its closure) is in host B's own store, rooted there.
+    [data] = [line for line in on_b(lv, "ls", "/nix/store").split() if "clan-test-data" in line]
+    assert on_b(lv, "cat", f"/nix/store/{data}/greeting").strip() == "from-the-store"
+    roots = on_b(lv, "find", "/nix/var/nix/gcroots/clan-vm-tasks", "-type", "l", "-lname", "*")
+    [root] = [line for line in roots.split() if name in line]
+    assert on_b(lv, "readlink", root).strip() == f"/nix/store/{data}"
+    # The kernel and initrd went as volumes, not into the store.
+    assert not [p for p in on_b(lv, "ls", "/nix/store").split() if "initrd" in p]
+    # B's QEMU exports it to the guest over 9p, read-only.
+    dumped = lv.virsh("b", "dumpxml", name)
+    assert f"<source dir='/nix/store/{data}'/>" in dumped and "<readonly/>" in dumped
+    assert json.loads(cli.ok("status", name, "--json").out)["state"] == "running"
+    # Started again, nothing changed: nothing more to send, the same root.
+    cli.ok("stop", name, "--force")
+    cli.ok("start", name, "--flake", str(flake), "--wait-for", READY, "--timeout", "180")
+    assert on_b(lv, "readlink", root).strip() == f"/nix/store/{data}"
+
+    deleted = cli.ok("delete", name, "--force")
+    assert "warning" not in deleted.err
+    remaining = on_b(lv, "find", "/nix/var/nix/gcroots/clan-vm-tasks", "-name", f"*{name}*")
+    assert remaining.strip() == ""
+
+
+def test_a_store_share_of_this_machine_is_refused_for_a_libvirt_host(
+    lv: LV, guest: Guest, tmp_path: Path
+) -> None:
+    lv.host("b")
+    cli, name = lv.cli, lv.name("hostshare")
+    cli.env["CLAN_VM_NIX_OFFLINE"] = "1"
+    flake = make_flake(tmp_path / "flake", guest)
+    text = FLAKE.replace("NAME", name).replace('"${data}"', f'"{tmp_path}"')
+    (flake / "flake.nix").write_text(text)
+    git(flake, "commit", "-qam", "a host directory")
+    result = cli.run("start", name, "--flake", str(flake), "--allow-shares")
+    assert result.code == 2, result.err
+    # Refused before anything is built.
+    assert result.err.strip().splitlines() == [
+        f"error: clanVms.x86_64-linux.{name}: VM '{name}' on a libvirt host: share 'data' "
+        "shares a directory of this machine: only store paths can be shared there"
+    ]
+    assert name not in lv.domains("b") and not cli.ok("list", "--json").out.strip("[]\n")
