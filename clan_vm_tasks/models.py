@@ -193,6 +193,7 @@ class VMConfig(_Model):
     boot_test: BootTest = Field(default_factory=BootTest)
     agent: StrictBool = True  # a virtio-serial channel for the QEMU guest agent
     ssh_user: str = "root"  # whose authorized_keys get the VM's key (``ssh``)
+    sshd: StrictBool = False  # a NixOS guest runs sshd (its VM variant says so; recorded only)
     host: str | None = None  # a libvirt host (URI or a name from the settings); None: here
     nixos_configuration: str | None = None  # the NixOS configuration this VM is a variant of
     root_filesystem: RootFilesystem | None = None  # made on the disk at create

@@ -7,9 +7,13 @@ let
   inherit (lib) mkOption types literalExpression;
   fromNixos = import ./from-nixos.nix { inherit lib; };
   nixosConfigurations = self.nixosConfigurations or { };
-  nixos = name:
+  nixos = name: { sshd ? false }:
     if nixosConfigurations ? ${name} then
-      fromNixos { configuration = nixosConfigurations.${name}; inherit name; }
+      fromNixos {
+        configuration = nixosConfigurations.${name};
+        inherit name;
+        modules = lib.optional sshd { clanVm.sshd = true; };
+      }
     else
       throw "nixosConfiguration = \"${name}\": the flake has no nixosConfigurations.${name}";
   vmModule = import ./vm-options.nix { inherit lib nixos; };

@@ -2,9 +2,9 @@
 # clan_vm_tasks/models.py (VMConfig); tests/nix/test_flake_module.py compares the two, and
 # docs/options.md is generated from these declarations (python -m tests.nix.options_doc).
 #
-# NIXOS name: the clanVms definition derived from nixosConfigurations.<name>, used for the
-# defaults of a VM that sets nixosConfiguration (see lib/from-nixos.nix).
-{ lib, nixos ? name: throw "nixosConfiguration needs the flake module (clan-vm-tasks.flakeModules.default)" }:
+# NIXOS name { sshd }: the clanVms definition derived from nixosConfigurations.<name>, used
+# for the defaults of a VM that sets nixosConfiguration (see lib/from-nixos.nix).
+{ lib, nixos ? name: _: throw "nixosConfiguration needs the flake module (clan-vm-tasks.flakeModules.default)" }:
 { name, config, ... }:
 let
   inherit (lib) mkOption mkDefault types literalExpression;
@@ -133,7 +133,11 @@ let
     };
   };
 
-  derived = nixos config.nixosConfiguration;
+  derived = nixos config.nixosConfiguration { inherit (config) sshd; };
+  # With sshd, guest port 22 is forwarded unless the variant forwards it already.
+  sshForward = lib.optional
+    (config.sshd && !lib.any (f: f.guestPort == 22) derived.network.forwardPorts)
+    { protocol = "tcp"; hostPort = "auto"; guestPort = 22; };
   fromNixos = attr: mkDefault derived.${attr};
 in
 {
@@ -327,6 +331,12 @@ in
       example = "alice";
       description = "The guest user whose authorized_keys get the VM's SSH key.";
     };
+    sshd = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = "For a VM of a NixOS configuration: run sshd in the guest (key login only) and forward guest port 22 to an `auto` port, so `clan-vm-manager ssh` works; the tool puts its key into the user's authorized_keys through the guest agent. Other guests run sshd or not by themselves.";
+    };
     host = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -345,7 +355,7 @@ in
     append = fromNixos "append";
     rootFilesystem = fromNixos "rootFilesystem";
     graphics = fromNixos "graphics";
-    network.forwardPorts = mkDefault derived.network.forwardPorts;
+    network.forwardPorts = mkDefault (derived.network.forwardPorts ++ sshForward);
     shares = lib.mapAttrs (_: lib.mapAttrs (_: mkDefault)) derived.shares;
     extraDisks = lib.mapAttrs (_: lib.mapAttrs (_: mkDefault)) derived.extraDisks;
     bootTest.expect = mkDefault derived.bootTest.expect;

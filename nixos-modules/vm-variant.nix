@@ -12,13 +12,35 @@
 {
   imports = [ (modulesPath + "/virtualisation/qemu-vm.nix") ];
 
-  # clan-vm-manager shows the serial console; clanVms.<name>.graphics (or this, in
-  # virtualisation.vmVariant) gives the VM a display.
-  virtualisation.graphics = lib.mkDefault false;
+  options.clanVm.sshd = lib.mkOption {
+    type = lib.types.bool;
+    default = false;
+    example = true;
+    description = ''
+      Run sshd in the VM for `clan-vm-manager ssh`: key login only (the tool puts its key
+      into the user's ~/.ssh/authorized_keys through the guest agent). clanVms.<name>.sshd
+      sets it.
+    '';
+  };
 
-  # qemu-vm.nix enables it too; the tool gives every VM the org.qemu.guest_agent.0 channel
-  # that qemu-guest-agent.service waits for.
-  services.qemuGuest.enable = lib.mkDefault true;
+  config = lib.mkMerge [
+    {
+      # clan-vm-manager shows the serial console; clanVms.<name>.graphics (or this, in
+      # virtualisation.vmVariant) gives the VM a display.
+      virtualisation.graphics = lib.mkDefault false;
 
-  system.build.clanVm = import ../lib/nixos-to-vm.nix { inherit lib; } { inherit config pkgs; };
+      # qemu-vm.nix enables it too; the tool gives every VM the org.qemu.guest_agent.0
+      # channel that qemu-guest-agent.service waits for.
+      services.qemuGuest.enable = lib.mkDefault true;
+
+      system.build.clanVm = import ../lib/nixos-to-vm.nix { inherit lib; } { inherit config pkgs; };
+    }
+    (lib.mkIf config.clanVm.sshd {
+      services.openssh = {
+        enable = true;
+        settings.PasswordAuthentication = lib.mkDefault false;
+        settings.KbdInteractiveAuthentication = lib.mkDefault false;
+      };
+    })
+  ];
 }

@@ -217,6 +217,27 @@ def test_the_guest_module_derives_the_definition_without_changing_the_machine() 
         )
 
 
+def test_sshd_in_the_vm_variant_only_when_asked_and_key_login_only() -> None:
+    result = evaluate(
+        f"""let
+          machine = {MACHINE};
+          variant = sshd: (machine.extendModules {{
+            modules = [ {ROOT}/nixos-modules/vm-variant.nix {{ clanVm.sshd = sshd; }} ];
+          }}).config.services.openssh;
+        in {{
+          on = variant true;
+          off = (variant false).enable;
+          machine = machine.config.services.openssh.enable;
+        }}"""
+    )
+    assert result["on"]["enable"] is True
+    assert result["on"]["settings"] == {
+        "PasswordAuthentication": False,
+        "KbdInteractiveAuthentication": False,
+    }
+    assert result["off"] is False and result["machine"] is False
+
+
 FLAKE = """{
   inputs.flake-parts.url = "path:%(flake_parts)s";
   inputs.nixpkgs-lib.url = "path:%(nixpkgs_lib)s";
@@ -283,6 +304,27 @@ def test_nixos_configurations_become_vms_for_their_system(nixos_flake: Path) -> 
     assert web["network"]["forwardPorts"] == [
         {"protocol": "tcp", "hostPort": 2222, "guestPort": 22}
     ]
+
+
+def test_sshd_asked_in_clan_vms_reaches_the_nixos_system_and_forwards_port_22(
+    nixos_flake: Path,
+) -> None:
+    web = f"clanVms.{SYSTEM}.web"
+    plain = nix_eval(nixos_flake, web)
+    text = (nixos_flake / "flake.nix").read_text()
+    # Without a forward of port 22 in the machine's VM variant, sshd gets an auto port.
+    text = text.replace("{ host.port = 2222; guest.port = 22; }", "")
+    text = text.replace("clanVms.web = {", "clanVms.web = { sshd = true;")
+    (nixos_flake / "flake.nix").write_text(text)
+    git(nixos_flake, "commit", "-qam", "sshd")
+    asked = nix_eval(nixos_flake, web)
+    assert asked["sshd"] is True and plain["sshd"] is False
+    assert asked["network"]["forwardPorts"] == [
+        {"protocol": "tcp", "hostPort": "auto", "guestPort": 22}
+    ]
+    # Another system: the VM variant was evaluated with sshd on.
+    system = [w for w in asked["append"].split() if w.startswith("init=")]
+    assert system and system != [w for w in plain["append"].split() if w.startswith("init=")]
 
 
 @pytest.mark.vm

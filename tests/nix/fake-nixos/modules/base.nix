@@ -42,6 +42,7 @@ in
     nixpkgs.hostPlatform.system = mkOption { type = types.str; };
     services.qemuGuest.enable = mkOption { type = types.bool; default = false; };
     services.openssh.enable = mkOption { type = types.bool; default = false; };
+    services.openssh.settings = mkOption { type = types.attrsOf types.anything; default = { }; };
     users.users = mkOption {
       type = types.attrsOf (types.submodule {
         options.openssh.authorizedKeys.keyFiles = mkOption { type = types.listOf types.path; default = [ ]; };
@@ -71,6 +72,7 @@ in
       ${pkgs.busybox} ln -s ${pkgs.kernel} $out/kernel
       ${pkgs.busybox} ln -s ${config.system.build.initialRamdisk}/initrd $out/initrd
       echo -n '${toString config.boot.kernelParams}' > $out/kernel-params
+      echo -n '${lib.boolToString config.services.openssh.enable}' > $out/sshd
       echo '#!/bin/sh' > $out/init
     '');
   };
