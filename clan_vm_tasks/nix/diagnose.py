@@ -1,9 +1,10 @@
 """Nix's errors made to point at the user's files: paths in the flake's store copy become
 paths in the checkout, and a few common mistakes get a hint (a flake without clanVms, a file
-git does not track, so Nix does not see it)."""
+git does not track, so Nix does not see it, a Nix that cannot read git checkouts in a chroot)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -65,8 +66,24 @@ def _untracked(directory: Path, relative: str) -> Path | None:
     return None
 
 
+def in_chroot() -> bool:
+    """Whether this process runs in a chroot (its root is not the one of PID 1)."""
+    try:
+        ours, init = os.stat("/"), os.stat("/proc/1/root")
+    except OSError:  # /proc/1/root is only readable by root: then it does not matter
+        return False
+    return (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino)
+
+
 def hint(text: str, flake: Flake) -> str:
     """A hint for the mistake behind TEXT (an error of FLAKE), or ''."""
+    if "of the Git tree" in text and "cannot change to" in text and in_chroot():
+        # Nix as root enters its own mount namespace, and going back to the saved one to run
+        # git leaves the chroot (NixOS/nix#7602, fixed in Nix 2.17).
+        return (
+            "; this Nix, run by root in a chroot, runs git outside the chroot (NixOS/nix#7602, "
+            "fixed in Nix 2.17): run it outside the chroot, or as a normal user"
+        )
     if "does not provide attribute" in text and "clanVms" in text:
         return (
             "; the flake has no clanVms: import clan-vm-tasks.flakeModules.default and declare "

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, READY, Guest
+from tests.nix_fixtures import needs_nix
 
 CLAN = {
     "meta": {"name": "homelab", "description": "test clan"},
@@ -79,13 +80,20 @@ def test_entries_use_only_keys_clan_cores_inventory_module_knows(cli: CLI, clan_
     assert set(entry) <= machine_keys and set(entry["deploy"]) <= deploy_keys  # type: ignore[arg-type]
 
 
+@needs_nix
 def test_a_clan_in_the_nix_store_is_never_written(cli: CLI, tmp_path: Path) -> None:
-    store_clan = Path("/nix/store")  # read-only by design, whatever the file system says
+    source = tmp_path / "clan"
+    source.mkdir()
+    (source / "inventory.json").write_text('{"machines": {}}\n')
+    # A clan as a flake's store copy: read-only by design, whatever the file system says.
+    added = subprocess.run(["nix-store", "--add", str(source)], capture_output=True, text=True)
+    store_clan = Path(added.stdout.strip())
     created = cli.ok("create", "web", "--disk", "16", "--clan-dir", str(store_clan))
     assert "is in the Nix store (read-only): the clan inventory is not updated" in created.err
-    assert not (store_clan / "inventory.json").exists()
     pushed = cli.run("inventory", "push", "web", "--clan-dir", str(store_clan))
     assert pushed.code == 1 and "Nix store (read-only)" in pushed.err
+    assert (store_clan / "inventory.json").read_text() == '{"machines": {}}\n'
+    assert sorted(p.name for p in store_clan.iterdir()) == ["inventory.json"]  # no lock file
 
 
 @pytest.mark.vm

@@ -229,9 +229,15 @@ def host_b(ssh: SSH, base: Path) -> Host:
     )
     argvs = [[name, "-d", "-p", str(pidfile)] for name, pidfile in daemons.items()]
     unshare = ["unshare", "--mount", "--propagation", "private", "--"]
-    subprocess.run(
-        [*unshare, sys.executable, "-c", code, json.dumps(mounts), json.dumps(argvs)], check=True
-    )
+    log = base / "unshare.log"  # a file, not a pipe: the daemons keep what they inherit
+    with log.open("w") as errors:
+        made = subprocess.run(
+            [*unshare, sys.executable, "-c", code, json.dumps(mounts), json.dumps(argvs)],
+            stderr=errors,
+            check=False,
+        )
+    if made.returncode != 0:  # e.g. in a chroot, whose "/" cannot be made private
+        raise RuntimeError(" ".join(log.read_text().split()))
     deadline = time.monotonic() + 10
     while not alive(daemons["libvirtd"]):
         if time.monotonic() > deadline:

@@ -14,7 +14,7 @@ import pytest
 
 from clan_vm_tasks.models import VMConfig
 from tests.conftest import ROOT
-from tests.nix_fixtures import NixCLI, git, ncli, needs_nix
+from tests.nix_fixtures import NixCLI, git, ncli, needs_nix, skip_without_git_flakes
 
 __all__ = ["ncli"]
 FLAKE_PARTS = os.environ.get("CLAN_VM_TEST_FLAKE_PARTS")
@@ -114,6 +114,7 @@ def make_user_flake(directory: Path, probes: list[int]) -> Path:
     (directory / "flake.nix").write_text(
         FLAKE % {"flake_parts": FLAKE_PARTS, "nixpkgs_lib": NIXPKGS_LIB, "system": SYSTEM}
     )
+    skip_without_git_flakes()
     git(directory, "init", "-q")
     git(directory, "add", "-A")
     return directory

@@ -206,6 +206,24 @@ def test_errors_name_the_checkout_and_hint_at_git_add(tmp_path: Path) -> None:
     assert "import clan-vm-tasks.flakeModules.default" in diagnose.explain(missing, flake)
 
 
+def test_a_nix_that_leaves_the_chroot_to_run_git_gets_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clan_vm_tasks.nix import diagnose
+    from clan_vm_tasks.nix.flakes import Flake
+
+    flake = Flake(str(tmp_path), tmp_path, explicit=True)
+    text = (
+        f"nix evaluation of clanVms.x86_64-linux failed: getting the HEAD of the Git tree "
+        f"'{tmp_path}' failed with exit code 128: fatal: cannot change to '{tmp_path}': "
+        "No such file or directory"
+    )
+    monkeypatch.setattr(diagnose, "in_chroot", lambda: True)
+    assert "NixOS/nix#7602" in diagnose.explain(text, flake)
+    monkeypatch.setattr(diagnose, "in_chroot", lambda: False)
+    assert diagnose.explain(text, flake) == text
+
+
 @needs_nix
 def test_the_tools_flake_ships_a_lock_that_nix_takes_as_it_is(tmp_path: Path) -> None:
     lock = json.loads((ROOT / "flake.lock").read_text())

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import READY, ROOT, Guest
 from tests.nix.test_flake_module import FLAKE_PARTS, NIXPKGS_LIB, copy_module, nix_eval
-from tests.nix_fixtures import NixCLI, git, ncli, needs_nix
+from tests.nix_fixtures import NixCLI, git, ncli, needs_nix, skip_without_git_flakes
 
 __all__ = ["ncli"]
 pytestmark = [
@@ -289,6 +289,7 @@ def nixos_flake(tmp_path: Path, guest: Guest) -> Path:
     (directory / "flake.nix").write_text(
         FLAKE % {"flake_parts": FLAKE_PARTS, "nixpkgs_lib": NIXPKGS_LIB, "ready": READY}
     )
+    skip_without_git_flakes()
     git(directory, "init", "-q")
     git(directory, "add", "-A")
     git(directory, "commit", "-qm", "vms")
@@ -400,6 +401,7 @@ def test_the_template_needs_one_override_per_input_and_becomes_a_vm(tmp_path: Pa
     mine = tmp_path / "mine"
     shutil.copytree(ROOT / "templates" / "default", mine)
     (mine / "keys" / "alice.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI alice\n")
+    skip_without_git_flakes()
     git(mine, "init", "-q")
     git(mine, "add", "-A")
     overrides = ["--override-input", "nixpkgs", f"path:{fake}"]
