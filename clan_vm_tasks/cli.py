@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 from invoke.collection import Collection
 from invoke.exceptions import ParseError
+from invoke.parser import Parser
+from invoke.parser.context import ParserContext
 from invoke.program import Program
 
 from clan_vm_tasks import __version__, tasks
@@ -31,13 +33,37 @@ def collection() -> Collection:
 class VMProgram(Program):
     """invoke's Program, but a command-line mistake is an ``error:`` line and exit code 2."""
 
+    _words: set[str] | None = None
+
     def parse_core(self, argv: list[str] | None) -> None:
         with _usage_errors():
             super().parse_core(argv)
 
     def parse_tasks(self) -> None:
-        with _usage_errors():
-            super().parse_tasks()
+        self._words = set(self.argv)
+        try:
+            with _usage_errors():
+                super().parse_tasks()
+        finally:
+            self._words = None
+
+    def _make_parser(self) -> Parser:
+        """For the command line, a parser of only the tasks it names: invoke's parser copies
+        every task's arguments, which costs ``list`` more than the listing. Help and
+        completion get every task."""
+        if self._words is None:
+            return super()._make_parser()
+        words, unknown_help = self._words, self.config.tasks.ignore_unknown_help
+        contexts = [
+            ParserContext(
+                name=name,
+                aliases=aliases,
+                args=self.collection[name].get_arguments(ignore_unknown_help=unknown_help),
+            )
+            for name, aliases in self.collection.task_names.items()
+            if name in words or words.intersection(aliases)
+        ]
+        return Parser(initial=self.initial_context, contexts=contexts)
 
 
 @contextlib.contextmanager
