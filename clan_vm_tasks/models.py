@@ -134,7 +134,8 @@ _LABEL = re.compile(r"[A-Za-z0-9_.-]{1,16}")  # an ext4 label: 16 bytes
 
 
 class Share(_Model):
-    """A host directory the guest sees over 9p, by mount tag (the key in ``shares``)."""
+    """A host directory the guest sees over 9p or virtiofs, by mount tag (the key in
+    ``shares``)."""
 
     source: Path | None = None  # None: a directory of the VM's own (vms/NAME/shares/TAG)
     target: str | None = None  # where the guest mounts it (the guest's business)

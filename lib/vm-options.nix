@@ -76,7 +76,8 @@ let
         description = ''
           Where the guest mounts it. A VM derived from a NixOS configuration mounts its
           `virtualisation.sharedDirectories` there by itself; other guests mount the tag,
-          e.g. `mount -t 9p -o trans=virtio,version=9p2000.L TAG TARGET`.
+          e.g. `mount -t 9p -o trans=virtio,version=9p2000.L TAG TARGET` (9p) or
+          `mount -t virtiofs TAG TARGET` (virtiofs).
         '';
       };
       readOnly = mkOption {
@@ -90,9 +91,10 @@ let
         default = "9p";
         example = "virtiofs";
         description = ''
-          How the share is passed. `virtiofs` needs a virtiofsd daemon per share and
-          shared guest memory, which clan-vm-manager does not run: the QEMU backend refuses
-          it with a message; use `9p`.
+          How the share is passed: `9p` (by QEMU itself) or `virtiofs` (one QEMU virtiofsd
+          per share beside QEMU; the guest mounts it with `mount -t virtiofs TAG TARGET`).
+          readOnly is enforced by the host either way. A VM with a virtiofs share cannot take
+          live snapshots; libvirt hosts take 9p only.
         '';
       };
       securityModel = mkOption {

@@ -29,10 +29,10 @@ class Guest:
 
 @pytest.fixture(scope="session")
 def guest() -> Guest:
-    """The example guest that ./scripts/setup built (built here if it is missing)."""
+    """The example guest that ./scripts/setup built (built here if it is missing or stale)."""
     out = Path(os.environ.get("CLAN_VM_TEST_GUEST", ROOT / ".cache" / "guest"))
     kernel, initrd = out / "vmlinuz", out / "initrd"
-    if not (kernel.is_file() and initrd.is_file()):
+    if not example_guest.built(out):  # missing, or without a module added since
         example_guest.build(out)
     return Guest(kernel, initrd)
 

@@ -38,6 +38,8 @@ MODULES = (
     "virtio_net",
     "evdev",
     "button",
+    "fuse",
+    "virtiofs",  # mount -t virtiofs TAG DIR
 )
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
@@ -154,6 +156,14 @@ def _run(argv: list[str], cwd: Path) -> str:
     return result.stdout
 
 
+def _install(source: Path, target: Path) -> None:
+    """Copy SOURCE to TARGET whole or not at all (two builds at once, test workers, never
+    see each other's half-written files)."""
+    tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def fetch_kernel(out: Path) -> None:
     """Download Debian's cloud kernel and keep vmlinuz plus the modules we load."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,10 +184,8 @@ def fetch_kernel(out: Path) -> None:
         modules = out / "modules"
         modules.mkdir(parents=True, exist_ok=True)
         for name in MODULES:
-            found = next((work / "root/lib/modules").rglob(f"{name}.ko"))
-            shutil.copyfile(found, modules / f"{name}.ko")
-        shutil.copyfile(vmlinuz, out / "vmlinuz.tmp")
-        os.replace(out / "vmlinuz.tmp", out / "vmlinuz")
+            _install(next((work / "root/lib/modules").rglob(f"{name}.ko")), modules / f"{name}.ko")
+        _install(vmlinuz, out / "vmlinuz")
 
 
 def fetch_agent(out: Path) -> None:
@@ -187,25 +195,35 @@ def fetch_agent(out: Path) -> None:
         _run(["apt-get", "download", "qemu-guest-agent"], work)
         deb = next(work.glob("qemu-guest-agent_*.deb"))
         _run(["dpkg-deb", "-x", str(deb), "root"], work)
-        shutil.copyfile(work / "root/usr/sbin/qemu-ga", out / "qemu-ga.tmp")
-        os.replace(out / "qemu-ga.tmp", out / "qemu-ga")
+        _install(work / "root/usr/sbin/qemu-ga", out / "qemu-ga")
 
 
 def build(out: Path, busybox: Path = Path("/bin/busybox")) -> tuple[Path, Path]:
     """Make OUT/vmlinuz and OUT/initrd (fetching the kernel and qemu-ga only once)."""
     out.mkdir(parents=True, exist_ok=True)
     kernel, initrd = out / "vmlinuz", out / "initrd"
-    if not kernel.exists() or not (out / "modules" / "virtio_console.ko").exists():
-        fetch_kernel(out)
+    if not kernel.exists() or not all((out / "modules" / f"{m}.ko").exists() for m in MODULES):
+        fetch_kernel(out)  # a cache from before a module was added lacks it
     if not (out / "qemu-ga").exists():
         fetch_agent(out)
     if not busybox.exists():
         raise SystemExit(f"error: {busybox} not found; install busybox-static")
     data = cpio_newc(initrd_entries(busybox, out / "modules", out / "qemu-ga"))
-    tmp = out / "initrd.tmp"
+    tmp = out / f"initrd.tmp.{os.getpid()}"
     tmp.write_bytes(data)
     os.replace(tmp, initrd)
     return kernel, initrd
+
+
+def built(out: Path) -> bool:
+    """Whether OUT holds a kernel and an initrd with every module the guest loads (a cache
+    from before a module was added is rebuilt)."""
+    try:
+        initrd = (out / "initrd").read_bytes()  # newc: the names are plain text
+    except OSError:
+        return False
+    names = (f"lib/modules/{name}.ko".encode() for name in MODULES)
+    return (out / "vmlinuz").is_file() and all(name in initrd for name in names)
 
 
 def main(argv: list[str] | None = None) -> int:

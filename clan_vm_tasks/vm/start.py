@@ -78,9 +78,10 @@ def _launch(
         raise StateConflict(f"VM '{name}' is already running{how}")
     config = definition.load(store, name)
     definition.check_boot_files(config, name)
+    backend = machines.backend(config.host)
+    backend.check_config(config)  # what this host cannot run (any more) is refused untouched
     if config.host is None:
         extras.make(store.paths(name).dir, config)  # its own share directories, extra disks
-    backend = machines.backend(config.host)
     requested = accel or (config.accel if config.accel != "auto" else settings.accel)
     choice = backend.choose_accel(requested)
     machine = backend.machine(store.paths(name), state)

@@ -1,21 +1,24 @@
-"""What a definition adds beside the root disk, on the QEMU command line (pinned): 9p shares,
-extra disks, a display."""
+"""What a definition adds beside the root disk, on the QEMU command line (pinned): 9p and
+virtiofs shares (with the virtiofsd beside QEMU), extra disks, a display."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from clan_vm_tasks.backends.qemu import virtiofs
 from clan_vm_tasks.backends.qemu.argv import (
+    build_argv,
+    colliding,
     device_args,
     extra_disk_args,
     graphics_args,
     share_args,
-    share_problem,
 )
 from clan_vm_tasks.models import VMConfig, validate
 from tests.backends.test_argv import plan
 
 VM_DIR = Path("/s/vms/web")
+RUN_DIR = Path("/run/c")
 
 
 def config(**fields: object) -> VMConfig:
@@ -30,7 +33,7 @@ def test_shares_are_9p_exports_read_only_unless_said_otherwise() -> None:
             "xchg": {},
         }
     )
-    assert share_args(vm, VM_DIR) == [
+    assert share_args(vm, VM_DIR, RUN_DIR) == [
         "-fsdev", "local,id=fs-data,path=/srv/a,,b,security_model=mapped-xattr",
         "-device", "virtio-9p-pci,fsdev=fs-data,mount_tag=data",
         "-fsdev", "local,id=fs-nix-store,path=/nix/store,security_model=none,readonly=on",
@@ -69,7 +72,77 @@ def test_a_plain_definition_adds_nothing_and_the_rest_comes_before_the_extra_arg
     assert full[-1] == "-s" and full.index("-spice") < full.index("-s")
 
 
-def test_virtiofs_is_refused_with_what_it_needs() -> None:
-    assert share_problem(config(shares={"data": {"source": "/srv"}})) is None
-    problem = share_problem(config(shares={"data": {"source": "/srv", "type": "virtiofs"}}))
-    assert problem is not None and "virtiofsd daemon per share" in problem
+def test_virtiofs_shares_are_vhost_user_devices_on_shared_memory() -> None:
+    vm = config(
+        memory=512,
+        shares={
+            "data": {"source": "/srv/a,b", "type": "virtiofs", "readOnly": False},
+            "store": {"source": "/nix/store", "type": "virtiofs"},
+            "xchg": {},
+        },
+    )
+    argv = build_argv(plan(vm))
+    assert argv[argv.index("-machine") + 1] == "q35,accel=tcg,memory-backend=mem"
+    assert argv[argv.index("-m") : argv.index("-m") + 4] == [
+        "-m", "512M", "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
+    ]  # fmt: skip
+    assert share_args(vm, VM_DIR, RUN_DIR) == [
+        "-chardev", "socket,id=vfs-data,path=/run/c/virtiofs-data.sock",
+        "-device", "vhost-user-fs-pci,chardev=vfs-data,tag=data",
+        "-chardev", "socket,id=vfs-store,path=/run/c/virtiofs-store.sock",
+        "-device", "vhost-user-fs-pci,chardev=vfs-store,tag=store",
+        "-fsdev", "local,id=fs-xchg,path=/s/vms/web/shares/xchg,security_model=mapped-xattr,"
+                  "readonly=on",
+        "-device", "virtio-9p-pci,fsdev=fs-xchg,mount_tag=xchg",
+    ]  # fmt: skip
+    # Without a virtiofs share the memory stays QEMU's own.
+    plain = build_argv(plan(config(shares={"xchg": {}})))
+    assert "-object" not in plain and "memory-backend" not in plain[plain.index("-machine") + 1]
+    assert colliding(["-object", "memory-backend-ram,id=mem,size=1G"]) == [
+        "-object memory-backend-ram,id=mem,size=1G"
+    ]
+
+
+def test_virtiofsd_runs_in_a_mount_namespace_and_is_named_by_its_socket() -> None:
+    sock = Path("/run/c/virtiofs-data.sock")
+    argv = virtiofs.command(
+        Path("/srv/a,b"), sock, 4, read_only=True, parent=77, root=True, python="/py"
+    )
+    assert argv == [
+        "unshare", "--mount", "--propagation", "private", "--",
+        "/py", "-IS", "-c", virtiofs.SCRIPT,
+        "virtiofsd:/run/c/virtiofs-data.sock", "/srv/a,b", "77",
+        "/usr/lib/qemu/virtiofsd", "--fd=4", "-o", "source=/srv/a\\,b,sandbox=namespace,xattr",
+    ]  # fmt: skip
+    # Writable: no read-only bind mount; not root: a user namespace too.
+    writable = virtiofs.command(
+        Path("/srv"), sock, 4, read_only=False, parent=77, root=False, python="/py"
+    )
+    assert writable[:7] == [
+        "unshare", "--mount", "--propagation", "private", "--user", "--map-root-user", "--",
+    ]  # fmt: skip
+    assert writable[11:13] == ["virtiofsd:/run/c/virtiofs-data.sock", ""]
+
+
+def test_virtiofs_is_refused_only_where_virtiofsd_cannot_run_or_enforce_read_only() -> None:
+    vm = config(
+        shares={
+            "ro": {"source": "/srv", "type": "virtiofs"},
+            "rw": {"source": "/srv", "type": "virtiofs", "readOnly": False},
+        }
+    )
+    writable = config(shares={"rw": {"source": "/srv", "type": "virtiofs", "readOnly": False}})
+    assert virtiofs.problem(config(), installed=False, root=False, userns=False) is None
+    assert virtiofs.problem(vm, installed=True, root=True, userns=False) is None
+    assert virtiofs.problem(vm, installed=True, root=False, userns=True) is None
+    missing = virtiofs.problem(vm, installed=False, root=True, userns=True)
+    assert missing == (
+        "share ro, rw of VM 'web' is virtiofs, which needs QEMU's /usr/lib/qemu/virtiofsd "
+        '(Debian: qemu-system-common); use type = "9p" (QEMU enforces readOnly itself)'
+    )
+    read_only = virtiofs.problem(vm, installed=True, root=False, userns=False)
+    assert read_only is not None and read_only.startswith("share ro of VM 'web' is read-only")
+    assert "no read-only mode" in read_only and read_only.endswith(virtiofs.NINE_P)
+    unprivileged = virtiofs.problem(writable, installed=True, root=False, userns=False)
+    assert unprivileged is not None and "a mount namespace of its own" in unprivileged
+    assert "\n" not in f"{missing}{read_only}{unprivileged}"

@@ -182,9 +182,11 @@ def test_a_flakes_host_shares_need_the_users_consent(
     assert ncli.run("create", "alpha", "--flake", flake).code == 2
 
 
-def test_virtiofs_is_refused_with_what_it_needs(ncli: NixCLI, own_flake: Path) -> None:
+def test_a_virtiofs_share_of_the_store_is_taken_like_a_9p_one(
+    ncli: NixCLI, own_flake: Path
+) -> None:
     share = 'shares.data = { source = "${self}/guest"; type = "virtiofs"; };'
     edit(own_flake, "bootTest.expect = ", f"{share}\n        bootTest.expect = ")
-    refused = ncli.run("create", "alpha", "--flake", str(own_flake))
-    assert refused.code == 2 and "needs a virtiofsd daemon per share" in refused.err
-    assert 'use type = "9p"' in refused.err
+    ncli.ok("create", "alpha", "--flake", str(own_flake))  # read-only, from the store: free
+    data = json.loads(ncli.ok("show", "alpha", "--json").out)["config"]["shares"]["data"]
+    assert data["type"] == "virtiofs" and data["read_only"] is True

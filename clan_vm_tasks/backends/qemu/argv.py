@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+from clan_vm_tasks.backends.qemu import virtiofs
 from clan_vm_tasks.models import NetworkConfig, VMConfig
 from clan_vm_tasks.state.store import VMPaths
 
@@ -42,6 +43,7 @@ OWN_OPTIONS = frozenset(
 OWN_IDS = {
     "-chardev": {"serial0", "qmp", "events", "agent0"},
     "-device": {"agent-serial"},
+    "-object": {"mem"},  # the shared memory of a VM with virtiofs shares
     "-netdev": {"net0"},
     "-drive": {"disk0"},
 }
@@ -98,11 +100,19 @@ def agent_args(socket: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def share_args(config: VMConfig, vm_dir: Path) -> list[str]:
-    """A 9p export per share (the mount tag is its name); a share without a source exports
-    the VM's own directory for it. virtiofs is refused before (``share_problem``)."""
+def share_args(config: VMConfig, vm_dir: Path, run_dir: Path) -> list[str]:
+    """A 9p export or a virtiofs device per share (the mount tag is its name); a share
+    without a source exports the VM's own directory for it. A virtiofs share is served by
+    its virtiofsd on a socket in RUN_DIR (``virtiofs``), which enforces read-only."""
     argv = []
     for tag, share in sorted(config.shares.items()):
+        if share.type == "virtiofs":
+            sock = _escape(str(virtiofs.socket_path(run_dir, tag)))
+            argv += [
+                "-chardev", f"socket,id=vfs-{tag},path={sock}",
+                "-device", f"vhost-user-fs-pci,chardev=vfs-{tag},tag={tag}",
+            ]  # fmt: skip
+            continue
         source = share.source or VMPaths(vm_dir).share_dir(tag)
         fsdev = (
             f"local,id=fs-{tag},path={_escape(str(source))},security_model={share.security_model}"
@@ -112,18 +122,6 @@ def share_args(config: VMConfig, vm_dir: Path) -> list[str]:
             "-device", f"virtio-9p-pci,fsdev=fs-{tag},mount_tag={tag}",
         ]  # fmt: skip
     return argv
-
-
-def share_problem(config: VMConfig) -> str | None:
-    """Why this backend cannot pass the shares as declared (None: it can)."""
-    virtiofs = sorted(tag for tag, share in config.shares.items() if share.type == "virtiofs")
-    if virtiofs:
-        return (
-            f"share {', '.join(virtiofs)} of VM '{config.name}' is virtiofs, which needs a "
-            "virtiofsd daemon per share and shared guest memory; clan-vm-manager runs no "
-            'daemon beside QEMU: use type = "9p"'
-        )
-    return None
 
 
 def extra_disk_args(config: VMConfig, vm_dir: Path) -> list[str]:
@@ -154,7 +152,7 @@ def device_args(plan: LaunchPlan) -> list[str]:
     """Shares, extra disks and the display: what a definition adds beside its root disk."""
     vm_dir = plan.disk.parent
     return (
-        share_args(plan.config, vm_dir)
+        share_args(plan.config, vm_dir, plan.qmp_socket.parent)
         + extra_disk_args(plan.config, vm_dir)
         + graphics_args(plan.config, plan.qmp_socket.with_name("spice.sock"))
     )
@@ -162,16 +160,20 @@ def device_args(plan: LaunchPlan) -> list[str]:
 
 def build_argv(plan: LaunchPlan) -> list[str]:
     config = plan.config
+    # virtiofsd maps the guest's memory: with a virtiofs share it is a shared memfd.
+    shared = any(share.type == "virtiofs" for share in config.shares.values())
+    machine, memory = f"{config.machine},accel={plan.accel}", f"{config.memory}M"
     argv = [
         QEMU_BINARY,
         "-name", f"guest={config.name},process=clan-vm-{config.name}",
-        "-machine", f"{config.machine},accel={plan.accel}",
+        "-machine", machine + (",memory-backend=mem" if shared else ""),
         "-cpu", "host" if plan.accel == "kvm" else "max",
         "-smp", str(config.cpus),
-        "-m", f"{config.memory}M",
-        "-nodefaults", "-no-user-config",
-        "-display", "none",
+        "-m", memory,
     ]  # fmt: skip
+    if shared:
+        argv += ["-object", f"memory-backend-memfd,id=mem,size={memory},share=on"]
+    argv += ["-nodefaults", "-no-user-config", "-display", "none"]
     if config.kernel:
         argv += ["-kernel", str(config.kernel)]
         if config.initrd:

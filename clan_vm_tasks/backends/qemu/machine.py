@@ -109,7 +109,7 @@ class QemuMachine:
         notify: Notify,
         on_spawned: Callable[[int, int], None],
     ) -> Launched:
-        from clan_vm_tasks.backends.qemu import host_network
+        from clan_vm_tasks.backends.qemu import host_network, virtiofs
         from clan_vm_tasks.backends.qemu.argv import LaunchPlan, build_argv
         from clan_vm_tasks.backends.qemu.qmp import QMPUnavailable
         from clan_vm_tasks.names import mac_for
@@ -120,7 +120,10 @@ class QemuMachine:
         self._prepare_runtime()
         self._new_logs()
         # "auto" ports: the ones of the last boot while they are free (stable SSH targets).
-        with host_network.prepare(config, paths.dir, self.state.forwards) as net:
+        with (
+            host_network.prepare(config, paths.dir, self.state.forwards) as net,
+            virtiofs.serving(config, paths),  # its virtiofsds, ended if the launch fails
+        ):
             argv = build_argv(
                 LaunchPlan(
                     config=net.config,
@@ -304,9 +307,10 @@ class QemuMachine:
         return proc is None or process.wait_gone(proc, self.paths.pidfile, timeout)
 
     def release(self, state: VMState) -> None:
-        from clan_vm_tasks.backends.qemu import host_network
+        from clan_vm_tasks.backends.qemu import host_network, virtiofs
 
         paths = self.paths
+        virtiofs.end(paths, grace=0.5)  # exits by itself once QEMU has gone, or never came
         for leftover in (paths.pidfile, paths.qmp_socket, paths.serial_socket, paths.agent_socket):
             leftover.unlink(missing_ok=True)
         # A tap we made is named after the VM directory: found even if the record lost it.
@@ -425,7 +429,8 @@ class QemuBackend:
             image.create(path, size_mib)
 
     def check_config(self, config: VMConfig) -> None:
-        from clan_vm_tasks.backends.qemu.argv import colliding, share_problem
+        from clan_vm_tasks.backends.qemu.argv import colliding
+        from clan_vm_tasks.backends.qemu.virtiofs import share_problem
 
         problem = share_problem(config)
         if problem:

@@ -3,7 +3,8 @@
 A pid alone proves nothing: it may have been recycled. A process is ours only
 if its /proc start time matches the one recorded at launch and its command
 line names our pidfile. Signals go through a pidfd opened before that check,
-so the process checked is the process signalled.
+so the process checked is the process signalled. A helper beside QEMU (virtiofsd)
+has no pidfile: its command line names it in another way (``end_helpers``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +60,11 @@ def _runs_with(argv: list[str], pidfile: Path) -> bool:
     return any(a == "-pidfile" and b == str(pidfile) for a, b in itertools.pairwise(argv))
 
 
+Ours = Callable[[list[str]], bool]  # whether a command line is one of ours
+
+
 @contextlib.contextmanager
-def _pidfd(proc: ProcessId, pidfile: Path) -> Iterator[int | None]:
+def _pidfd(proc: ProcessId, ours: Ours) -> Iterator[int | None]:
     try:
         fd = os.pidfd_open(proc.pid)
     except ProcessLookupError:
@@ -68,32 +72,40 @@ def _pidfd(proc: ProcessId, pidfile: Path) -> Iterator[int | None]:
         return
     try:
         # Checked after opening: from here on the fd cannot refer to a recycled pid.
-        yield fd if is_ours(proc, pidfile) else None
+        yield fd if start_time(proc.pid) == proc.start and ours(_cmdline(proc.pid)) else None
     finally:
         os.close(fd)
 
 
+def _writes(pidfile: Path) -> Ours:
+    return lambda argv: _runs_with(argv, pidfile)
+
+
+def _signal(fd: int, sig: signal.Signals) -> bool:
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _exits_within(fd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    # A pidfd turns readable when the process exits, even one we cannot reap.
+    return bool(poller.poll(max(timeout, 0) * 1000))
+
+
 def send_signal(proc: ProcessId, pidfile: Path, sig: signal.Signals) -> bool:
     """Signal our QEMU; False (and nothing sent) when that process is gone or not ours."""
-    with _pidfd(proc, pidfile) as fd:
-        if fd is None:
-            return False
-        try:
-            signal.pidfd_send_signal(fd, sig)
-        except ProcessLookupError:
-            return False
-        return True
+    with _pidfd(proc, _writes(pidfile)) as fd:
+        return fd is not None and _signal(fd, sig)
 
 
 def wait_gone(proc: ProcessId, pidfile: Path, timeout: float) -> bool:
     """Wait until our process has exited; True if it did within TIMEOUT seconds."""
-    with _pidfd(proc, pidfile) as fd:
-        if fd is None:
-            return True
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        # A pidfd turns readable when the process exits, even one we cannot reap.
-        return bool(poller.poll(max(timeout, 0) * 1000))
+    with _pidfd(proc, _writes(pidfile)) as fd:
+        return fd is None or _exits_within(fd, timeout)
 
 
 def read_pidfile(pidfile: Path) -> ProcessId | None:
@@ -161,15 +173,33 @@ def wait_for_pidfile(pidfile: Path, child: subprocess.Popen[bytes], timeout: flo
     raise ClanVMError(f"QEMU wrote no pidfile within {timeout:.0f}s")
 
 
-def writing(pidfile: Path) -> list[ProcessId]:
-    """Live QEMU processes that write PIDFILE: ours, even when we lost their pid."""
+def _scan(ours: Ours) -> list[ProcessId]:
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and _runs_with(_cmdline(int(entry)), pidfile):
+        if entry.isdigit() and ours(_cmdline(int(entry))):
             start = start_time(int(entry))
             if start is not None:
                 found.append(ProcessId(int(entry), start))
     return found
+
+
+def writing(pidfile: Path) -> list[ProcessId]:
+    """Live QEMU processes that write PIDFILE: ours, even when we lost their pid."""
+    return _scan(_writes(pidfile))
+
+
+def end_helpers(ours: Ours, grace: float) -> list[int]:
+    """End the live helpers (virtiofsd) whose command line OURS recognises: they get GRACE
+    seconds to exit by themselves, then SIGKILL. Returns the pids of any that survived."""
+    survivors = []
+    deadline = time.monotonic() + grace
+    for proc in _scan(ours):
+        with _pidfd(proc, ours) as fd:
+            if fd is None or _exits_within(fd, deadline - time.monotonic()):
+                continue
+            if _signal(fd, signal.SIGKILL) and not _exits_within(fd, 5.0):
+                survivors.append(proc.pid)
+    return survivors
 
 
 def argv_of(proc: ProcessId) -> list[str]:
