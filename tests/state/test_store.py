@@ -269,10 +269,15 @@ def test_a_qemu_img_started_by_a_killed_command_does_not_outlive_it(cli: CLI) ->
     while not processes("qemu-img"):
         assert time.monotonic() < deadline and tracer.poll() is None
         time.sleep(0.05)
+    def cmdline(pid: str) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # ended meanwhile
+            return b""
+
     command = [
         int(e) for e in os.listdir("/proc")
-        if e.isdigit() and b"create\0slow" in Path(f"/proc/{e}/cmdline").read_bytes()
-        and b"strace" not in Path(f"/proc/{e}/cmdline").read_bytes()
+        if e.isdigit() and b"create\0slow" in cmdline(e) and b"strace" not in cmdline(e)
     ]  # fmt: skip
     assert command
     os.kill(command[0], 9)
