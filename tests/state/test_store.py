@@ -269,6 +269,7 @@ def test_a_qemu_img_started_by_a_killed_command_does_not_outlive_it(cli: CLI) ->
     while not processes("qemu-img"):
         assert time.monotonic() < deadline and tracer.poll() is None
         time.sleep(0.05)
+
     def cmdline(pid: str) -> bytes:
         try:
             return Path(f"/proc/{pid}/cmdline").read_bytes()
