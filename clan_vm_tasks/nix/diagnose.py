@@ -4,7 +4,6 @@ git does not track, so Nix does not see it, a Nix that cannot read git checkouts
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -67,12 +66,13 @@ def _untracked(directory: Path, relative: str) -> Path | None:
 
 
 def in_chroot() -> bool:
-    """Whether this process runs in a chroot (its root is not the one of PID 1)."""
+    """Whether this process runs in a chroot: its root is no mount point of its mount
+    namespace (the kernel shows mount points relative to the process's root)."""
     try:
-        ours, init = os.stat("/"), os.stat("/proc/1/root")
-    except OSError:  # /proc/1/root is only readable by root: then it does not matter
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            return not any(line.split()[4:5] == ["/"] for line in mounts)
+    except OSError:
         return False
-    return (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino)
 
 
 def hint(text: str, flake: Flake) -> str:
