@@ -148,6 +148,8 @@ class Share(_Model):
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
             raise ValueError(f"{str(value)!r} is not an absolute path")
+        if value is not None and ".." in value.parts:  # /nix/store/../root is not the store
+            raise ValueError(f"{str(value)!r} has a '..' component")
         return value
 
     @field_validator("target")

@@ -102,9 +102,17 @@ def uri_problem(uri: str, *, trusted: bool) -> str | None:
         return f"invalid libvirt URI {uri!r}: the path must be /system or /session"
     if parts.fragment or any(c.isspace() or ord(c) < 32 for c in uri):
         return f"invalid libvirt URI {uri!r}"
-    for key, _value in params:
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not a number in range)
+    except ValueError:
+        return f"invalid libvirt URI {uri!r}: bad port"
+    if parts.password is not None:
+        return f"invalid libvirt URI {uri!r}: no passwords in URIs (libvirt uses SSH keys)"
+    for key, value in params:
         if key not in _URI_PARAMS:
             return f"invalid libvirt URI {uri!r}: unknown parameter {key!r}"
+        if any(c.isspace() or ord(c) < 32 or c in "&?#" for c in value):  # once decoded
+            return f"invalid libvirt URI {uri!r}: parameter {key!r} has a space or a separator"
         if key in _RUNS_PROGRAMS and not trusted:
             return (
                 f"libvirt URI {uri!r} runs a program ({key}=): name the host in the settings "

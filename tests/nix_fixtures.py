@@ -41,9 +41,12 @@ def git_flakes_problem() -> str | None:
         git(flake, "init", "-q")
         git(flake, "add", "flake.nix")
         argv = ["nix", "--extra-experimental-features", "nix-command flakes", "eval"]
-        probe = subprocess.run(
-            [*argv, f"{flake}#probe"], capture_output=True, text=True, check=False, timeout=120
-        )
+        try:
+            probe = subprocess.run(
+                [*argv, f"{flake}#probe"], capture_output=True, text=True, check=False, timeout=120
+            )
+        except subprocess.TimeoutExpired:
+            return "nix eval of a one-line flake did not finish within 120 s"
     if probe.returncode != 0 and "cannot change to" in probe.stderr:
         return (
             "this Nix, run by root in a chroot, runs git outside the chroot "

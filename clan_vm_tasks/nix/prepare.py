@@ -5,6 +5,7 @@ everything that can fail without changing anything has succeeded."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,21 +49,41 @@ def plan(
     """Evaluate, validate, check and build VM NAME of FLAKE; nothing of the VM changes."""
     evaluated = require(declared(store, flake), flake, name)
     config = to_config(name, evaluated)
+    consent = (store, settings, flake, name, config, allow_qemu_args, allow_shares)
+    allowed = _check(*consent)  # before building what may not be used anyway
+    try:
+        origin = realise(store, flake, name, evaluated, allowed)
+    except NixError as error:
+        raise NixError(diagnose.explain(str(error), flake)) from None
+    # Again, now that the store paths exist: one may be a link to a directory of this host.
+    again = _check(*consent)
+    if again != allowed:  # consented to as well: remembered with the rest
+        origin = realise(store, flake, name, evaluated, again)
+    if config.host is not None:
+        _send_to_host(store, settings, config, evaluated, origin)
+    return Planned(flake, config)
+
+
+def _check(
+    store: Store,
+    settings: Settings,
+    flake: Flake,
+    name: str,
+    config: VMConfig,
+    allow_qemu_args: bool,
+    allow_shares: bool,
+) -> dict[str, Any]:
+    """What the user allowed CONFIG (refused when it needs consent not given), and whether
+    its libvirt host can run it."""
     allowed = _check_trust(store, settings, flake, name, config, allow_qemu_args, allow_shares)
-    if config.host is not None:  # what its host cannot run is refused before building
+    if config.host is not None:
         from clan_vm_tasks.vm import machines
 
         try:
             machines.hosted(config.host, settings).check_config(config)
         except InvalidInput as error:
             raise InvalidInput(f"{where(name)}: {error}") from None
-    try:
-        origin = realise(store, flake, name, evaluated, allowed)
-    except NixError as error:
-        raise NixError(diagnose.explain(str(error), flake)) from None
-    if config.host is not None:
-        _send_to_host(store, settings, config, evaluated, origin)
-    return Planned(flake, config)
+    return allowed
 
 
 def _send_to_host(
@@ -242,7 +263,9 @@ def host_shares(config: VMConfig) -> dict[str, list[str]]:
         if share.source is None:
             continue
         source = str(share.source)
-        in_store = source == STORE_DIR or source.startswith(STORE_DIR + "/")
+        # Where it leads, not how it is spelled: a store path may be a link out of the store.
+        resolved, store = os.path.realpath(source), os.path.realpath(STORE_DIR)
+        in_store = resolved == store or resolved.startswith(store + "/")
         if in_store and share.read_only:
             continue
         found[tag] = [source, "read-only" if share.read_only else "writable"]

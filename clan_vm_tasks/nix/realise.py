@@ -116,6 +116,6 @@ def forget(store: Store, name: str) -> str | None:
     if isinstance(host_roots, dict):
         from clan_vm_tasks.nix import remote
 
-        warning = remote.forget(host_roots)
+        warning = remote.forget(host_roots, name)
     shutil.rmtree(roots_dir(store, name), ignore_errors=True)
     return warning

@@ -12,6 +12,7 @@ host needs nothing beyond what libvirt already needs, and a user's ``nix`` there
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -21,25 +22,34 @@ from typing import Any
 from clan_vm_tasks import render
 from clan_vm_tasks.backends.libvirt.connection import display
 from clan_vm_tasks.backends.libvirt.domain import owner_id
-from clan_vm_tasks.backends.libvirt.remote import SSHTarget, roots_dir, ssh_target
+from clan_vm_tasks.backends.libvirt.remote import (
+    DIGEST,
+    SSHTarget,
+    is_roots_dir,
+    roots_dir,
+    ssh_target,
+)
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.nix import command
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import Store, runtime_root
 
 SSH_TIMEOUT = 60.0
-# Nix runs "ssh" from PATH with NIX_SSHOPTS; this stand-in runs the host's own ssh program
-# instead, with PATH as it was (so that program's own "ssh" is the real one).
+# Nix runs "ssh" from PATH; this stand-in runs the host's ssh program instead, with the
+# host's options (a JSON list: each option one word, never split) before Nix's arguments,
+# and PATH as it was (so that program's own "ssh" is the real one).
 _SHIM = (
     f"#!{sys.executable} -IS\n"
-    "import os, sys\n"
+    "import json, os, sys\n"
     "os.environ['PATH'] = os.environ.pop('CLAN_VM_SSH_PATH', '')\n"
     "program = os.environ.pop('CLAN_VM_SSH_PROGRAM')\n"
-    "os.execv(program, [program, *sys.argv[1:]])\n"
+    "options = json.loads(os.environ.pop('CLAN_VM_SSH_OPTIONS'))\n"
+    "os.execv(program, [program, *options, *sys.argv[1:]])\n"
 ).encode()
 
 
 def _shim_dir() -> Path:
+    files.private_dir(runtime_root())
     directory = files.private_dir(
         runtime_root() / f"ssh-shim-{hashlib.sha256(_SHIM).hexdigest()[:12]}"
     )
@@ -55,7 +65,8 @@ def _env(target: SSHTarget) -> dict[str, str]:
         "PATH": f"{_shim_dir()}:{path}",
         "CLAN_VM_SSH_PATH": path,
         "CLAN_VM_SSH_PROGRAM": target.program(),
-        "NIX_SSHOPTS": " ".join(target.options()),
+        "CLAN_VM_SSH_OPTIONS": json.dumps(target.options()),
+        "NIX_SSHOPTS": "",  # Nix splits it at spaces: nothing of ours goes there
     }
 
 
@@ -97,17 +108,20 @@ def send(
     digest = hashlib.sha256("\0".join(sorted(paths)).encode()).hexdigest()[:16]
     rooting = f"keeping the store paths of VM '{name}' on host {where}"
     root = f"{directory}/{digest}/root"
-    _ssh(target, "nix-store", "--realise", "--add-root", root, *sorted(paths), what=rooting)
+    add = ["nix-store", "--realise", "--add-root", root, "--indirect", *sorted(paths)]
+    _ssh(target, *add, what=rooting)
     old = previous.get("digest") if previous.get("dir") == directory else None
-    if isinstance(old, str) and old != digest and not running:
+    if isinstance(old, str) and DIGEST.fullmatch(old) and old != digest and not running:
         _ssh(target, "rm", "-rf", f"{directory}/{old}", what=rooting)
     return {"uri": uri, "dir": directory, "digest": digest}
 
 
-def forget(record: dict[str, Any]) -> str | None:
-    """Drop the roots on the host of a deleted VM; a warning when the host did not take it."""
+def forget(record: dict[str, Any], name: str) -> str | None:
+    """Drop the roots on the host of deleted VM NAME; a warning when the host did not."""
     uri, directory = record.get("uri"), record.get("dir")
     if not isinstance(uri, str) or not isinstance(directory, str):
+        return None
+    if not is_roots_dir(directory, name):  # a record changed by hand names nothing else
         return None
     try:
         target = ssh_target(uri)

@@ -111,9 +111,15 @@ def test_virtiofsd_runs_in_a_mount_namespace_and_is_named_by_its_socket() -> Non
     assert argv == [
         "unshare", "--mount", "--propagation", "private", "--",
         "/py", "-IS", "-c", virtiofs.SCRIPT,
-        "virtiofsd:/run/c/virtiofs-data.sock", "/srv/a,b", "77",
-        "/usr/lib/qemu/virtiofsd", "--fd=4", "-o", "source=/srv/a\\,b,sandbox=namespace,xattr",
+        # The source is bind-mounted read-only onto a directory of the VM's own, served.
+        "virtiofsd:/run/c/virtiofs-data.sock", "/srv/a,b", "/run/c/virtiofs-data.root", "77",
+        "/usr/lib/qemu/virtiofsd", "--fd=4",
+        "-o", "source=/run/c/virtiofs-data.root,sandbox=namespace,xattr",
     ]  # fmt: skip
+    odd = virtiofs.command(
+        Path("/srv/a,b"), sock, 4, read_only=False, parent=77, root=True, python="/py"
+    )
+    assert odd[-1] == "source=/srv/a\\,b,sandbox=namespace,xattr"  # commas escaped
     # Writable: no read-only bind mount; not root: a user namespace too.
     writable = virtiofs.command(
         Path("/srv"), sock, 4, read_only=False, parent=77, root=False, python="/py"
@@ -121,7 +127,7 @@ def test_virtiofsd_runs_in_a_mount_namespace_and_is_named_by_its_socket() -> Non
     assert writable[:7] == [
         "unshare", "--mount", "--propagation", "private", "--user", "--map-root-user", "--",
     ]  # fmt: skip
-    assert writable[11:13] == ["virtiofsd:/run/c/virtiofs-data.sock", ""]
+    assert writable[11:14] == ["virtiofsd:/run/c/virtiofs-data.sock", "", ""]
 
 
 def test_virtiofs_is_refused_only_where_virtiofsd_cannot_run_or_enforce_read_only() -> None:

@@ -1,11 +1,18 @@
-"""How ssh reaches a libvirt host for Nix: read from the host's URI, as libvirt reads it."""
+"""How ssh reaches a libvirt host for Nix: read from the host's URI, as libvirt reads it,
+with nothing of it able to become an ssh option, a Nix store setting or a shell word."""
 
 from __future__ import annotations
 
 import pytest
 
-from clan_vm_tasks.backends.libvirt.remote import SSHTarget, roots_dir, ssh_target
+from clan_vm_tasks.backends.libvirt.remote import (
+    SSHTarget,
+    is_roots_dir,
+    roots_dir,
+    ssh_target,
+)
 from clan_vm_tasks.errors import InvalidInput
+from clan_vm_tasks.names import uri_problem
 
 
 def test_this_machine_needs_no_copy() -> None:
@@ -19,17 +26,18 @@ def test_a_remote_host_without_ssh_cannot_receive_store_paths() -> None:
             ssh_target(uri)
 
 
-def test_the_uri_gives_user_port_key_and_verification() -> None:
-    uri = "qemu+ssh://root@hv1.example:2222/system?keyfile=/k/id&no_verify=1"
+def test_the_uri_gives_user_port_key_and_verification_as_separate_ssh_words() -> None:
+    uri = "qemu+ssh://r%6fot@hv1.example:2222/system?keyfile=/k/my%20id&no_verify=1"
     target = ssh_target(uri)
-    assert target == SSHTarget("hv1.example", "root", 2222, "/k/id", None, True)
-    assert target.store_uri() == "ssh://root@hv1.example?ssh-key=/k/id"
-    assert target.options() == ["-p", "2222", "-o", "StrictHostKeyChecking=no"]
+    assert target == SSHTarget("hv1.example", "root", 2222, "/k/my id", None, True)
+    assert target.store_uri() == "ssh://hv1.example"  # nothing of the URI in Nix's URL
+    assert target.options() == [
+        "-p", "2222", "-o", "StrictHostKeyChecking=no", "-i", "/k/my id", "-l", "root",
+    ]  # fmt: skip
     argv = target.argv("nix-store", "--realise", "/nix/store/abc-x")
     assert argv[0].startswith("/tmp/clan-vm-")  # the tool's bounded ssh
     assert argv[1:] == [
-        "-p", "2222", "-o", "StrictHostKeyChecking=no", "-i", "/k/id",
-        "root@hv1.example", "--", "nix-store", "--realise", "/nix/store/abc-x",
+        *target.options(), "--", "hv1.example", "nix-store", "--realise", "/nix/store/abc-x",
     ]  # fmt: skip
 
 
@@ -39,13 +47,51 @@ def test_the_uris_own_ssh_program_is_used() -> None:
     assert target.argv("true")[0] == "/usr/local/bin/myssh"
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+ssh://-oProxyCommand=touch@hv1/system",  # a user that ssh would take as an option
+        "qemu+ssh://root@-oproxycommand=x/system",
+        "qemu+ssh://ro%20ot@hv1/system",
+        "qemu+ssh://root@[fd00::1]/system",
+    ],
+)
+def test_users_and_hosts_that_could_be_options_are_refused(uri: str) -> None:
+    with pytest.raises(InvalidInput, match="letters, digits"):
+        ssh_target(uri)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        # A space, once decoded, would have split NIX_SSHOPTS into another ssh option.
+        "qemu+ssh://root@hv1/system?keyfile=/x%20-oProxyCommand=touch",
+        # A decoded "&" would have added a setting (remote-program=) to Nix's store URL.
+        "qemu+ssh://root@hv1/system?keyfile=/a%26remote-program%3Dtouch",
+        "qemu+ssh://root@hv1:abc/system",
+        "qemu+ssh://root:secret@hv1/system",
+    ],
+)
+def test_a_flakes_uri_cannot_smuggle_options_settings_or_passwords(uri: str) -> None:
+    assert uri_problem(uri, trusted=False) is not None
+    assert uri_problem(uri, trusted=True) is not None
+
+
+def test_known_hosts_files_named_by_a_uri_are_not_given_to_ssh() -> None:
+    # libvirt's ssh transport ignores known_hosts; ssh with no_verify would append to it.
+    target = ssh_target("qemu+ssh://hv1/system?known_hosts=/home/u/.bashrc&no_verify=1")
+    assert target is not None and "/home/u/.bashrc" not in " ".join(target.argv("true"))
+
+
 def test_nothing_a_shell_interprets_reaches_the_host() -> None:
     target = SSHTarget("hv1")
-    for word in ("a;b", "$(id)", "a b", "`x`", "a|b", "*"):
+    for word in ("a;b", "$(id)", "a b", "`x`", "a|b", "*", "a?"):
         with pytest.raises(ValueError):
             target.argv("rm", word)
 
 
-def test_roots_of_two_state_directories_do_not_meet() -> None:
+def test_roots_of_two_state_directories_do_not_meet_and_a_record_names_only_them() -> None:
     a, b = roots_dir("laptop:/home/a/state", "web"), roots_dir("laptop:/home/b/state", "web")
-    assert a != b and a.startswith("/nix/var/nix/gcroots/clan-vm-tasks/") and a.endswith("-web")
+    assert a != b and a.startswith(".local/state/clan-vm-tasks/gcroots/") and a.endswith("-web")
+    assert is_roots_dir(a, "web") and not is_roots_dir(a, "db")
+    assert not is_roots_dir(a + "/../../..", "web") and not is_roots_dir("/", "web")

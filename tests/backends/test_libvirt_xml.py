@@ -156,12 +156,16 @@ def test_a_shared_store_path_is_a_read_only_9p_filesystem() -> None:
 
 
 def test_only_read_only_9p_shares_of_store_paths_go_to_a_libvirt_host() -> None:
-    problem = xml.share_problem
+    def problem(share: Share, resolved: str | None = None) -> str:
+        return str(xml.share_problem(share, resolved or str(share.source or "/")))
+
     store = Path("/nix/store/abc-data")
-    assert problem(Share(source=store)) is None
-    assert "directory of this machine" in str(problem(Share(source=Path("/srv/data"))))
-    assert "directory of this machine" in str(problem(Share(source=None)))
-    assert "directory of this machine" in str(problem(Share(source=Path("/nix/storage"))))
-    assert "read-only" in str(problem(Share(source=store, read_only=False)))
-    assert "virtiofs" in str(problem(Share(source=store, type="virtiofs")))
-    assert "mapped-file" in str(problem(Share(source=store, security_model="mapped-file")))
+    assert xml.share_problem(Share(source=store), str(store)) is None
+    assert "directory of this machine" in problem(Share(source=Path("/srv/data")))
+    assert "directory of this machine" in problem(Share(source=None))
+    assert "directory of this machine" in problem(Share(source=Path("/nix/storage")))
+    # A store path that is a link out of the store is the directory it leads to.
+    assert "directory of this machine" in problem(Share(source=store), "/root")
+    assert "read-only" in problem(Share(source=store, read_only=False))
+    assert "virtiofs" in problem(Share(source=store, type="virtiofs"))
+    assert "mapped-file" in problem(Share(source=store, security_model="mapped-file"))

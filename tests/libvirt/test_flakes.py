@@ -15,6 +15,8 @@ from tests.libvirt.conftest import LV
 from tests.nix_fixtures import git, make_flake, needs_nix
 
 pytestmark = [pytest.mark.vm, needs_nix]
+# Where root's login on host B keeps the roots (relative to its home, /root).
+ROOTS = "/root/.local/state/clan-vm-tasks/gcroots"
 
 FLAKE = """{
   outputs = { self }:
@@ -75,9 +77,12 @@ def test_a_flake_vm_on_a_remote_host_gets_its_store_paths_there(
     # The share's store path (and its closure) is in host B's own store, rooted there.
     [data] = [line for line in on_b(lv, "ls", "/nix/store").split() if "clan-test-data" in line]
     assert on_b(lv, "cat", f"/nix/store/{data}/greeting").strip() == "from-the-store"
-    roots = on_b(lv, "find", "/nix/var/nix/gcroots/clan-vm-tasks", "-type", "l", "-lname", "*")
+    roots = on_b(lv, "find", ROOTS, "-type", "l")
     [root] = [line for line in roots.split() if name in line]
     assert on_b(lv, "readlink", root).strip() == f"/nix/store/{data}"
+    # An indirect root: B's garbage collector knows it.
+    registered = on_b(lv, "find", "/nix/var/nix/gcroots/auto", "-type", "l", "-printf", "%l\n")
+    assert root in registered.split()
     # The kernel and initrd went as volumes, not into the store.
     assert not [p for p in on_b(lv, "ls", "/nix/store").split() if "initrd" in p]
     # B's QEMU exports it to the guest over 9p, read-only.
@@ -91,7 +96,7 @@ def test_a_flake_vm_on_a_remote_host_gets_its_store_paths_there(
 
     deleted = cli.ok("delete", name, "--force")
     assert "warning" not in deleted.err
-    remaining = on_b(lv, "find", "/nix/var/nix/gcroots/clan-vm-tasks", "-name", f"*{name}*")
+    remaining = on_b(lv, "find", ROOTS, "-name", f"*{name}*")
     assert remaining.strip() == ""
 
 

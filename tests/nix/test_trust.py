@@ -182,6 +182,36 @@ def test_a_flakes_host_shares_need_the_users_consent(
     assert ncli.run("create", "alpha", "--flake", flake).code == 2
 
 
+def test_a_share_that_only_looks_like_the_store_needs_consent(
+    ncli: NixCLI, own_flake: Path, tmp_path: Path
+) -> None:
+    flake = str(own_flake)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    # A store path that is a link to a directory of this machine is that directory.
+    link = (
+        'derivation { name = "link"; system = "x86_64-linux"; builder = "${self}/busybox"; '
+        f'args = [ "ln" "-s" "{secret}" (builtins.placeholder "out") ]; }}'
+    )
+    edit(
+        own_flake,
+        "bootTest.expect = ",
+        f'shares.data.source = "${{{link}}}";\n        bootTest.expect = ',
+    )
+    refused = ncli.run("create", "alpha", "--flake", flake)
+    assert refused.code == 2 and "--allow-shares" in refused.err, refused
+    assert not (ncli.state_dir / "vms" / "alpha").exists()
+    # A path through the store and back out of it is refused whatever the user allows.
+    edit(
+        own_flake,
+        f'shares.data.source = "${{{link}}}";',
+        f'shares.data.source = "/nix/store/../..{secret}";',
+    )
+    dotted = ncli.run("create", "alpha", "--flake", flake, "--allow-shares")
+    assert dotted.code == 2 and "'..'" in dotted.err, dotted
+    assert not (ncli.state_dir / "vms" / "alpha").exists()
+
+
 def test_a_virtiofs_share_of_the_store_is_taken_like_a_9p_one(
     ncli: NixCLI, own_flake: Path
 ) -> None:

@@ -22,6 +22,7 @@ import pytest
 from clan_vm_tasks import lifecycle
 from clan_vm_tasks.backends.qemu import virtiofs
 from clan_vm_tasks.errors import InvalidInput
+from clan_vm_tasks.state.store import VMPaths
 from tests.conftest import CLI, READY, Guest, Result
 from tests.vmhelpers import history_actions, status
 
@@ -40,7 +41,10 @@ pytestmark = [pytest.mark.vm, pytest.mark.skipif(UNABLE is not None, reason=str(
 
 
 def virtiofsds(under: Path) -> list[int]:
-    """Live virtiofsd processes (whatever their parent) serving a directory UNDER."""
+    """Live virtiofsd processes (whatever their parent) of the VMs whose state is UNDER:
+    named by their socket in a VM's runtime directory (argv[0]), or serving a directory
+    UNDER (a read-only share serves the bind mount beside its socket)."""
+    runs = [str(VMPaths(vm).run) for vm in under.glob("**/vms/*") if vm.is_dir()]
     found = []
     for entry in os.listdir("/proc"):
         try:
@@ -48,7 +52,11 @@ def virtiofsds(under: Path) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if comm == "virtiofsd" and f"source={under}" in cmdline:
+        mark = cmdline.split("\0", 1)[0]
+        if comm == "virtiofsd" and (
+            f"source={under}" in cmdline
+            or any(mark.startswith(f"virtiofsd:{run}/") for run in runs)
+        ):
             found.append(int(entry))
     return found
 
@@ -148,7 +156,7 @@ while True:
             cmdline = open(f"/proc/{{pid}}/cmdline").read()
         except OSError:
             continue
-        if comm == "virtiofsd" and {source!r} in cmdline:
+        if comm == "virtiofsd" and cmdline.startswith({mark!r}):
             os.kill(os.getppid(), signal.SIGKILL)
             raise SystemExit(1)
     time.sleep(0.02)
@@ -165,7 +173,8 @@ def test_a_start_killed_when_qemu_is_launched_leaves_no_virtiofsd(
     create(cli, guest, "killed", {"data": {"source": str(data), "type": "virtiofs"}})
     fake = tmp_path / "bin" / "qemu-system-x86_64"
     fake.parent.mkdir()
-    waiting = ONCE_VIRTIOFSD_WAITS.format(python=sys.executable, source=f"source={data}")
+    run = VMPaths(cli.state_dir / "vms" / "killed").run
+    waiting = ONCE_VIRTIOFSD_WAITS.format(python=sys.executable, mark=f"virtiofsd:{run}/")
     fake.write_text(waiting if virtiofsd_waits else AT_ONCE)
     fake.chmod(0o755)
     real_path = cli.env["PATH"]

@@ -7,6 +7,7 @@ host never take each other's domains and what a killed ``create`` left is recogn
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,7 @@ class LibvirtBackend:
 
     def check_config(self, config: VMConfig) -> None:
         for tag, share in sorted(config.shares.items()):
-            problem = xml.share_problem(share)
+            problem = xml.share_problem(share, os.path.realpath(share.source or "/"))
             if problem:
                 raise InvalidInput(f"VM '{config.name}' on a libvirt host: share '{tag}' {problem}")
         for field, what in _UNSUPPORTED.items():

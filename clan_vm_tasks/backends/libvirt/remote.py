@@ -12,17 +12,21 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from clan_vm_tasks.backends.libvirt.connection import display, ssh_wrapper
 from clan_vm_tasks.errors import InvalidInput
 
-# The host's own roots directory: its garbage collector keeps what a link there points to.
-ROOTS_DIR = "/nix/var/nix/gcroots/clan-vm-tasks"
+# Where on the host the roots live, relative to the login's home (where ssh starts the
+# remote command): Nix registers a link there as an indirect root, for any trusted login.
+ROOTS_DIR = ".local/state/clan-vm-tasks/gcroots"
 _SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
 # Store paths and names as they reach the host's shell (ssh always runs a remote command
 # through one): nothing a shell would interpret.
-_SAFE = re.compile(r"[A-Za-z0-9+./_=?-]+")
+_SAFE = re.compile(r"[A-Za-z0-9+./_=-]+")
+# A user and a host name that ssh and Nix cannot take for an option or a URL part.
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 
 
 @dataclass(frozen=True)
@@ -35,19 +39,16 @@ class SSHTarget:
     keyfile: str | None = None
     command: str | None = None  # the URI's ssh program; None: the tool's bounded ssh
     no_verify: bool = False
-    known_hosts: str | None = None
-
-    @property
-    def destination(self) -> str:
-        return f"{self.user}@{self.host}" if self.user else self.host
 
     def options(self) -> list[str]:
-        """ssh's options besides the key file (Nix takes that as ``ssh-key``)."""
+        """ssh's options for this host, each its own word (never split by a shell or Nix)."""
         options = ["-p", str(self.port)] if self.port else []
         if self.no_verify:
             options += ["-o", "StrictHostKeyChecking=no"]
-        if self.known_hosts:
-            options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.keyfile:
+            options += ["-i", self.keyfile]
+        if self.user:
+            options += ["-l", self.user]
         return options
 
     def program(self) -> str:
@@ -58,13 +59,12 @@ class SSHTarget:
         for word in remote:
             if not _SAFE.fullmatch(word):
                 raise ValueError(f"not safe for a remote shell: {word!r}")
-        key = ["-i", self.keyfile] if self.keyfile else []
-        return [self.program(), *self.options(), *key, self.destination, "--", *remote]
+        return [self.program(), *self.options(), "--", self.host, *remote]
 
     def store_uri(self) -> str:
-        """The Nix store of the host, as ``nix copy --to`` names it."""
-        uri = f"ssh://{self.destination}"
-        return uri + (f"?ssh-key={self.keyfile}" if self.keyfile else "")
+        """The Nix store of the host, as ``nix copy --to`` names it: the host alone; user,
+        port and key travel as ssh options (see ``nix.remote``), never through Nix's URL."""
+        return f"ssh://{self.host}"
 
 
 def ssh_target(uri: str) -> SSHTarget | None:
@@ -78,20 +78,39 @@ def ssh_target(uri: str) -> SSHTarget | None:
             f"host {display(uri)} is not reached with ssh: store paths cannot be copied "
             "there (use a qemu+ssh:// URI)"
         )
-    if not parts.hostname:
-        raise InvalidInput(f"invalid libvirt URI {display(uri)!r}: no host for ssh to reach")
+    host = parts.hostname or ""
+    user = unquote(parts.username) if parts.username else None  # as libvirt reads it
+    if not _HOST.fullmatch(host) or (user is not None and not _USER.fullmatch(user)):
+        raise InvalidInput(
+            f"cannot copy store paths to host {display(uri)}: its user and host name must "
+            "be letters, digits, '.', '_' and '-' (an IP address, or a name; no IPv6 literal)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidInput(f"invalid libvirt URI {display(uri)!r}: bad port") from None
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     return SSHTarget(
-        host=parts.hostname,
-        user=parts.username,
-        port=parts.port,
+        host=host,
+        user=user,
+        port=port,
         keyfile=params.get("keyfile") or None,
         command=params.get("command") or None,
         no_verify=params.get("no_verify") == "1",
-        known_hosts=params.get("known_hosts") or None,
     )
+
+
+DIGEST = re.compile(r"[0-9a-f]{16}")
 
 
 def roots_dir(owner: str, name: str) -> str:
     """Where on the host the roots of VM NAME of state directory OWNER live."""
     return f"{ROOTS_DIR}/{hashlib.sha256(owner.encode()).hexdigest()[:16]}-{name}"
+
+
+def is_roots_dir(directory: str, name: str) -> bool:
+    """Whether DIRECTORY (read from a record) is a roots directory of VM NAME, nothing else."""
+    return (
+        re.fullmatch(re.escape(ROOTS_DIR) + r"/[0-9a-f]{16}-" + re.escape(name), directory)
+        is not None
+    )

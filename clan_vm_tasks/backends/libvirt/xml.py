@@ -61,11 +61,13 @@ def _interface(devices: ET.Element, config: VMConfig, mac: str) -> None:
     _sub(iface, "model", type="virtio")
 
 
-def share_problem(share: Share) -> str | None:
-    """Why SHARE cannot be given to a VM on a libvirt host, or None. Only store paths can
-    be: Nix copies them to the host (a directory of this machine is not there)."""
+def share_problem(share: Share, resolved: str) -> str | None:
+    """Why SHARE (whose source leads to RESOLVED on this machine) cannot be given to a VM on
+    a libvirt host, or None. Only store paths can be: Nix copies them to the host (a
+    directory of this machine is not there)."""
     source = str(share.source or "")
-    if not source.startswith(STORE_DIR + "/"):
+    in_store = [p for p in (source, resolved) if p.startswith(STORE_DIR + "/")]
+    if len(in_store) != 2:
         return "shares a directory of this machine: only store paths can be shared there"
     if not share.read_only:
         return "must be read-only (a store path)"

@@ -84,7 +84,7 @@ def _writes(pidfile: Path) -> Ours:
 def _signal(fd: int, sig: signal.Signals) -> bool:
     try:
         signal.pidfd_send_signal(fd, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
     return True
 
@@ -173,10 +173,19 @@ def wait_for_pidfile(pidfile: Path, child: subprocess.Popen[bytes], timeout: flo
     raise ClanVMError(f"QEMU wrote no pidfile within {timeout:.0f}s")
 
 
+def _owned(pid: int) -> bool:
+    """Whether PID runs as this user: anyone can give a process a command line that looks
+    like one of ours."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
 def _scan(ours: Ours) -> list[ProcessId]:
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and ours(_cmdline(int(entry))):
+        if entry.isdigit() and ours(_cmdline(int(entry))) and _owned(int(entry)):
             start = start_time(int(entry))
             if start is not None:
                 found.append(ProcessId(int(entry), start))

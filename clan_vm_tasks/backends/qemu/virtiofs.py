@@ -35,22 +35,24 @@ MARK = "virtiofsd:"  # argv[0] of a virtiofsd of ours: MARK and the socket it se
 NINE_P = 'use type = "9p" (QEMU enforces readOnly itself)'
 
 # Run by ``python -IS`` inside the new mount namespace; then it becomes virtiofsd. A
-# read-only source is bind-mounted on itself and made read-only with its submounts
-# (mount_setattr, Linux 5.12). The check of the parent closes the gap before the exec: a
-# start killed until then leaves no virtiofsd, and from the exec on argv[0] names it.
+# read-only source is bind-mounted onto an empty directory of the VM's own, which is made
+# read-only with its submounts (mount_setattr, Linux 5.12) and is what virtiofsd serves:
+# the source is looked up once, so nothing renamed meanwhile can replace it. The check of
+# the parent closes the gap before the exec: a start killed until then leaves no
+# virtiofsd, and from the exec on argv[0] names it.
 SCRIPT = """\
 import ctypes, os, struct, sys
-mark, source, parent, binary, *args = sys.argv[1:]
+mark, source, target, parent, binary, *args = sys.argv[1:]
 libc = ctypes.CDLL(None, use_errno=True)
 def must(result, what):
     if result != 0:
         sys.exit(f"virtiofsd: cannot {what} {source}: {os.strerror(ctypes.get_errno())}")
 if source:
-    path = source.encode()
-    must(libc.mount(path, path, None, ctypes.c_ulong(0x5000), None), "bind-mount")
+    into = target.encode()
+    must(libc.mount(source.encode(), into, None, ctypes.c_ulong(0x5000), None), "bind-mount")
     attr = struct.pack("QQQQ", 1, 0, 0, 0)
     size = ctypes.c_size_t(len(attr))
-    must(libc.syscall(ctypes.c_long(442), -100, path, 0x8000, attr, size), "make read-only")
+    must(libc.syscall(ctypes.c_long(442), -100, into, 0x8000, attr, size), "make read-only")
 if os.getppid() != int(parent):
     sys.exit("virtiofsd: the start that launched it is gone")
 os.execv(binary, [mark, *args])
@@ -60,6 +62,11 @@ os.execv(binary, [mark, *args])
 def socket_path(run_dir: Path, tag: str) -> Path:
     """Where QEMU reaches the virtiofsd of share TAG."""
     return run_dir / f"virtiofs-{tag}.sock"
+
+
+def mount_point(run_dir: Path, tag: str) -> Path:
+    """Where a read-only share TAG is bind-mounted, in its virtiofsd's namespace only."""
+    return socket_path(run_dir, tag).with_suffix(".root")
 
 
 def _fuse_escape(value: str) -> str:
@@ -73,12 +80,14 @@ def command(
     """The virtiofsd of one share, serving the listening socket FD (made at SOCK), in a mount
     namespace of its own (a user namespace too when not ROOT); a pure function."""
     userns = [] if root else ["--user", "--map-root-user"]
-    options = f"source={_fuse_escape(str(source))},sandbox=namespace,xattr"
+    served = sock.with_suffix(".root")  # mount_point: beside the socket
+    shown = served if read_only else source
+    options = f"source={_fuse_escape(str(shown))},sandbox=namespace,xattr"
     return [
         UNSHARE, "--mount", "--propagation", "private", *userns, "--",
         python, "-IS", "-c", SCRIPT,
-        MARK + str(sock), str(source) if read_only else "", str(parent),
-        str(VIRTIOFSD), f"--fd={fd}", "-o", options,
+        MARK + str(sock), str(source) if read_only else "", str(served) if read_only else "",
+        str(parent), str(VIRTIOFSD), f"--fd={fd}", "-o", options,
     ]  # fmt: skip
 
 
@@ -152,12 +161,13 @@ class _Daemon:
 
 
 def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
-    root = os.geteuid() == 0
+    root = os.geteuid() == 0 and _private_mounts()  # as share_problem decided
     for tag, share in sorted(config.shares.items()):
         if share.type != "virtiofs":
             continue
         sock = socket_path(paths.run, tag)
         sock.unlink(missing_ok=True)
+        mount_point(paths.run, tag).mkdir(mode=0o700, exist_ok=True)
         log = paths.dir / f"virtiofsd-{tag}.log"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, log.open("wb") as err:
             listener.bind(str(sock))
@@ -232,3 +242,6 @@ def end(paths: VMPaths, grace: float = 0.0) -> None:
     with contextlib.suppress(FileNotFoundError):
         for sock in paths.run.glob("virtiofs-*.sock"):
             sock.unlink(missing_ok=True)
+        for point in paths.run.glob("virtiofs-*.root"):
+            with contextlib.suppress(OSError):  # empty here: the mount is virtiofsd's own
+                point.rmdir()
