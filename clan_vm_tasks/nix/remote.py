@@ -1,9 +1,9 @@
 """A declared VM on a remote libvirt host gets the store paths it refers to there: built
 here, copied with ``nix copy --to ssh://…`` (what is there already is not sent again),
-and rooted in the host's own GC roots directory so that its garbage collector keeps
-them while the VM exists. The kernel and initrd travel as volumes of the host's storage
-pool (see the libvirt backend); what is copied is the rest: shared store paths, the
-system an ``init=`` names.
+and kept by indirect GC roots in the login's home there (``remote.ROOTS_DIR``) while the
+VM exists. The kernel and initrd travel as volumes of the host's storage pool (see the
+libvirt backend); what is copied is the rest: shared store paths, the system an ``init=``
+names.
 
 ssh is the one libvirt uses for that host (same user, port, key, ``command=``), so the
 host needs nothing beyond what libvirt already needs, and a user's ``nix`` there.
@@ -123,13 +123,11 @@ def forget(record: dict[str, Any], name: str) -> str | None:
         return None
     if not is_roots_dir(directory, name):  # a record changed by hand names nothing else
         return None
+    where = f"the GC roots of VM '{name}' on host {display(uri)}"
     try:
         target = ssh_target(uri)
         if target is not None:
-            _ssh(target, "rm", "-rf", directory, what="")
+            _ssh(target, "rm", "-rf", directory, what=f"removing {where}")
     except (ClanVMError, ValueError) as error:
-        return (
-            f"warning: the GC roots of the VM's store paths stay on host {display(uri)} "
-            f"({str(error).lstrip(': ')}): remove {directory} there"
-        )
+        return f"warning: {error}: remove ~/{directory} there"
     return None

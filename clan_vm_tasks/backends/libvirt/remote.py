@@ -27,6 +27,7 @@ _SAFE = re.compile(r"[A-Za-z0-9+./_=-]+")
 # A user and a host name that ssh and Nix cannot take for an option or a URL part.
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+DIGEST = re.compile(r"[0-9a-f]{16}")  # names one build's roots in a VM's roots directory
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,6 @@ def ssh_target(uri: str) -> SSHTarget | None:
         command=params.get("command") or None,
         no_verify=params.get("no_verify") == "1",
     )
-
-
-DIGEST = re.compile(r"[0-9a-f]{16}")
 
 
 def roots_dir(owner: str, name: str) -> str:
