@@ -233,13 +233,17 @@ class Store:
             raise UnknownVM(name)
         return paths
 
-    def names(self) -> list[str]:
+    def entries(self) -> list[str]:
+        """The VM directories' names, sorted; hidden ones (half-created or half-deleted VMs)
+        left out. One without a definition is no VM yet: see ``names``."""
         try:
             entries = os.listdir(self.vms)
         except FileNotFoundError:
             return []
-        # Hidden entries are half-created or half-deleted VMs, never listed.
-        return sorted(e for e in entries if not e.startswith(".") and self.exists(e))
+        return sorted(e for e in entries if not e.startswith("."))
+
+    def names(self) -> list[str]:
+        return [e for e in self.entries() if self.exists(e)]
 
     def lock_file(self, name: str) -> Path:
         return self.locks / f"{name}.lock"

@@ -77,9 +77,13 @@ def _sweep_locks(store: Store) -> None:
         entries = os.listdir(store.locks)
     except FileNotFoundError:
         return
+    try:
+        present = set(os.listdir(store.vms))  # one listing, not a stat per lock file
+    except FileNotFoundError:
+        present = set()
     for entry in entries:
         name = entry.rpartition(".")[0]  # NAME.lock, NAME.console
-        if store.exists(name):
+        if name in present and store.exists(name):
             continue
         path = store.locks / entry
         fd = files.try_lock(path)

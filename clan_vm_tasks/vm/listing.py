@@ -57,10 +57,15 @@ def view(name: str, state: VMState, config: Any) -> dict[str, Any]:
     }
 
 
+_MISSING = object()  # no such file: the entry is no VM (a half-made or half-gone one)
+
+
 def _read_json(path: str) -> Any:
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
+    except FileNotFoundError:
+        return _MISSING
     except (OSError, ValueError):
         return None
 
@@ -72,14 +77,16 @@ def list_vms(
     settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
     """Every VM's row; with HOST only those on that libvirt host (a name or a URI)."""
-    names = store.names()
+    names = store.entries()  # a VM is an entry with a config.json, read below anyway
     rows: dict[str, dict[str, Any]] = {}
     hosted: list[tuple[str, VMState, dict[str, Any]]] = []
     for name in names:
         # Plain string paths: pathlib's overhead is most of the cost with hundreds of VMs.
         base = f"{store.vms}/{name}"
-        state = VMState.from_raw(_read_json(f"{base}/state.json"))
         config = _read_json(f"{base}/config.json")
+        if config is _MISSING:
+            continue
+        state = VMState.from_raw(_read_json(f"{base}/state.json"))
         if isinstance(config, dict) and isinstance(config.get("host"), str):
             hosted.append((name, state, config))  # asked of its host, with the others there
             continue
