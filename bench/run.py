@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from clan_vm_tasks.backends.qemu.argv import agent_args  # noqa: E402
 from clan_vm_tasks.guests import example as example_guest  # noqa: E402
 
 READY = example_guest.READY_LINE
@@ -72,6 +73,8 @@ def raw_qemu_boot(guest: Path, disk: Path) -> float:
         "virtio-net-pci,netdev=net0",
         "-serial",
         "stdio",
+        # The guest-agent channel every VM of the tool gets (the guest starts its agent).
+        *agent_args(disk.with_name("raw-agent.sock")),
     ]
     began = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
