@@ -31,6 +31,12 @@ def image() -> DebianImage:
     return ensure_image()
 
 
+def boot(cli: CLI) -> None:
+    """Start the Debian VM and wait until systemd reached multi-user and its agent answers."""
+    argv = ["start", "deb", "--wait-for", MULTI_USER, "--wait-for-agent", "--timeout", "240"]
+    cli.ok(*argv, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory: pytest.TempPathFactory, image: DebianImage) -> Iterator[CLI]:
     """One Debian VM for the module, booted to multi-user with its agent answering."""
@@ -45,16 +51,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory, image: DebianImage) -> Iterato
         "--forward", "tcp:auto:22",
     )  # fmt: skip
     try:
-        cli.ok(
-            "start",
-            "deb",
-            "--wait-for",
-            MULTI_USER,
-            "--wait-for-agent",
-            "--timeout",
-            "240",
-            timeout=300,
-        )
+        boot(cli)
         yield cli
     finally:
         kill_leftover_qemu(cli.state_dir)
@@ -134,16 +131,7 @@ def test_zz_a_graceful_stop_and_a_restart_on_another_port_keep_ssh_trusted(deb: 
     with socket.socket() as squatter:  # the old port is taken: the VM gets another one
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        deb.ok(
-            "start",
-            "deb",
-            "--wait-for",
-            MULTI_USER,
-            "--wait-for-agent",
-            "--timeout",
-            "240",
-            timeout=300,
-        )
+        boot(deb)
         now = json.loads(deb.ok("status", "deb", "--json").out)["forwards"][0]
         assert f":{port}->" not in now
         assert deb.ok("ssh", "deb", "--", "cat", "/etc/hostname").out.strip() == "debian"

@@ -64,9 +64,10 @@ def socket_path(run_dir: Path, tag: str) -> Path:
     return run_dir / f"virtiofs-{tag}.sock"
 
 
-def mount_point(run_dir: Path, tag: str) -> Path:
-    """Where a read-only share TAG is bind-mounted, in its virtiofsd's namespace only."""
-    return socket_path(run_dir, tag).with_suffix(".root")
+def mount_point(sock: Path) -> Path:
+    """Where the read-only share served on SOCK is bind-mounted, in its virtiofsd's
+    namespace only: beside the socket."""
+    return sock.with_suffix(".root")
 
 
 def _fuse_escape(value: str) -> str:
@@ -80,7 +81,7 @@ def command(
     """The virtiofsd of one share, serving the listening socket FD (made at SOCK), in a mount
     namespace of its own (a user namespace too when not ROOT); a pure function."""
     userns = [] if root else ["--user", "--map-root-user"]
-    served = sock.with_suffix(".root")  # mount_point: beside the socket
+    served = mount_point(sock)
     shown = served if read_only else source
     options = f"source={_fuse_escape(str(shown))},sandbox=namespace,xattr"
     return [
@@ -167,7 +168,7 @@ def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
             continue
         sock = socket_path(paths.run, tag)
         sock.unlink(missing_ok=True)
-        mount_point(paths.run, tag).mkdir(mode=0o700, exist_ok=True)
+        mount_point(sock).mkdir(mode=0o700, exist_ok=True)
         log = paths.dir / f"virtiofsd-{tag}.log"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, log.open("wb") as err:
             listener.bind(str(sock))
