@@ -32,7 +32,7 @@ from clan_vm_tasks.guests import example as example_guest  # noqa: E402
 READY = example_guest.READY_LINE
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "clan-vm-manager")
-APPEND = "console=ttyS0 quiet"
+APPEND = example_guest.KERNEL_APPEND
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:

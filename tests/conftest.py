@@ -92,7 +92,7 @@ class CLI:
         name: str,
         guest: Guest,
         *extra: str,
-        append: str = "console=ttyS0 quiet",
+        append: str = "console=ttyS0 quiet no_timer_check",
         **run_options: Any,
     ) -> Result:
         return self.ok(

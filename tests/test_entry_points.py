@@ -86,7 +86,7 @@ def test_python_api(state_dir: Path, guest: Guest) -> None:
         disk_size=32,
         kernel=guest.kernel,
         initrd=guest.initrd,
-        append="console=ttyS0 quiet",
+        append="console=ttyS0 quiet no_timer_check",
     )
     lifecycle.create(store, config)
     started = lifecycle.start(store, settings, "api", wait_for=READY, timeout=120)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 READY_LINE = "clan-guest: READY"
 POWER_BUTTON_LINE = "clan-guest: power button pressed"
-KERNEL_APPEND = "console=ttyS0 quiet"
+# no_timer_check: under TCG on a busy host the kernel's IO-APIC timer check can fail and panic.
+KERNEL_APPEND = "console=ttyS0 quiet no_timer_check"
 
 # Load order matters: each module needs the ones before it.
 MODULES = (

@@ -171,6 +171,8 @@ def start(
         alive = machine.alive()
         why = f"not within {timeout:g}s" if alive else f"the VM ended: {machine.ended().details}"
         message = f"{wait_for!r} did not appear on the console of '{name}' ({why})"
+        printed = machine.console_output(state.console_offset).decode(errors="replace")
+        message += "".join(f"; {hint}" for hint in console_hints(printed))
         if alive:
             message += f"; the VM is still running (clan-vm-manager stop {name})"
         else:
@@ -190,6 +192,21 @@ def start(
     if foreground:
         _follow_foreground(store, name, machine, state.console_offset, notify)
     return Started(name, launched.pid, launched.accel, seconds)
+
+
+# What a failed boot printed, and what the user can do about it.
+CONSOLE_HINTS = (
+    (
+        "IO-APIC + timer doesn't work",
+        "under TCG emulation a busy host can fail the kernel's timer check: add no_timer_check"
+        " to the kernel command line",
+    ),
+)
+
+
+def console_hints(printed: str) -> list[str]:
+    """The hints for what a failed boot printed on its console."""
+    return [hint for text, hint in CONSOLE_HINTS if text in printed]
 
 
 def _follow_foreground(

@@ -117,7 +117,7 @@ def create_args(name: str, guest: GuestFiles) -> list[str]:
     return [
         "create", name, "--cpus", "1", "--memory", "192", "--disk", str(DISK_MIB),
         "--kernel", str(guest.kernel), "--initrd", str(guest.initrd),
-        "--append", "console=ttyS0 quiet",
+        "--append", "console=ttyS0 quiet no_timer_check",
     ]  # fmt: skip
 
 

@@ -42,7 +42,7 @@ SUITE = "bookworm"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 ROOT_LABEL = "debian-root"
 DISK_SIZE = "2G"
-APPEND = f"console=ttyS0 root=LABEL={ROOT_LABEL} rw systemd.show_status=1"
+APPEND = f"console=ttyS0 no_timer_check root=LABEL={ROOT_LABEL} rw systemd.show_status=1"
 
 # minbase plus what the guest needs. dbus: systemd-logind (power button) will not run
 # without it, and debootstrap does not install Recommends.

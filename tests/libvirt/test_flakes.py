@@ -44,7 +44,7 @@ FLAKE = """{
         diskSize = 64;
         kernel = "${self}/vmlinuz";
         inherit initrd;
-        append = "console=ttyS0 quiet";
+        append = "console=ttyS0 quiet no_timer_check";
         host = "b";
         shares.data.source = "${data}";
       };

@@ -31,7 +31,7 @@
         diskSize = 64;
         kernel = "${self}/vmlinuz";
         inherit initrd;
-        append = "console=ttyS0 quiet clan.hostname=${name}";
+        append = "console=ttyS0 quiet no_timer_check clan.hostname=${name}";
         bootTest.expect = "clan-guest: READY";
       };
     in

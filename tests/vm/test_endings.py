@@ -38,7 +38,7 @@ def test_a_kernel_panic_under_no_reboot_is_a_crash_and_a_failed_boot(
         "panicky",
         guest,
         "--qemu-arg=-no-reboot",
-        append="console=ttyS0 panic=1 rdinit=/nonexistent root=/dev/nonexistent",
+        append="console=ttyS0 no_timer_check panic=1 rdinit=/nonexistent root=/dev/nonexistent",
     )
     result = cli.run("start", "panicky", "--wait-for", READY, "--timeout", "120")
     assert result.code == 1
@@ -51,6 +51,23 @@ def test_a_kernel_panic_under_no_reboot_is_a_crash_and_a_failed_boot(
     assert events[0]["result"] == "failed" and "panicked" in events[1]["details"]
     cli.ok("start", "panicky")  # a crashed VM can be started again
     wait_state(cli, "panicky", "crashed")
+
+
+@pytest.mark.vm
+def test_a_boot_that_failed_the_timer_check_says_what_avoids_it(cli: CLI, guest: Guest) -> None:
+    # The kernel's own words, printed by an init that then exits: the kernel panics as it
+    # does when its IO-APIC timer check fails under a starved TCG.
+    cli.create_guest(
+        "timerless",
+        guest,
+        "--qemu-arg=-no-reboot",
+        append='console=ttyS0 panic=1 rdinit=/bin/sh -- -c "echo IO-APIC + timer doesn\'t work"',
+    )
+    result = cli.run("start", "timerless", "--wait-for", READY, "--timeout", "120")
+    assert result.code == 1
+    error = result.err.splitlines()[-1]
+    assert error.startswith("error: ") and "the guest kernel panicked" in error, result.err
+    assert "add no_timer_check to the kernel command line" in error, result.err
 
 
 @pytest.mark.vm

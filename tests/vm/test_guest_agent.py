@@ -73,7 +73,7 @@ def test_copy_is_byte_exact_and_keeps_the_permission_bits(
 
 
 def test_without_an_agent_errors_are_quick_single_lines(cli: CLI, guest: Guest) -> None:
-    cli.create_guest("mute", guest, append="console=ttyS0 quiet clan.noagent")
+    cli.create_guest("mute", guest, append="console=ttyS0 quiet no_timer_check clan.noagent")
     cli.ok("start", "mute", "--wait-for", READY, "--timeout", "120")
     began = time.monotonic()
     result = cli.run("exec", "mute", "--", "true")
@@ -88,7 +88,7 @@ def test_without_an_agent_errors_are_quick_single_lines(cli: CLI, guest: Guest) 
 
 
 def test_start_waits_for_the_agent_or_says_it_did_not_answer(cli: CLI, guest: Guest) -> None:
-    cli.create_guest("slowagent", guest, append="console=ttyS0 quiet clan.noagent")
+    cli.create_guest("slowagent", guest, append="console=ttyS0 quiet no_timer_check clan.noagent")
     result = cli.run("start", "slowagent", "--wait-for-agent", "--timeout", "15")
     assert result.code == 1 and "does not answer" in result.err and "still running" in result.err
     assert status(cli, "slowagent")["state"] == "running"
@@ -113,7 +113,7 @@ def test_the_python_api_runs_commands_and_copies_files(
     store = lifecycle.open_store(settings)
     config = lifecycle.VMConfig(
         name="api", cpus=1, memory=192, disk_size=16, kernel=guest.kernel, initrd=guest.initrd,
-        append="console=ttyS0 quiet",
+        append="console=ttyS0 quiet no_timer_check",
     )  # fmt: skip
     lifecycle.create(store, config)
     lifecycle.start(store, settings, "api", wait_for=READY, timeout=120, wait_for_agent=True)

@@ -80,7 +80,7 @@ def create(cli: CLI, guest: Guest, name: str, shares: dict[str, Any], **extra: A
             "disk_size": 64,
             "kernel": guest.kernel,
             "initrd": guest.initrd,
-            "append": "console=ttyS0 quiet",
+            "append": "console=ttyS0 quiet no_timer_check",
             "shares": shares,
             **extra,
         }
