@@ -66,7 +66,9 @@ let
           consent when the definition comes from a flake (`--allow-shares`, or
           `allow_shares` in the settings file). A path literal (`./data`) is copied to the
           store. `null`: a directory of the VM's own, kept with it in the state directory
-          (`vms/NAME/shares/TAG`).
+          (`vms/NAME/shares/TAG`; on a libvirt host, the directory volume `NAME.share-TAG`
+          of its pool). On a libvirt host only store paths, the store itself and `null` can
+          be shared.
         '';
       };
       target = mkOption {

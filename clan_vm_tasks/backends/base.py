@@ -221,9 +221,10 @@ class HostedBackend(Backend, Protocol):
     uri: str  # the libvirt URI it stands for
     address: str  # where its VMs' forwarded ports are reached from this machine
 
-    def place(self, config: VMConfig, state_dir: Path) -> None:
+    def place(self, config: VMConfig, state_dir: Path, scratch: Path) -> None:
         """Make the VM on the host, stopped: its disk and its definition, marked as made by
-        STATE_DIR. What a killed ``place`` left there the next ``place`` or ``remove`` takes."""
+        STATE_DIR (SCRATCH: a directory of this machine for files made on the way). What a
+        killed ``place`` left there the next ``place`` or ``remove`` takes."""
 
     def remove(self, name: str, state_dir: Path, *, keep_disk: bool) -> str | None:
         """Take the VM off the host (only what STATE_DIR made); where its kept disk is."""

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from clan_vm_tasks import render
+from clan_vm_tasks.backends.libvirt import remote
 from clan_vm_tasks.backends.libvirt.connection import display
 from clan_vm_tasks.backends.libvirt.domain import owner_id
 from clan_vm_tasks.backends.libvirt.remote import (
@@ -34,7 +34,6 @@ from clan_vm_tasks.nix import command
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import Store, runtime_root
 
-SSH_TIMEOUT = 60.0
 # Nix runs "ssh" from PATH; this stand-in runs the host's ssh program instead, with the
 # host's options (a JSON list: each option one word, never split) before Nix's arguments,
 # and PATH as it was (so that program's own "ssh" is the real one).
@@ -70,20 +69,6 @@ def _env(target: SSHTarget) -> dict[str, str]:
     }
 
 
-def _ssh(target: SSHTarget, *remote: str, what: str) -> None:
-    try:
-        proc = subprocess.run(
-            target.argv(*remote), capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise ClanVMError(f"{what}: no answer within {SSH_TIMEOUT:g}s") from None
-    except OSError as error:
-        raise ClanVMError(f"{what}: {error}") from None
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        raise ClanVMError(f"{what}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
-
-
 def send(
     store: Store, name: str, uri: str, paths: list[str], previous: dict[str, Any], running: bool
 ) -> dict[str, Any] | None:
@@ -109,10 +94,10 @@ def send(
     rooting = f"keeping the store paths of VM '{name}' on host {where}"
     root = f"{directory}/{digest}/root"
     add = ["nix-store", "--realise", "--add-root", root, "--indirect", *sorted(paths)]
-    _ssh(target, *add, what=rooting)
+    remote.run(target, *add, what=rooting)
     old = previous.get("digest") if previous.get("dir") == directory else None
     if isinstance(old, str) and DIGEST.fullmatch(old) and old != digest and not running:
-        _ssh(target, "rm", "-rf", f"{directory}/{old}", what=rooting)
+        remote.run(target, "rm", "-rf", f"{directory}/{old}", what=rooting)
     return {"uri": uri, "dir": directory, "digest": digest}
 
 
@@ -127,7 +112,7 @@ def forget(record: dict[str, Any], name: str) -> str | None:
     try:
         target = ssh_target(uri)
         if target is not None:
-            _ssh(target, "rm", "-rf", directory, what=f"removing {where}")
+            remote.run(target, "rm", "-rf", directory, what=f"removing {where}")
     except (ClanVMError, ValueError) as error:
         return f"warning: {error}: remove ~/{directory} there"
     return None

@@ -47,7 +47,7 @@ def create(store: Store, config: VMConfig) -> VMConfig:
                     # The definition first: it names the host whose leftovers the next
                     # command takes away if this one is killed (see ``hosts``).
                     files.atomic_write(staging / paths.config.name, definition_json)
-                    hosts.place(store, config)
+                    hosts.place(store, config, staging)
                 state = VMState(created_at=history.now())
                 files.atomic_write(staging / paths.state.name, state.to_json())
                 os.rename(staging, paths.dir)
@@ -130,7 +130,8 @@ def reconfigure(
         ):
             if "disk_size" in changed:
                 machines.machine(store, name, state).grow_disk(config.disk_size)
-            if "extra_disks" in changed or "shares" in changed:
+            # A VM on a libvirt host gets its own directories there when it starts.
+            if config.host is None and ("extra_disks" in changed or "shares" in changed):
                 extras.grow(store, old, config)
                 extras.make(paths.dir, config)
                 extras.dropped(old, config, paths, notify)

@@ -24,18 +24,20 @@ from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import machines, reconcile
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from clan_vm_tasks.models import VMConfig
 
 LIST_TIMEOUT = 10.0
 _STAGING = re.compile(r"\.(creating|deleting|keeping)-(.+)-(\d+)")
 
 
-def place(store: Store, config: VMConfig) -> None:
+def place(store: Store, config: VMConfig, scratch: Path) -> None:
     """Make CONFIG's VM on its host; on failure take back what was made there."""
     assert config.host is not None
     backend = machines.hosted(config.host)
     try:
-        backend.place(config, store.root)
+        backend.place(config, store.root, scratch)
     except StateConflict:
         raise  # refused before anything was made
     except BaseException:

@@ -3,6 +3,7 @@ command line is pinned in test_argv)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from clan_vm_tasks.backends.libvirt import xml
@@ -155,14 +156,47 @@ def test_a_shared_store_path_is_a_read_only_9p_filesystem() -> None:
     )
 
 
+def test_a_nixos_vms_shares_are_the_hosts_store_and_directories_of_its_own_there() -> None:
+    config = VMConfig(
+        name="web",
+        shares={
+            "nix-store": Share(source=Path("/nix/store"), target="/nix/.ro-store"),
+            "xchg": Share(source=None, target="/tmp/xchg", read_only=False, security_model="none"),
+        },
+    )
+    own = {"xchg": "/var/lib/libvirt/images/web.share-xchg"}
+    text = xml.domain_xml(dataclasses.replace(plan(config), share_dirs=own))
+    assert (
+        """    <filesystem type="mount" accessmode="mapped">
+      <source dir="/nix/store" />
+      <target dir="nix-store" />
+      <readonly />
+    </filesystem>
+    <filesystem type="mount" accessmode="squash">
+      <source dir="/var/lib/libvirt/images/web.share-xchg" />
+      <target dir="xchg" />
+    </filesystem>
+    <interface type="user">"""
+        in text
+    )
+    assert xml.directory_volume_xml("web.share-xchg") == (
+        '<volume type="dir"><name>web.share-xchg</name><capacity unit="bytes">0</capacity>'
+        '<target><format type="dir" /><permissions><mode>0755</mode></permissions></target>'
+        "</volume>"
+    )
+
+
 def test_only_read_only_9p_shares_of_store_paths_go_to_a_libvirt_host() -> None:
     def problem(share: Share, resolved: str | None = None) -> str:
         return str(xml.share_problem(share, resolved or str(share.source or "/")))
 
     store = Path("/nix/store/abc-data")
     assert xml.share_problem(Share(source=store), str(store)) is None
+    assert xml.share_problem(Share(source=Path("/nix/store")), "/nix/store") is None
+    # The VM's own directory is made on the host, writable or not.
+    assert xml.share_problem(Share(source=None, read_only=False), "/") is None
+    assert "virtiofs" in problem(Share(source=None, type="virtiofs"))
     assert "directory of this machine" in problem(Share(source=Path("/srv/data")))
-    assert "directory of this machine" in problem(Share(source=None))
     assert "directory of this machine" in problem(Share(source=Path("/nix/storage")))
     # A store path that is a link out of the store is the directory it leads to.
     assert "directory of this machine" in problem(Share(source=store), "/root")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,21 @@ class LV:
         for host in ("a", "b"):
             if host in self.named:
                 daemons.clear(self.named[host], self.prefix)
+
+
+def shell(lv: LV, name: str, line: str, expect: str) -> str:
+    """Type LINE into the guest's shell over the console and wait for it to print EXPECT
+    (a slow guest may answer after the console relay went quiet: then its log tells).
+    Returns what the console showed."""
+    out = lv.cli.ok("console", name, stdin=line + "\n", timeout=60).out
+    deadline = time.monotonic() + 60
+    while expect not in out:
+        assert time.monotonic() < deadline, (
+            f"{expect!r} never appeared on {name}'s console:\n{out[-2000:]}"
+        )
+        time.sleep(0.5)
+        out = lv.cli.ok("console", name, "--log").out
+    return out
 
 
 @pytest.fixture

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import READY, Guest
-from tests.libvirt.conftest import LV
+from tests.libvirt.conftest import LV, shell
+from tests.libvirt.daemons import Host
 from tests.nix_fixtures import git, make_flake, needs_nix
 
 pytestmark = [pytest.mark.vm, needs_nix]
 # Where root's login on host B keeps the roots (relative to its home, /root).
 ROOTS = "/root/.local/state/clan-vm-tasks/gcroots"
+POOL = "/var/lib/libvirt/images"  # the default pool (host B's in its own mount namespace)
 
 FLAKE = """{
   outputs = { self }:
@@ -53,12 +55,16 @@ FLAKE = """{
 """
 
 
-def on_b(lv: LV, *argv: str) -> str:
-    host = lv.host("b")
+def on(host: Host, *argv: str) -> str:
+    """What ARGV prints, run on HOST (host B: in its own namespaces)."""
     result = subprocess.run(
         [*host.inside, *argv], capture_output=True, text=True, timeout=60, check=False
     )
     return result.stdout
+
+
+def on_b(lv: LV, *argv: str) -> str:
+    return on(lv.host("b"), *argv)
 
 
 def test_a_flake_vm_on_a_remote_host_gets_its_store_paths_there(
@@ -118,3 +124,42 @@ def test_a_store_share_of_this_machine_is_refused_for_a_libvirt_host(
         "shares a directory of this machine: only store paths can be shared there"
     ]
     assert name not in lv.domains("b") and not cli.ok("list", "--json").out.strip("[]\n")
+
+
+@pytest.mark.parametrize("where", ["a", "b"])
+def test_a_nixos_shaped_vm_runs_on_a_libvirt_host(
+    lv: LV, guest: Guest, tmp_path: Path, where: str
+) -> None:
+    """What a NixOS machine's VM needs (lib/nixos-to-vm.nix), on a libvirt host: a root disk
+    formatted here, the host's store shared read-only, and a directory of its own there."""
+    host = lv.host(where)
+    cli, name = lv.cli, lv.name("nixos")
+    cli.env["CLAN_VM_NIX_OFFLINE"] = "1"
+    flake = make_flake(tmp_path / "flake", guest)
+    shaped = f"""rootFilesystem = {{ type = "ext4"; label = "nixos"; }};
+        shares.nix-store = {{ source = "/nix/store"; target = "/nix/.ro-store"; }};
+        shares.xchg = {{ target = "/tmp/xchg"; readOnly = false; securityModel = "none"; }};
+        host = "{where}";"""
+    # The data share stands for the system a NixOS VM's init= names: copied to B's store.
+    text = FLAKE.replace("NAME", name).replace('host = "b";', shaped)
+    (flake / "flake.nix").write_text(text)
+    git(flake, "commit", "-qam", f"a NixOS-shaped VM on host {where}")
+
+    cli.ok("start", name, "--flake", str(flake), "--wait-for", READY, "--timeout", "180")
+    # The ext4 superblock's label (offset 1144) and magic (1080, 0xef53), read in the guest.
+    label = "dd if=/dev/vda bs=1 skip=1144 count=5 2>/dev/null"
+    magic = "dd if=/dev/vda bs=1 skip=1080 count=2 2>/dev/null | od -An -tx2 | tr -d ' '"
+    shell(lv, name, f"echo label:$({label}):magic:$({magic})", "label:nixos:magic:ef53")
+    # Three 9p devices (virtio device 9): the data, the store, its own directory.
+    nine_p = "cat /sys/bus/virtio/devices/*/device | grep -c 0x0009 | sed s/^/nine-p:/"
+    shell(lv, name, nine_p, "nine-p:3")
+    dumped = lv.virsh(where, "dumpxml", name)
+    own = f"{POOL}/{name}.share-xchg"
+    assert f"<source dir='{own}'/>" in dumped and "<source dir='/nix/store'/>" in dumped
+    assert on(host, "stat", "-c", "%F", own).strip() == "directory"
+    on(host, "touch", f"{own}/left-by-the-guest")
+
+    deleted = cli.ok("delete", name, "--force")
+    assert "warning" not in deleted.err
+    assert not [v for v in lv.volumes(where) if v.startswith(name)]
+    assert on(host, "ls", POOL).split().count(f"{name}.share-xchg") == 0

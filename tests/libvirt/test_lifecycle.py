@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
 
 from clan_vm_tasks.guests.example import POWER_BUTTON_LINE
 from tests.conftest import READY, Guest
-from tests.libvirt.conftest import LV
+from tests.libvirt.conftest import LV, shell
 
 pytestmark = pytest.mark.vm
-
-
-def shell(lv: LV, name: str, line: str, expect: str) -> None:
-    """Type LINE into the guest's shell over the console and wait for it to print EXPECT
-    (a slow guest may answer after the console relay went quiet: then its log tells)."""
-    if expect in lv.cli.ok("console", name, stdin=line + "\n", timeout=60).out:
-        return
-    deadline = time.monotonic() + 60
-    while expect not in lv.cli.ok("console", name, "--log").out:
-        assert time.monotonic() < deadline, f"{expect!r} never appeared on {name}'s console"
-        time.sleep(0.5)
 
 
 def accepts(address: str) -> bool:

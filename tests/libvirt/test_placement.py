@@ -131,7 +131,7 @@ def test_what_a_killed_create_made_on_the_host_is_taken_away(
     staging = store.vms / f".creating-{name}-999999"
     staging.mkdir()
     (staging / "config.json").write_text(config.model_dump_json())
-    machines.hosted("a").place(config, store.root)
+    machines.hosted("a").place(config, store.root, staging)
     assert name in lv.domains("a") and f"{name}.qcow2" in lv.volumes("a")
 
     result = lv.cli.ok("list", "--json")

@@ -16,6 +16,7 @@ from clan_vm_tasks.backends.base import AccelChoice
 from clan_vm_tasks.backends.libvirt import domain, network, storage, xml
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, display, host, lib
 from clan_vm_tasks.backends.libvirt.machine import LibvirtMachine
+from clan_vm_tasks.backends.qemu import image
 from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ CAPABILITIES_TIMEOUT = 120.0
 _UNSUPPORTED = {
     "qemu_args": "extra QEMU arguments",
     "base_image": "a base image",
-    "root_filesystem": "a root file system made on this machine",
     "extra_disks": "extra disks",
     "graphics": "graphics (SPICE)",
 }
@@ -94,7 +94,7 @@ class LibvirtBackend:
 
     # --- making and taking away VMs on the host -------------------------------------------------
 
-    def place(self, config: VMConfig, state_dir: Path) -> None:
+    def place(self, config: VMConfig, state_dir: Path, scratch: Path) -> None:
         host, name = self._host, config.name
         owner = domain.owner_id(state_dir)
         pool = storage.pool(host)
@@ -113,7 +113,16 @@ class LibvirtBackend:
         accel = self.choose_accel(config.accel)
         # The domain first: a killed create then leaves a domain marked as ours.
         domain.define(host, pool, config, owner, "kvm" if accel.accel == "kvm" else "qemu")
-        storage.create_disk(host, pool, name, config.disk_size)
+        content = None
+        if config.root_filesystem is not None:
+            # Made here, as for a local VM (the host needs no mkfs), and sent to the host.
+            fs, content = config.root_filesystem, scratch / storage.disk_volume(name)
+            image.create_formatted(content, config.disk_size, fs.type, fs.label)
+        try:
+            storage.create_disk(host, pool, name, config.disk_size, content)
+        finally:
+            if content is not None:
+                content.unlink(missing_ok=True)
 
     def remove(self, name: str, state_dir: Path, *, keep_disk: bool) -> str | None:
         host = self._host

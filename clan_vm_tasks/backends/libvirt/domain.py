@@ -62,7 +62,7 @@ def define(
     host: Host, pool: Any, config: VMConfig, owner: str, domain_type: str, existing: Any = None
 ) -> Any:
     """Define the domain from CONFIG (again, keeping its UUID, when EXISTING), with its boot
-    files uploaded."""
+    files uploaded and its own shared directories made."""
     libvirt = lib()
     directory = storage.pool_path(host, pool)
     kernel = initrd = None
@@ -70,6 +70,11 @@ def define(
         kernel = storage.boot_file(host, pool, config.name, "kernel", config.kernel)
         if config.initrd is not None:
             initrd = storage.boot_file(host, pool, config.name, "initrd", config.initrd)
+    share_dirs = {
+        tag: storage.share_dir(host, pool, config.name, tag)
+        for tag, share in sorted(config.shares.items())
+        if share.source is None
+    }
     plan = xml.DomainPlan(
         config=config,
         domain_type=domain_type,
@@ -81,6 +86,7 @@ def define(
         console_log=f"{directory}/{storage.console_volume(config.name)}",
         owner=owner,
         uuid=None if existing is None else str(host.call(existing.UUIDString)),
+        share_dirs=share_dirs,
     )
     conn = host.conn()
     flags = libvirt.VIR_DOMAIN_DEFINE_VALIDATE

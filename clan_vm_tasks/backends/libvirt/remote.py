@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from clan_vm_tasks.backends.libvirt.connection import display, ssh_wrapper
-from clan_vm_tasks.errors import InvalidInput
+from clan_vm_tasks.errors import ClanVMError, InvalidInput
+
+SSH_TIMEOUT = 60.0
 
 # Where on the host the roots live, relative to the login's home (where ssh starts the
 # remote command): Nix registers a link there as an indirect root, for any trusted login.
@@ -112,3 +116,36 @@ def is_roots_dir(directory: str, name: str) -> bool:
         re.fullmatch(re.escape(ROOTS_DIR) + r"/[0-9a-f]{16}-" + re.escape(name), directory)
         is not None
     )
+
+
+def run(target: SSHTarget, *remote: str, what: str) -> None:
+    """Run REMOTE on the host with ssh; ClanVMError saying WHAT failed, and why."""
+    try:
+        proc = subprocess.run(
+            target.argv(*remote), capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ClanVMError(f"{what}: no answer within {SSH_TIMEOUT:g}s") from None
+    except (OSError, ValueError) as error:
+        raise ClanVMError(f"{what}: {error}") from None
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise ClanVMError(f"{what}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+
+
+def remove_tree(uri: str, path: str, what: str) -> None:
+    """Remove the directory PATH on URI's host with all it holds (libvirt removes only empty
+    directories). Neither rm nor rmtree follows a link a guest left there."""
+    try:
+        target = ssh_target(uri)
+    except InvalidInput as error:
+        raise ClanVMError(f"{what}: {error}") from None
+    if target is not None:
+        run(target, "rm", "-rf", "--", path, what=what)
+        return
+    try:
+        shutil.rmtree(path)  # the host is this machine
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise ClanVMError(f"{what}: {error}") from None

@@ -1,10 +1,12 @@
 """A VM's files on its host, as volumes of the host's ``default`` storage pool.
 
 Everything goes through libvirt's storage API, so a remote host needs no shared file
-system: the disk ``NAME.qcow2`` (created there), the kernel and initrd uploaded as
-``NAME.kernel-HASH`` and ``NAME.initrd-HASH`` (named by content: an unchanged file is
-never sent again), and the serial console log ``NAME.console.log`` that libvirt's
-virtlogd writes beside them and that is downloaded the same way.
+system: the disk ``NAME.qcow2`` (created there, or uploaded when its file system is made
+on this machine), the kernel and initrd uploaded as ``NAME.kernel-HASH`` and
+``NAME.initrd-HASH`` (named by content: an unchanged file is never sent again), the VM's
+own shared directories ``NAME.share-TAG`` (directory volumes), and the serial console log
+``NAME.console.log`` that libvirt's virtlogd writes beside them and that is downloaded the
+same way.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from clan_vm_tasks.backends.libvirt import xml
+from clan_vm_tasks.backends.libvirt import remote, xml
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, lib
 from clan_vm_tasks.errors import ClanVMError
 
@@ -32,6 +34,10 @@ def disk_volume(name: str) -> str:
 
 def console_volume(name: str) -> str:
     return f"{name}.console.log"
+
+
+def share_volume(name: str, tag: str) -> str:
+    return f"{name}.share-{tag}"
 
 
 def pool(host: Host) -> Any:
@@ -68,11 +74,29 @@ def lookup(host: Host, found: Any, volume: str) -> Any | None:
         raise
 
 
-def create_disk(host: Host, found: Any, name: str, size_mib: int) -> Any:
-    """A new empty qcow2 disk, its metadata preallocated (as the QEMU backend's)."""
+def create_disk(
+    host: Host, found: Any, name: str, size_mib: int, content: Path | None = None
+) -> Any:
+    """A new qcow2 disk: empty, its metadata preallocated (as the QEMU backend's), or the
+    qcow2 image CONTENT made on this machine (a file system), sent as it is."""
     spec = xml.volume_xml(disk_volume(name), size_mib << 20, "qcow2")
-    flags = lib().VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
-    return host.call(found.createXML, spec, flags, timeout=TRANSFER_TIMEOUT)
+    if content is None:
+        flags = lib().VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
+        return host.call(found.createXML, spec, flags, timeout=TRANSFER_TIMEOUT)
+    # Without preallocation the new file is a bare header, shorter than CONTENT: the upload
+    # replaces all of it.
+    vol = host.call(found.createXML, spec, 0, timeout=TRANSFER_TIMEOUT)
+    _upload(host, vol, content, content.stat().st_size)
+    return vol
+
+
+def share_dir(host: Host, found: Any, name: str, tag: str) -> str:
+    """The path on the host of the VM's own directory for share TAG, made if it is not
+    there (a directory volume: a remote host needs no file system shared with this one)."""
+    vol = lookup(host, found, share_volume(name, tag))
+    if vol is None:
+        vol = host.call(found.createXML, xml.directory_volume_xml(share_volume(name, tag)), 0)
+    return str(host.call(vol.path))
 
 
 def size_mib(host: Host, vol: Any) -> int:
@@ -170,7 +194,20 @@ def remove(host: Host, found: Any, name: str, *, keep_disk: bool) -> str | None:
             if keep_disk:
                 kept = str(host.call(vol.path))
                 continue
+        elif volume.startswith(f"{name}.share-"):
+            _remove_dir(host, vol, name)
+            continue
         elif not volume.startswith((f"{name}.kernel-", f"{name}.initrd-", console_volume(name))):
             continue
         host.call(vol.delete, 0)
     return kept
+
+
+def _remove_dir(host: Host, vol: Any, name: str) -> None:
+    """Remove a directory volume, with what the guest left in it."""
+    try:
+        host.call(vol.delete, 0)
+    except LibvirtFailure:  # not empty
+        path = str(host.call(vol.path))
+        what = f"removing the shared directory {path} of VM '{name}' on host {host.label}"
+        remote.remove_tree(host.uri, path, what)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class DomainPlan:
     console_log: str
     owner: str  # the state directory that made it
     uuid: str | None = None  # the domain's, when it is defined again
+    share_dirs: dict[str, str] = field(default_factory=dict)  # the VM's own, by tag
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -63,14 +64,18 @@ def _interface(devices: ET.Element, config: VMConfig, mac: str) -> None:
 
 def share_problem(share: Share, resolved: str) -> str | None:
     """Why SHARE (whose source leads to RESOLVED on this machine) cannot be given to a VM on
-    a libvirt host, or None. Only store paths can be: Nix copies them to the host (a
-    directory of this machine is not there)."""
-    source = str(share.source or "")
-    in_store = [p for p in (source, resolved) if p.startswith(STORE_DIR + "/")]
-    if len(in_store) != 2:
-        return "shares a directory of this machine: only store paths can be shared there"
-    if not share.read_only:
-        return "must be read-only (a store path)"
+    a libvirt host, or None. A directory of this machine is not there: only the VM's own
+    directories (made on the host), store paths (Nix copies them) and the host's store
+    itself (read-only, as NixOS VMs share it) can be."""
+    if share.source is not None:
+        source = str(share.source)
+        in_store = [
+            p for p in (source, resolved) if p == STORE_DIR or p.startswith(STORE_DIR + "/")
+        ]
+        if len(in_store) != 2:
+            return "shares a directory of this machine: only store paths can be shared there"
+        if not share.read_only:
+            return "must be read-only (a store path)"
     if share.type != "9p":
         return 'is virtiofs: use type = "9p"'
     if share.security_model not in _ACCESS_MODES:
@@ -78,13 +83,14 @@ def share_problem(share: Share, resolved: str) -> str | None:
     return None
 
 
-def _filesystems(devices: ET.Element, config: VMConfig) -> None:
+def _filesystems(devices: ET.Element, config: VMConfig, share_dirs: dict[str, str]) -> None:
     for tag, share in sorted(config.shares.items()):
         mode = _ACCESS_MODES[share.security_model]
         filesystem = _sub(devices, "filesystem", type="mount", accessmode=mode)
-        _sub(filesystem, "source", dir=str(share.source))
+        _sub(filesystem, "source", dir=str(share.source or share_dirs[tag]))
         _sub(filesystem, "target", dir=tag)  # the mount tag
-        _sub(filesystem, "readonly")
+        if share.read_only:
+            _sub(filesystem, "readonly")
 
 
 def domain_xml(plan: DomainPlan) -> str:
@@ -119,7 +125,7 @@ def domain_xml(plan: DomainPlan) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2")
     _sub(disk, "source", pool=plan.pool, volume=plan.disk_volume)
     _sub(disk, "target", dev="vda", bus="virtio")
-    _filesystems(devices, config)
+    _filesystems(devices, config, plan.share_dirs)
     _interface(devices, config, plan.mac)
     serial = _sub(devices, "serial", type="pty")
     # On the host, beside the disk: readable through the pool from anywhere.
@@ -145,6 +151,18 @@ def volume_xml(name: str, capacity: int, fmt: str) -> str:
     if fmt == "qcow2":
         # libvirt makes version 2 images by default, which cannot grow once they have snapshots.
         _sub(target, "compat", "1.1")
+    return ET.tostring(volume, encoding="unicode")
+
+
+def directory_volume_xml(name: str) -> str:
+    """A directory volume (a VM's own shared directory on its host)."""
+    volume = ET.Element("volume", type="dir")
+    _sub(volume, "name", name)
+    _sub(volume, "capacity", "0", unit="bytes")
+    target = _sub(volume, "target")
+    _sub(target, "format", type="dir")
+    permissions = _sub(target, "permissions")
+    _sub(permissions, "mode", "0755")
     return ET.tostring(volume, encoding="unicode")
 
 
