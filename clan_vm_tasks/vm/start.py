@@ -171,8 +171,7 @@ def start(
         alive = machine.alive()
         why = f"not within {timeout:g}s" if alive else f"the VM ended: {machine.ended().details}"
         message = f"{wait_for!r} did not appear on the console of '{name}' ({why})"
-        printed = machine.console_output(state.console_offset).decode(errors="replace")
-        message += "".join(f"; {hint}" for hint in console_hints(printed))
+        message += "".join(f"; {hint}" for hint in console_hints(machine, state.console_offset))
         if alive:
             message += f"; the VM is still running (clan-vm-manager stop {name})"
         else:
@@ -204,8 +203,13 @@ CONSOLE_HINTS = (
 )
 
 
-def console_hints(printed: str) -> list[str]:
-    """The hints for what a failed boot printed on its console."""
+def console_hints(machine: Machine, offset: int) -> list[str]:
+    """The hints for what a failed boot printed on its console (none if it cannot be read:
+    the failure is told anyway)."""
+    try:
+        printed = machine.console_output(offset).decode(errors="replace")
+    except (ClanVMError, OSError):
+        return []
     return [hint for text, hint in CONSOLE_HINTS if text in printed]
 
 
