@@ -8,11 +8,12 @@ import json
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from clan_vm_tasks.clan import inventory, sync
-from clan_vm_tasks.models import VMConfig
+from clan_vm_tasks.models import RootFilesystem, Share, VMConfig
 from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import ssh
 from tests.conftest import CLI, Guest
@@ -115,17 +116,29 @@ def test_delete_keeps_the_disk_on_the_host_and_a_new_vm_does_not_take_it(
     assert name not in lv.domains("a") and not [v for v in lv.volumes("a") if name in v]
 
 
+@pytest.mark.parametrize("nixos_shaped", [False, True])
 def test_what_a_killed_create_made_on_the_host_is_taken_away(
-    lv: LV, guest: Guest, monkeypatch: pytest.MonkeyPatch
+    lv: LV, guest: Guest, monkeypatch: pytest.MonkeyPatch, nixos_shaped: bool
 ) -> None:
     """A create killed after it made the domain and the disk on the host leaves its hidden
-    directory; the next command, whatever it is, takes the host's part away too."""
+    directory; the next command, whatever it is, takes the host's part away too (with a
+    NixOS-shaped VM: a disk formatted here and sent, a directory of its own there)."""
     from clan_vm_tasks.vm import machines
 
     name = lv.name("killed")
     monkeypatch.setenv("CLAN_VM_CONFIG", str(lv.settings))
+    shaped: dict[str, Any] = {}
+    if nixos_shaped:
+        shaped["root_filesystem"] = RootFilesystem()
+        shaped["shares"] = {"xchg": Share(source=None, read_only=False, security_model="none")}
     config = VMConfig(
-        name=name, memory=64, disk_size=16, kernel=guest.kernel, initrd=guest.initrd, host="a"
+        name=name,
+        memory=64,
+        disk_size=16,
+        kernel=guest.kernel,
+        initrd=guest.initrd,
+        host="a",
+        **shaped,
     )
     store = Store(lv.cli.state_dir).ensure()
     staging = store.vms / f".creating-{name}-999999"
@@ -133,6 +146,9 @@ def test_what_a_killed_create_made_on_the_host_is_taken_away(
     (staging / "config.json").write_text(config.model_dump_json())
     machines.hosted("a").place(config, store.root, staging)
     assert name in lv.domains("a") and f"{name}.qcow2" in lv.volumes("a")
+    if nixos_shaped:  # what a guest left in its own directory goes too
+        assert f"{name}.share-xchg" in lv.volumes("a")
+        Path(f"/var/lib/libvirt/images/{name}.share-xchg/left-by-the-guest").touch()
 
     result = lv.cli.ok("list", "--json")
     assert json.loads(result.out) == [] and result.err == ""
