@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clan_vm_tasks.guests import example as example_guest  # noqa: E402
+from examples import guest as example_guest  # noqa: E402
 from tests.faults.observe import cleanup  # noqa: E402
 from tests.faults.runner import HarnessError, Runner  # noqa: E402
 from tests.faults.scenarios import OPERATIONS, Operation, Outcome, profile, run_scenario  # noqa: E402

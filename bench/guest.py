@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clan_vm_tasks.guests import example  # noqa: E402
+from examples import guest as example  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "clan-vm-manager")
 MIB = 1 << 20

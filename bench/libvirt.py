@@ -33,7 +33,7 @@ ROOT = HERE.parent
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != HERE)]
 
 from clan_vm_tasks import lifecycle  # noqa: E402
-from clan_vm_tasks.guests import example as example_guest  # noqa: E402
+from examples import guest as example_guest  # noqa: E402
 from tests.libvirt import daemons  # noqa: E402
 
 READY = example_guest.READY_LINE

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clan_vm_tasks.backends.qemu.argv import agent_args  # noqa: E402
-from clan_vm_tasks.guests import example as example_guest  # noqa: E402
+from examples import guest as example_guest  # noqa: E402
 
 READY = example_guest.READY_LINE
 BIN = Path(sys.executable).parent

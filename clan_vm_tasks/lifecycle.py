@@ -15,11 +15,11 @@ from __future__ import annotations
 from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
+from clan_vm_tasks.vm.console import attach_console, console_log
 from clan_vm_tasks.vm.create import create, reconfigure
 from clan_vm_tasks.vm.delete import delete
 from clan_vm_tasks.vm.guest import ExecResult, copy_in, copy_out, wait_for_agent
 from clan_vm_tasks.vm.guest import execute as _execute
-from clan_vm_tasks.vm.inspect import attach_console, console_log, show, status
 from clan_vm_tasks.vm.listing import list_vms
 from clan_vm_tasks.vm.pause import pause, resume
 from clan_vm_tasks.vm.recovery import recover
@@ -29,6 +29,7 @@ from clan_vm_tasks.vm.snapshots import delete as delete_snapshot
 from clan_vm_tasks.vm.snapshots import list_snapshots, revert
 from clan_vm_tasks.vm.snapshots import take as snapshot
 from clan_vm_tasks.vm.start import Started, start
+from clan_vm_tasks.vm.status import show, status
 from clan_vm_tasks.vm.stop import DEFAULT_STOP_TIMEOUT, Stopped, stop
 
 __all__ = [

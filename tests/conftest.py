@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from clan_vm_tasks.guests import example as example_guest
+from examples import guest as example_guest
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = example_guest.READY_LINE

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clan_vm_tasks.guests import example as example_guest
+from examples import guest as example_guest
 from tests.conftest import CLI, ROOT, Guest
 
 NIX = shutil.which("nix")

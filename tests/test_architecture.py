@@ -15,7 +15,7 @@ LAYERS = [
     ["", "errors", "render"],  # "" is the package itself (its version)
     ["names"],
     ["models"],
-    ["state", "guests"],
+    ["state"],
     ["backends"],
     ["vm"],
     ["nix", "clan"],

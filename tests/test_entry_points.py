@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clan_vm_tasks import lifecycle
-from clan_vm_tasks.guests.example import POWER_BUTTON_LINE
+from examples.guest import POWER_BUTTON_LINE
 from tests.conftest import CLI, READY, ROOT, Guest
 
 TASKS = sorted(

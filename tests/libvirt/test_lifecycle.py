@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from clan_vm_tasks.guests.example import POWER_BUTTON_LINE
+from examples.guest import POWER_BUTTON_LINE
 from tests.conftest import READY, Guest
 from tests.libvirt.conftest import LV, shell
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clan_vm_tasks.guests.example import POWER_BUTTON_LINE
+from examples.guest import POWER_BUTTON_LINE
 from tests.conftest import CLI, READY, Guest
 
 pytestmark = pytest.mark.vm

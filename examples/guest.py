@@ -5,7 +5,7 @@ serial console, runs a shell there, and powers off when the ACPI power button
 is pressed (so a graceful stop can be told apart from a hard one). Debian's
 ``qemu-ga`` (with the host's copies of its libraries) answers on the guest-agent
 port. The demo and
-the test suite both use it; ``python -m clan_vm_tasks.guests.example DIR``
+the test suite both use it; ``python -m examples.guest DIR``
 builds it into DIR.
 """
 

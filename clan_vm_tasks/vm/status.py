@@ -1,18 +1,15 @@
-"""Looking at a VM: its status checked with the hypervisor, everything about it, its console."""
+"""A VM's status, checked with its hypervisor, and everything about it (``show``)."""
 
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.backends.base import HostUnreachable
-from clan_vm_tasks.errors import ClanVMError, StateConflict
-from clan_vm_tasks.state import files
+from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMPaths
 from clan_vm_tasks.vm import definition, guest, listing, machines, reconcile
-from clan_vm_tasks.vm.stop import require_active
 
 if TYPE_CHECKING:
     from clan_vm_tasks.models import VMConfig
@@ -112,22 +109,3 @@ def _extra_disks(paths: VMPaths, config: VMConfig) -> list[dict[str, Any]]:
             }
         )
     return found
-
-
-def console_log(store: Store, name: str) -> bytes:
-    store.require(name)
-    return machines.machine(store, name, store.read_state(name)).console_output(0)
-
-
-def attach_console(store: Store, name: str) -> str:
-    store.require(name)
-    with store.lock(name, timeout=5):
-        state = require_active(store, name)
-    # QEMU serves one console client at a time and would leave a second one hanging.
-    held = files.try_lock(store.root / "locks" / f"{name}.console")
-    if held is None:
-        raise StateConflict(f"the console of VM '{name}' is already attached elsewhere")
-    try:
-        return machines.machine(store, name, state).attach_console()
-    finally:
-        os.close(held)

@@ -108,7 +108,7 @@ def _host(host: str | None) -> str | None:
 @vm_task(help={"name": NAME_HELP, "json": "print a JSON object"})
 def status(c: Context, name: str, json: bool = False) -> None:
     """Show whether a VM runs, checked against its process and QMP."""
-    from clan_vm_tasks.vm.inspect import status as vm_status
+    from clan_vm_tasks.vm.status import status as vm_status
 
     check_name(name)
     store, _ = open_store(create=False)
@@ -120,7 +120,7 @@ def status(c: Context, name: str, json: bool = False) -> None:
 @vm_task(help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP})
 def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
     """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
-    from clan_vm_tasks.vm.inspect import show as vm_show
+    from clan_vm_tasks.vm.status import show as vm_show
 
     check_name(name)
     store, settings = open_store(create=False)
@@ -178,7 +178,7 @@ def show(c: Context, name: str, json: bool = False, flake: str | None = None) ->
 @vm_task(help={"name": NAME_HELP, "log": "print the console output so far instead of attaching"})
 def console(c: Context, name: str, log: bool = False) -> None:
     """Attach to a VM's serial console (Ctrl-] detaches); without a TTY, relay stdin/stdout."""
-    from clan_vm_tasks.vm.inspect import attach_console, console_log
+    from clan_vm_tasks.vm.console import attach_console, console_log
 
     check_name(name)
     store, _ = open_store(create=False)

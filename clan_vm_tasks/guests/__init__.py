@@ -1,1 +1,0 @@
-"""Guests bundled for the demo, the tests and the benchmarks."""

@@ -1,0 +1,1 @@
+"""Examples that come with the repository (not part of the installed package)."""
