@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from invoke.context import Context
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.tasks.common import CLAN_DIR_HELP, NAME_HELP, open_store, say, vm_task
 
+if TYPE_CHECKING:
+    from invoke.context import Context
+
 
 @vm_task(
     positional=["action", "name"],
     iterable=["tag"],
+    examples=["inventory push web --clan-dir ~/my-clan --tag dev", "inventory remove web"],
     help={
         "action": "push or remove",
         "name": NAME_HELP,

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from invoke.context import Context
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks import render
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.tasks.common import NAME_HELP, number, on_host, open_store, say, vm_task
 
+if TYPE_CHECKING:
+    from invoke.context import Context
+
 
 @vm_task(
+    examples=["snapshot web before-upgrade", "snapshot web before-upgrade --delete"],
     help={
         "name": NAME_HELP,
         "snap": "name of the snapshot",
         "delete": "delete the snapshot instead of taking it",
         "live": "require a running VM (snapshot with memory state); fail if it is stopped",
-    }
+    },
 )
 def snapshot(c: Context, name: str, snap: str, delete: bool = False, live: bool = False) -> None:
     """Take a snapshot: with memory state if the VM runs, of the disk if it is stopped."""
@@ -32,7 +36,10 @@ def snapshot(c: Context, name: str, snap: str, delete: bool = False, live: bool 
     say(f"took snapshot '{snap}' of VM '{name}'{on_host(store.host_of(name))} {what}")
 
 
-@vm_task(help={"name": NAME_HELP, "snap": "name of the snapshot"})
+@vm_task(
+    help={"name": NAME_HELP, "snap": "name of the snapshot"},
+    examples=["revert web before-upgrade"],
+)
 def revert(c: Context, name: str, snap: str) -> None:
     """Revert a VM to a snapshot: a running VM gets memory and disk back, a stopped one its disk."""
     from clan_vm_tasks.vm import snapshots
@@ -48,7 +55,7 @@ def revert(c: Context, name: str, snap: str) -> None:
         say(f"reverted the disk of VM '{name}' to snapshot '{snap}'{note}")
 
 
-@vm_task(help={"name": NAME_HELP, "json": "print a JSON array"})
+@vm_task(help={"name": NAME_HELP, "json": "print a JSON array"}, examples=["snapshots web"])
 def snapshots(c: Context, name: str, json: bool = False) -> None:
     """List a VM's snapshots: name, date, size of saved memory state."""
     from clan_vm_tasks.vm import snapshots as snaps
@@ -73,7 +80,10 @@ def snapshots(c: Context, name: str, json: bool = False) -> None:
     )
 
 
-@vm_task(help={"name": NAME_HELP, "disk": "new disk size in MiB (only growing is allowed)"})
+@vm_task(
+    help={"name": NAME_HELP, "disk": "new disk size in MiB (only growing is allowed)"},
+    examples=["resize web --disk 40960"],
+)
 def resize(c: Context, name: str, disk: str | None = None) -> None:
     """Grow the disk of a stopped VM."""
     from clan_vm_tasks.errors import InvalidInput

@@ -6,14 +6,15 @@ import os
 import re
 import sys
 from pathlib import Path
-
-from invoke.context import Context
-from invoke.exceptions import Exit
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.render import notice
 from clan_vm_tasks.tasks.common import NAME_HELP, after_double_dash, number, open_store, vm_task
+
+if TYPE_CHECKING:
+    from invoke.context import Context
 
 _REMOTE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*):(/.*)")
 TRUNCATED = (
@@ -24,6 +25,8 @@ TRUNCATED = (
 
 @vm_task(
     name="exec",
+    after_dashes="-- CMD [ARG...]",
+    examples=["exec web -- uname -a", "exec web --timeout 300 -- nixos-rebuild switch"],
     help={"name": NAME_HELP, "timeout": "seconds the command may run (default 60)"},
 )
 def exec_(c: Context, name: str, timeout: str | None = None) -> None:
@@ -45,11 +48,12 @@ def exec_(c: Context, name: str, timeout: str | None = None) -> None:
     if result.truncated:
         notice(TRUNCATED)
     if result.exit_code:
-        raise Exit(code=result.exit_code)
+        raise SystemExit(result.exit_code)
 
 
 @vm_task(
     positional=["source", "target"],
+    examples=["copy notes.txt web:/root/", "copy web:/var/log/messages ."],
     help={
         "source": "a host file, or NAME:/PATH in the guest",
         "target": "NAME:/PATH in the guest, or a host file or directory",
@@ -84,7 +88,11 @@ def copy(c: Context, source: str, target: str) -> None:
     notice(f"copied {size} bytes to {local}")
 
 
-@vm_task(help={"name": NAME_HELP, "user": "the guest user (default: the VM's sshUser, root)"})
+@vm_task(
+    help={"name": NAME_HELP, "user": "the guest user (default: the VM's sshUser, root)"},
+    after_dashes="[-- CMD...]",
+    examples=["ssh web", "ssh web --user alice -- uptime"],
+)
 def ssh(c: Context, name: str, user: str | None = None) -> None:
     """Open SSH to the guest (ssh NAME [-- CMD...]) with a key of the VM's own, installed and
     the host key pinned through the guest agent."""

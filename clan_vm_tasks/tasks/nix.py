@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-
-from invoke.context import Context
-from invoke.exceptions import Exit
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks import render
+from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.render import notice, show_progress
 from clan_vm_tasks.tasks.common import (
@@ -26,6 +25,9 @@ from clan_vm_tasks.tasks.common import (
     vm_task,
 )
 
+if TYPE_CHECKING:
+    from invoke.context import Context
+
 
 def _names(names: list[str] | None) -> list[str]:
     for name in names or []:
@@ -36,6 +38,8 @@ def _names(names: list[str] | None) -> list[str]:
 @vm_task(
     name="eval",
     iterable=["vm"],
+    names="vm",
+    examples=["eval", "eval web db --flake ~/infra"],
     help={
         "vm": "a VM to show (repeatable; default: all)",
         "flake": FLAKE_HELP,
@@ -64,6 +68,8 @@ def eval_(
 
 @vm_task(
     iterable=["vm"],
+    names="vm",
+    examples=["build", "build web"],
     help={
         "vm": "a VM to build (repeatable; default: all)",
         "flake": FLAKE_HELP,
@@ -102,6 +108,11 @@ def build(
 @vm_task(
     name="boot-test",
     iterable=["vm", "check"],
+    names="vm",
+    examples=[
+        "boot-test --junit results.xml",
+        "boot-test web --check 'systemctl is-system-running'",
+    ],
     help={
         "vm": "a VM to boot (repeatable; default: every declared VM)",
         "flake": FLAKE_HELP,
@@ -165,6 +176,6 @@ def boot_test(
     )
     failed = [r.name for r in results if not r.passed]
     if failed:
-        raise Exit(f"error: boot test failed for {', '.join(failed)}", code=1)
+        raise ClanVMError(f"boot test failed for {', '.join(failed)}")
     if not results:
-        raise Exit("error: the flake declares no VMs to boot", code=1)
+        raise ClanVMError("the flake declares no VMs to boot")

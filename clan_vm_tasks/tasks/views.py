@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
-
-from invoke.context import Context
+from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks import render
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.state.store import STATES
 from clan_vm_tasks.tasks.common import FLAKE_HELP, NAME_HELP, number, open_store, say, vm_task
+
+if TYPE_CHECKING:
+    from invoke.context import Context
 
 
 def _describe_declared(name: str, definition: dict[str, Any]) -> str:
@@ -25,6 +26,7 @@ def _describe_declared(name: str, definition: dict[str, Any]) -> str:
 @vm_task(
     name="list",
     optional=["flake"],
+    examples=["list", "list --filter running --json", "list --flake"],
     help={
         "filter": "only VMs in this state: " + ", ".join(STATES),
         "json": "print a JSON array",
@@ -105,7 +107,10 @@ def _host(host: str | None) -> str | None:
     return host.split("?", 1)[0] if host else None  # a URI's parameters are noise here
 
 
-@vm_task(help={"name": NAME_HELP, "json": "print a JSON object"})
+@vm_task(
+    help={"name": NAME_HELP, "json": "print a JSON object"},
+    examples=["status web", "status web --json"],
+)
 def status(c: Context, name: str, json: bool = False) -> None:
     """Show whether a VM runs, checked against its process and QMP."""
     from clan_vm_tasks.vm.status import status as vm_status
@@ -117,7 +122,10 @@ def status(c: Context, name: str, json: bool = False) -> None:
     say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}")
 
 
-@vm_task(help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP})
+@vm_task(
+    help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP},
+    examples=["show web", "show web --json"],
+)
 def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
     """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
     from clan_vm_tasks.vm.status import show as vm_show
@@ -175,7 +183,10 @@ def show(c: Context, name: str, json: bool = False, flake: str | None = None) ->
     )
 
 
-@vm_task(help={"name": NAME_HELP, "log": "print the console output so far instead of attaching"})
+@vm_task(
+    help={"name": NAME_HELP, "log": "print the console output so far instead of attaching"},
+    examples=["console web", "console web --log"],
+)
 def console(c: Context, name: str, log: bool = False) -> None:
     """Attach to a VM's serial console (Ctrl-] detaches); without a TTY, relay stdin/stdout."""
     from clan_vm_tasks.vm.console import attach_console, console_log
@@ -192,11 +203,12 @@ def console(c: Context, name: str, log: bool = False) -> None:
 
 
 @vm_task(
+    examples=["history", "history --vm web --limit 10"],
     help={
         "vm": "only events of this VM",
         "limit": "at most this many events",
         "json": "print a JSON array",
-    }
+    },
 )
 def history(
     c: Context, vm: str | None = None, limit: str | None = None, json: bool = False

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from invoke.context import Context
-
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name, check_new_name
 from clan_vm_tasks.render import notice, show_progress
@@ -29,6 +27,8 @@ from clan_vm_tasks.tasks.common import (
 )
 
 if TYPE_CHECKING:
+    from invoke.context import Context
+
     from clan_vm_tasks.vm.start import Started
 
 
@@ -56,6 +56,10 @@ def _create_from_flake(
 @vm_task(
     iterable=["qemu_arg", "forward"],
     optional=["flake"],
+    examples=[
+        "create web --cpus 2 --memory 1024 --kernel vmlinuz --initrd initrd --forward tcp:auto:22",
+        "create web --flake",
+    ],
     help={
         "name": NAME_HELP,
         "cpus": "virtual CPUs (default 2)",
@@ -171,6 +175,7 @@ def _running(host: str | None, started: Started) -> str:
 
 
 @vm_task(
+    examples=["start web --wait-for 'clan-guest: READY'", "start web --foreground"],
     help={
         "name": NAME_HELP,
         "foreground": "run QEMU attached to this command and stream the console",
@@ -183,7 +188,7 @@ def _running(host: str | None, started: Started) -> str:
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
         "allow_shares": ALLOW_SHARES_HELP,
         "quiet": QUIET_HELP,
-    }
+    },
 )
 def start(
     c: Context,
@@ -246,11 +251,12 @@ def start(
 
 
 @vm_task(
+    examples=["stop web", "stop web --force"],
     help={
         "name": NAME_HELP,
         "force": "skip the graceful steps: end QEMU at once",
         "timeout": "seconds the guest gets to power off after the ACPI button (default 30)",
-    }
+    },
 )
 def stop(c: Context, name: str, force: bool = False, timeout: str | None = None) -> None:
     """Stop a VM: ACPI power button, then QMP quit, SIGTERM, SIGKILL; says which step ended it."""
@@ -268,6 +274,7 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
 
 
 @vm_task(
+    examples=["restart web --wait-for 'clan-guest: READY'"],
     help={
         "name": NAME_HELP,
         "timeout": "seconds the guest gets to power off (default 30)",
@@ -276,7 +283,7 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
         "allow_shares": ALLOW_SHARES_HELP,
         "quiet": QUIET_HELP,
-    }
+    },
 )
 def restart(
     c: Context,
@@ -321,11 +328,12 @@ def restart(
 
 
 @vm_task(
+    examples=["delete web", "delete web --force"],
     help={
         "name": NAME_HELP,
         "force": "also stop a running VM and remove its disk image",
         "clan_dir": CLAN_DIR_HELP,
-    }
+    },
 )
 def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = None) -> None:
     """Delete a VM. Keeps its disk image (and says where) unless --force."""
@@ -348,7 +356,7 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
     sync.forget(store, name, sync.clan_dir(clan_dir), notice)
 
 
-@vm_task(help={"name": NAME_HELP})
+@vm_task(help={"name": NAME_HELP}, examples=["pause web"])
 def pause(c: Context, name: str) -> None:
     """Freeze a running VM (its CPUs stop; memory and devices are kept)."""
     from clan_vm_tasks.vm.pause import pause as pause_vm
@@ -359,7 +367,7 @@ def pause(c: Context, name: str) -> None:
     say(f"paused VM '{name}'{on_host(store.host_of(name))}")
 
 
-@vm_task(help={"name": NAME_HELP})
+@vm_task(help={"name": NAME_HELP}, examples=["resume web"])
 def resume(c: Context, name: str) -> None:
     """Let a paused VM run again."""
     from clan_vm_tasks.vm.pause import resume as resume_vm
