@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from clan_vm_tasks.cli.options import Option, metavar, options
+from clan_vm_tasks.errors import close_match
 from clan_vm_tasks.tasks.common import TASKS, TaskSpec
 
 HELP_FLAGS = ("--help", "-h")
@@ -29,10 +30,8 @@ class WantsHelp(Exception):
 
 def suggest(word: str, choices: list[str]) -> str:
     """``; did you mean 'X'?`` for a close match among CHOICES, else nothing."""
-    import difflib  # lazy: only a mistake pays for it
-
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    close = close_match(word, choices)
+    return f"; did you mean '{close}'?" if close else ""
 
 
 def parse(spec: TaskSpec, words: list[str]) -> dict[str, Any]:

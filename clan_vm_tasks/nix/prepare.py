@@ -10,11 +10,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from clan_vm_tasks import render
-from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
+from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict, close_match
 from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.nix import diagnose, flakes
 from clan_vm_tasks.nix.command import STORE_DIR, NixError
-from clan_vm_tasks.nix.declared import as_attributes, declared, require, to_config
+from clan_vm_tasks.nix.declared import (
+    as_attributes,
+    declared,
+    names_without_network,
+    require,
+    to_config,
+)
 from clan_vm_tasks.nix.evaluate import Evaluated
 from clan_vm_tasks.nix.flakes import Flake, where
 from clan_vm_tasks.nix.realise import read_origin, realise, remember, running
@@ -292,6 +298,25 @@ def flake_of(store: Store, option: str | None, name: str) -> Flake | None:
         ) from None
 
 
+def _check_declared(store: Store, flake: Flake, name: str) -> None:
+    """A VM that does not exist must be one the flake declares; a mistyped name is said at
+    once, before any error of the flake's evaluation, and without the network when the flake's
+    names can be told without it."""
+    names = names_without_network(store, flake)
+    if names is None:
+        try:
+            names = sorted(declared(store, flake))
+        except NixError as error:
+            raise NixError(
+                f"no VM named '{name}' here, and the flake {flake.label} does not evaluate to "
+                f"say whether it declares one: {error}"
+            ) from None
+    if name not in names:
+        close = close_match(name, sorted({*names, *store.names()}))
+        hint = f"did you mean '{close}'?" if close else f"it declares {', '.join(names) or 'none'}"
+        raise InvalidInput(f"no VM named '{name}' here or in the flake {flake.label}; {hint}")
+
+
 def apply_flake(
     store: Store,
     settings: Settings,
@@ -305,5 +330,7 @@ def apply_flake(
     flake = flake_of(store, option, name)
     if flake is None:
         return None
+    if not store.exists(name):
+        _check_declared(store, flake, name)
     planned = plan(store, settings, flake, name, allow_qemu_args, allow_shares)
     return apply(store, planned, notify)
