@@ -39,6 +39,13 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+class InterruptedWait(ClanVMError):
+    """Ctrl-C while a command waited for a VM it leaves running: exit code 130, as for any
+    Ctrl-C, and a message that says so."""
+
+    exit_code = 130
+
+
 class AgentUnavailable(ClanVMError):
     """The guest agent did not answer (none in the guest, not started yet, or busy)."""
 

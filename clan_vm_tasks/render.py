@@ -179,3 +179,29 @@ def show_progress(quiet: bool) -> Progress:
     global _PROGRESS
     _PROGRESS = Progress(quiet=quiet)
     return _PROGRESS
+
+
+class WithoutQueries:
+    """A guest's console output for a file or a pipe, without the terminal queries in it
+    (a shell's cursor position request ``ESC [6n``, a device attributes request ``ESC [c``):
+    nothing there answers them, and they are not text. A sequence split between two
+    chunks is held back until the next one shows what it is (one never finished is not
+    text either)."""
+
+    _QUERY = re.compile(rb"\x1b\[[?>=]?[0-9;]*[nc]|\x1bZ")
+    _UNFINISHED = re.compile(rb"\x1b(\[[?>=]?[0-9;]*)?$")
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def __call__(self, chunk: bytes) -> bytes:
+        data = self._held + chunk
+        unfinished = self._UNFINISHED.search(data)
+        cut = unfinished.start() if unfinished else len(data)
+        self._held = data[cut:]
+        return self._QUERY.sub(b"", data[:cut])
+
+
+def for_output(fd: int) -> Callable[[bytes], bytes]:
+    """How console output is written to FD: as it is on a terminal, else without queries."""
+    return (lambda chunk: chunk) if os.isatty(fd) else WithoutQueries()

@@ -194,7 +194,7 @@ def console(c: Context, name: str, log: bool = False) -> None:
     check_name(name)
     store, _ = open_store(create=False)
     if log:
-        sys.stdout.buffer.write(console_log(store, name))
+        sys.stdout.buffer.write(render.for_output(sys.stdout.fileno())(console_log(store, name)))
         sys.stdout.flush()
         return
     why = attach_console(store, name)

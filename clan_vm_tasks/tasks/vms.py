@@ -7,6 +7,7 @@ declares the VM) is evaluated and built first.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from clan_vm_tasks.errors import InvalidInput
@@ -219,6 +220,12 @@ def start(
     def boot() -> Started:
         if foreground:  # start only returns when the VM is gone again
             sync.push(store, name, clan, notice)
+            if sys.stdin.isatty():
+                notice(
+                    f"the console shows here but takes no input: type into it with "
+                    f"'clan-vm-manager console {name}' from another terminal; Ctrl-C stops "
+                    "the VM"
+                )
         return start_vm(
             store,
             settings,

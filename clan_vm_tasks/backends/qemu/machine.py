@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clan_vm_tasks import render
 from clan_vm_tasks.backends.base import (
     AccelChoice,
     Ending,
@@ -219,9 +220,11 @@ class QemuMachine:
         def on_signal(signum: int, frame: object) -> None:
             raise KeyboardInterrupt
 
+        shown = render.for_output(sys.stdout.fileno())
+
         def show(chunk: bytes) -> None:
             with contextlib.suppress(OSError):  # a terminal that went away reads nothing
-                os.write(sys.stdout.fileno(), chunk)
+                os.write(sys.stdout.fileno(), shown(chunk))
 
         # SIGHUP (the terminal closed) stops the VM like SIGTERM and Ctrl-C.
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
