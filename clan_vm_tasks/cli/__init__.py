@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(given: list[str], words: list[str]) -> None:
-    from clan_vm_tasks.cli import help as helptext
     from clan_vm_tasks.cli.parse import HELP_FLAGS, UsageError, WantsHelp, parse, suggest
     from clan_vm_tasks.tasks import common
 
     first = words[0] if words else None
     if first is None or first in HELP_FLAGS:
+        from clan_vm_tasks.cli import help as helptext
+
         topic = words[1] if len(words) > 1 else None
         if topic is None:
             print(helptext.overview(__version__))
@@ -89,6 +90,8 @@ def _run(given: list[str], words: list[str]) -> None:
         return
     spec = common.TASKS.get(first)
     if spec is None:
+        from clan_vm_tasks.cli import help as helptext
+
         if first.startswith("-"):
             _usage_error(f"unknown option {first} (see: {PROGRAM} --help)")
         choices = [*common.TASKS, *helptext.BUILTINS]
@@ -97,6 +100,8 @@ def _run(given: list[str], words: list[str]) -> None:
     try:
         kwargs = parse(spec, words[1:])
     except WantsHelp:
+        from clan_vm_tasks.cli import help as helptext
+
         print(helptext.task_help(spec))
         return
     except UsageError as error:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import files, history
@@ -53,6 +52,8 @@ def _finish(store: Store, entry: str, purpose: str, name: str, warn: Notify) -> 
                 history.record(
                     store.history, name, "delete", details + " (finished after an interruption)"
                 )
+        import shutil  # lazy: usually nothing is left to sweep
+
         shutil.rmtree(staging, ignore_errors=True)
     except OSError as error:
         warn(f"warning: could not clear {staging}: {error}")

@@ -108,16 +108,25 @@ def _host(host: str | None) -> str | None:
 
 
 @vm_task(
-    help={"name": NAME_HELP, "json": "print a JSON object"},
-    examples=["status web", "status web --json"],
+    help={
+        "name": NAME_HELP,
+        "json": "print a JSON object",
+        "wait_agent": "wait for the guest agent to answer (up to --timeout) before telling",
+        "timeout": "seconds --wait-agent waits (default 60)",
+    },
+    examples=["status web", "status web --json --wait-agent"],
 )
-def status(c: Context, name: str, json: bool = False) -> None:
-    """Show whether a VM runs, checked against its process and QMP."""
+def status(
+    c: Context, name: str, json: bool = False, wait_agent: bool = False, timeout: str | None = None
+) -> None:
+    """Show whether a VM runs, checked against its process and QMP, and whether its guest
+    agent answers."""
     from clan_vm_tasks.vm.status import status as vm_status
 
     check_name(name)
+    seconds = number(timeout, "timeout", 60, float)
     store, _ = open_store(create=False)
-    info = vm_status(store, name)
+    info = vm_status(store, name, seconds if wait_agent else 0.0)
     where = f", on {_host(info.get('host'))}" if info.get("host") else ""
     say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}")
 

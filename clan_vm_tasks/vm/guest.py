@@ -59,7 +59,8 @@ def session(store: Store, name: str, wait: float = AGENT_WAIT) -> Iterator[Guest
         deadline = time.monotonic() + wait
         while True:
             try:
-                agent = stack.enter_context(machine.agent(min(PING_TIMEOUT * 2, wait)))
+                probe = max(PING_TIMEOUT, min(PING_TIMEOUT * 2, wait))
+                agent = stack.enter_context(machine.agent(probe))
                 break
             except AgentUnavailable as error:
                 if time.monotonic() >= deadline:
@@ -71,14 +72,15 @@ def session(store: Store, name: str, wait: float = AGENT_WAIT) -> Iterator[Guest
         yield agent
 
 
-def ping(store: Store, name: str) -> bool | None:
-    """Whether the agent answers (None when the VM is not running)."""
+def ping(store: Store, name: str, wait: float = 0.0) -> bool | None:
+    """Whether the agent answers (None when the VM is not running), waiting up to WAIT
+    seconds for it."""
     state = reconcile.current(store, name)
     if state.status not in reconcile.ACTIVE or not _agent_enabled(store, name):
         return None if state.status not in reconcile.ACTIVE else False
-    try:
-        with session(store, name, wait=PING_TIMEOUT) as agent:
-            agent.execute("guest-ping", timeout=PING_TIMEOUT)
+    try:  # no wait: a guest whose agent has not opened its port is told at once
+        with session(store, name, wait=wait):
+            pass  # a session begins with the agent answering (a sync, or a guest-ping)
     except (AgentUnavailable, AgentError):
         return False
     return True

@@ -9,7 +9,7 @@ from clan_vm_tasks.backends.base import HostUnreachable
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMPaths
-from clan_vm_tasks.vm import definition, guest, listing, machines, reconcile
+from clan_vm_tasks.vm import guest, listing, machines, reconcile
 
 if TYPE_CHECKING:
     from clan_vm_tasks.models import VMConfig
@@ -22,9 +22,10 @@ def _unreachable(store: Store, name: str, error: HostUnreachable) -> dict[str, A
     return info
 
 
-def status(store: Store, name: str) -> dict[str, Any]:
+def status(store: Store, name: str, wait_agent: float = 0.0) -> dict[str, Any]:
     """list's object for one VM, checked against the hypervisor when the VM is alive (and,
-    on a libvirt host, always)."""
+    on a libvirt host, always). The agent is asked once, at once (a guest without one is
+    told without waiting), or for up to WAIT_AGENT seconds."""
     store.require(name)
     try:
         state = reconcile.current(store, name)
@@ -36,6 +37,8 @@ def status(store: Store, name: str) -> dict[str, Any]:
         config = None
     info = listing.view(name, state, config)
     if info["error"]:
+        from clan_vm_tasks.vm import definition  # lazy: its schema is for show and start
+
         raise definition.Broken(name, info["error"])
     info["qmp"] = None
     if state.status in reconcile.ACTIVE:
@@ -43,12 +46,16 @@ def status(store: Store, name: str) -> dict[str, Any]:
         info["qmp"] = run_state is not None  # alive but not answering: hung, or a client attached
         if run_state is not None:
             info["state"] = run_state
-    info["agent"] = guest.ping(store, name) if info["state"] == "running" else None
+    info["agent"] = None
+    if info["state"] == "running":
+        info["agent"] = guest.ping(store, name, wait_agent)
     return info
 
 
 def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
     """Everything about one VM: status, configuration, paths, accelerator, disk."""
+    from clan_vm_tasks.vm import definition
+
     info = status(store, name)
     if info["state"] == "unreachable":
         raise ClanVMError(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.backends.qemu import virtiofs
-from clan_vm_tasks.models import NetworkConfig, VMConfig
 from clan_vm_tasks.state.store import VMPaths
+
+if TYPE_CHECKING:
+    from clan_vm_tasks.models import NetworkConfig, VMConfig
 
 QEMU_BINARY = "qemu-system-x86_64"
 # Options the tool sets itself (or whose effect it must know): an extra argument may not
@@ -91,12 +94,15 @@ def network_args(network: NetworkConfig, mac: str, tap: str | None = None) -> li
 AGENT_PORT = "org.qemu.guest_agent.0"  # the name qemu-ga and its udev rules look for
 
 
+AGENT_CHARDEV = "agent0"
+
+
 def agent_args(socket: Path) -> list[str]:
     """A virtio-serial port for the QEMU guest agent, served on a socket of ours."""
     return [
         "-device", "virtio-serial-pci,id=agent-serial",
-        "-chardev", f"socket,id=agent0,path={_escape(str(socket))},server=on,wait=off",
-        "-device", f"virtserialport,bus=agent-serial.0,chardev=agent0,name={AGENT_PORT}",
+        "-chardev", f"socket,id={AGENT_CHARDEV},path={_escape(str(socket))},server=on,wait=off",
+        "-device", f"virtserialport,bus=agent-serial.0,chardev={AGENT_CHARDEV},name={AGENT_PORT}",
     ]  # fmt: skip
 
 

@@ -12,11 +12,9 @@ import contextlib
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +28,12 @@ from clan_vm_tasks.backends.base import (
     StopStep,
 )
 from clan_vm_tasks.backends.qemu import events, process
-from clan_vm_tasks.errors import ClanVMError, InvalidInput
+from clan_vm_tasks.errors import AgentUnavailable, ClanVMError, InvalidInput
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
+    import subprocess
+
     from clan_vm_tasks.backends.qemu.agent import AgentSession
     from clan_vm_tasks.backends.qemu.qmp import Monitor
     from clan_vm_tasks.models import VMConfig
@@ -71,6 +71,8 @@ def _qmp_start_timeout() -> float:
 
 
 def _parse_snapshot(entry: dict[str, Any]) -> Snapshot:
+    from datetime import UTC, datetime
+
     seconds = int(entry.get("date-sec", 0)) + int(entry.get("date-nsec", 0)) / 1e9
     return Snapshot(
         name=str(entry.get("name", "")),
@@ -385,7 +387,24 @@ class QemuMachine:
     def agent(self, timeout: float) -> AgentSession:
         from clan_vm_tasks.backends.qemu.agent import AgentSession
 
+        if self._agent_port_open() is False:  # nothing in the guest listens: no waiting for it
+            raise AgentUnavailable("no agent in the guest has opened its port")
         return AgentSession(self.paths.agent_socket, timeout)
+
+    def _agent_port_open(self) -> bool | None:
+        """Whether the guest has opened its agent's virtio-serial port, as QEMU sees it (a
+        running qemu-ga keeps it open); None when QMP cannot tell."""
+        from clan_vm_tasks.backends.qemu.argv import AGENT_CHARDEV
+
+        try:
+            with self._monitor(timeout=2.0) as mon:
+                chardevs = mon.execute("query-chardev")
+        except ClanVMError:
+            return None
+        for chardev in chardevs if isinstance(chardevs, list) else []:
+            if chardev.get("label") == AGENT_CHARDEV:
+                return bool(chardev.get("frontend-open"))
+        return None
 
     # --- its console ----------------------------------------------------------------------------
 

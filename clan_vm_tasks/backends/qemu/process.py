@@ -14,13 +14,16 @@ import itertools
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.errors import ClanVMError
+
+if TYPE_CHECKING:
+    import subprocess  # lazy below: status and list only look at processes
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,8 @@ def _tail(text: str, lines: int = 5) -> str:
 
 def launch_daemon(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0) -> ProcessId:
     """Run QEMU with -daemonize: it returns once the VM is set up (sockets listening)."""
+    import subprocess
+
     pidfile.unlink(missing_ok=True)
     try:
         result = subprocess.run(
@@ -152,6 +157,8 @@ def launch_daemon(argv: list[str], pidfile: Path, log: Path, timeout: float = 60
 
 def launch_foreground(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     """Run QEMU as our child in its own session (the terminal's Ctrl-C reaches us, not it)."""
+    import subprocess
+
     try:
         with log.open("wb") as err:
             return subprocess.Popen(
