@@ -39,3 +39,10 @@ class AgentError(ClanVMError):
 
 class StateConflict(ClanVMError):
     """The operation makes no sense in the VM's current state (e.g. stop a stopped VM)."""
+
+
+class AlreadyExists(StateConflict):
+    """A VM of that name exists (made meanwhile by another command, perhaps)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"VM '{name}' already exists")

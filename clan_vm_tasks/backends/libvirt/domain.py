@@ -3,8 +3,6 @@ directory that made it, and what its state says."""
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.backends.base import Ending
@@ -26,11 +24,6 @@ _ENDINGS = {  # virDomainShutoffReason -> how the VM ended
     6: Ending("crash", None, "QEMU failed on its host"),
     8: Ending("crash", None, "libvirtd ended it on its host"),
 }
-
-
-def owner_id(state_dir: Path) -> str:
-    """Which state directory made a domain: hosts see VMs of many machines and users."""
-    return f"{socket.gethostname()}:{state_dir}"
 
 
 def owner(host: Host, dom: Any) -> str | None:

@@ -29,6 +29,7 @@ from clan_vm_tasks.backends.libvirt import domain, network, storage, xml
 from clan_vm_tasks.backends.libvirt.agent import AgentSession
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, lib
 from clan_vm_tasks.backends.libvirt.console import Console, attach, lines
+from clan_vm_tasks.backends.ssh import display
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 
@@ -263,15 +264,33 @@ class LibvirtMachine:
             raise ClanVMError(f"the disk of VM '{self.name}' is missing on host {self.host.label}")
         return vol
 
-    def disk_info(self) -> dict[str, Any]:
+    def details(self, config: VMConfig) -> dict[str, Any]:
+        pool = storage.pool(self.host)
         vol = self._disk()
         _kind, capacity, allocation = self.host.call(vol.info)
-        return {
-            "filename": str(self.host.call(vol.path)),
+        disk = {
+            "path": str(self.host.call(vol.path)),
             "format": "qcow2",
-            "virtual-size": capacity,
-            "actual-size": allocation,
+            "virtual_size": capacity,
+            "actual_size": allocation,
+            "backing_file": None,
+            "backing_format": None,
         }
+        directory = storage.pool_path(self.host, pool)
+        return {
+            "disks": [disk],
+            "console_log": f"{directory}/{storage.console_volume(self.name)}",
+            "qmp_socket": None,
+            "serial_socket": None,
+            "spice_socket": None,
+            "uri": display(self.host.uri),
+            "domain": self.name,
+        }
+
+    def update_disks(self, old: VMConfig, new: VMConfig, notify: Notify) -> None:
+        # Extra disks are not supported here; its own share directories are made at start.
+        if new.disk_size != old.disk_size:
+            self.grow_disk(new.disk_size)
 
     def disk_size_mib(self) -> int:
         return storage.size_mib(self.host, self._disk())
