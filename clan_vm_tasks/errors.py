@@ -46,3 +46,12 @@ class AlreadyExists(StateConflict):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"VM '{name}' already exists")
+
+
+class HostUnreachable(ClanVMError):
+    """The host of a VM did not answer (in time): its VMs' state is unknown, not stopped."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"host {host} is unreachable: {reason}")
+        self.host = host
+        self.reason = reason

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
@@ -44,15 +43,6 @@ class StopStep:
 class AccelChoice:
     accel: str  # "kvm" or "tcg"
     notice: str | None  # one line for the user when we fell back or were overridden
-
-
-class HostUnreachable(ClanVMError):
-    """The host of a VM did not answer (in time): its VMs' state is unknown, not stopped."""
-
-    def __init__(self, host: str, reason: str) -> None:
-        super().__init__(f"host {host} is unreachable: {reason}")
-        self.host = host
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -250,9 +240,9 @@ class Backend(Protocol):
         """Take away what ``provision`` made for VM NAME, whose directory has been renamed
         away to PATHS: its disks are kept (and where is returned) when KEEP_DISK."""
 
-    def may_run_unrecorded(self, paths: VMPaths) -> bool:
-        """Whether a VM recorded stopped may still run there (cheap: ``list`` asks it of
-        every stopped VM)."""
+    def may_run_unrecorded(self, vm_dir: str) -> bool:
+        """Whether a VM recorded stopped (its directory VM_DIR) may still run there (cheap:
+        ``list`` asks it of every stopped VM, hence a plain string)."""
 
     def guest_address(self, name: str) -> str | None:
         """The running guest's own IPv4 address (a bridged VM), if the host can tell."""

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clan_vm_tasks.backends.base import HostUnreachable
 from clan_vm_tasks.clan import inventory
 from clan_vm_tasks.clan.nixstore import in_store
+from clan_vm_tasks.errors import HostUnreachable
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import machines, ssh

@@ -9,15 +9,18 @@ when a VM needs it, so nothing about local VMs pays for it.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from clan_vm_tasks.backends.base import Backend, Machine
 from clan_vm_tasks.backends.qemu.backend import QemuBackend
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import host_name_problem, uri_problem
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
 
-_LOCAL = QemuBackend()
+if TYPE_CHECKING:
+    from clan_vm_tasks.backends.base import Backend, Machine
+
+_LOCAL: Backend = QemuBackend()
 _HOSTED: dict[tuple[str, str], Backend] = {}
 _SETTINGS: dict[tuple[str | None, ...], Settings] = {}
 

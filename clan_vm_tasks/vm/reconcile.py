@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clan_vm_tasks.state import history
-from clan_vm_tasks.state.store import Store, VMPaths, VMState
+from clan_vm_tasks.state.store import Store, VMState
 
 if TYPE_CHECKING:
     from clan_vm_tasks.backends.base import Backend
@@ -40,9 +40,11 @@ class Change:
     abandon: bool = False  # end what an interrupted start launched
 
 
-def needs_check(state: VMState, backend: Backend, paths: VMPaths) -> bool:
+def needs_check(state: VMState, backend: Backend, vm_dir: str) -> bool:
     """Whether the record may be untrue (a stopped VM on this machine costs one stat)."""
-    return state.status in ACTIVE or state.status == "starting" or backend.may_run_unrecorded(paths)
+    return (
+        state.status in ACTIVE or state.status == "starting" or backend.may_run_unrecorded(vm_dir)
+    )
 
 
 def _ended(state: VMState, status: str, step: str | None) -> VMState:
@@ -118,7 +120,7 @@ def current(store: Store, name: str, locked: bool = False) -> VMState:
     from clan_vm_tasks.vm import machines
 
     state = store.read_state(name)
-    if not needs_check(state, machines.backend_of(store, name), store.paths(name)):
+    if not needs_check(state, machines.backend_of(store, name), f"{store.vms}/{name}"):
         return state
     change = observe(store, name, state, locked)
     if locked:

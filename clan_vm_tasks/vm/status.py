@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clan_vm_tasks.backends.base import HostUnreachable
-from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.errors import ClanVMError, HostUnreachable
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import definition, guest, listing, machines, reconcile

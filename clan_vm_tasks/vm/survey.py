@@ -9,13 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clan_vm_tasks.backends.base import Backend, HostUnreachable
-from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.errors import ClanVMError, HostUnreachable
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import machines, reconcile
+
+if TYPE_CHECKING:
+    from clan_vm_tasks.backends.base import Backend
 
 LIST_TIMEOUT = 10.0
 
@@ -97,7 +99,7 @@ def list_rows(
                     if host in failed:
                         raise HostUnreachable(str(host), failed[host])
                     backend = backends[host]
-                    if reconcile.needs_check(state, backend, store.paths(name)):
+                    if reconcile.needs_check(state, backend, f"{store.vms}/{name}"):
                         state = reconcile.current(store, name)
                     row = view(name, state, config)
                 except HostUnreachable as error:  # before or during this list

@@ -179,7 +179,7 @@ class LibvirtBackend:
                         return str(addr["addr"])
         return None
 
-    def may_run_unrecorded(self, paths: VMPaths) -> bool:
+    def may_run_unrecorded(self, vm_dir: str) -> bool:
         return True  # started there by someone else: only the host can tell
 
     def survey(self, timeout: float) -> None:

@@ -19,9 +19,8 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from clan_vm_tasks.backends.base import HostUnreachable
 from clan_vm_tasks.backends.ssh import ssh_wrapper
-from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.errors import ClanVMError, HostUnreachable
 
 OPEN_TIMEOUT = 20.0  # ssh gives up connecting after SSH_CONNECT_TIMEOUT; this is the backstop
 CALL_TIMEOUT = 30.0
