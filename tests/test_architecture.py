@@ -75,6 +75,15 @@ def test_task_modules_import_no_other_task_module() -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_no_module_is_named_like_a_standard_library_module() -> None:
+    """``backends/libvirt/xml.py`` beside ``import xml.etree``, ``vm/inspect.py``: a reader
+    (and a careless import) takes one for the other."""
+    clashing = sorted(
+        m.name for m in modules().values() if m.name.rsplit(".", 1)[-1] in sys.stdlib_module_names
+    )
+    assert clashing == []
+
+
 CONCRETE = (f"{PACKAGE}.backends.qemu", f"{PACKAGE}.backends.libvirt")
 CHOOSER = f"{PACKAGE}.vm.machines"  # the one place that chooses a backend
 

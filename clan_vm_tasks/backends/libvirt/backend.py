@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from clan_vm_tasks.backends import image
 from clan_vm_tasks.backends.base import AccelChoice, Removed
-from clan_vm_tasks.backends.libvirt import domain, network, storage, xml
+from clan_vm_tasks.backends.libvirt import domain, domain_xml, network, storage
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, host, lib
 from clan_vm_tasks.backends.libvirt.machine import LibvirtMachine
 from clan_vm_tasks.backends.ssh import display
@@ -79,7 +79,7 @@ class LibvirtBackend:
 
     def check_config(self, config: VMConfig) -> None:
         for tag, share in sorted(config.shares.items()):
-            problem = xml.share_problem(share, os.path.realpath(share.source or "/"))
+            problem = domain_xml.share_problem(share, os.path.realpath(share.source or "/"))
             if problem:
                 raise InvalidInput(f"VM '{config.name}' on a libvirt host: share '{tag}' {problem}")
         for field, what in _UNSUPPORTED.items():

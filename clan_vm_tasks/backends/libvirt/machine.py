@@ -25,7 +25,7 @@ from clan_vm_tasks.backends.base import (
     SnapshotCommand,
     StopStep,
 )
-from clan_vm_tasks.backends.libvirt import domain, network, storage, xml
+from clan_vm_tasks.backends.libvirt import domain, domain_xml, network, storage
 from clan_vm_tasks.backends.libvirt.agent import AgentSession
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, lib
 from clan_vm_tasks.backends.libvirt.console import Console, attach, lines
@@ -210,7 +210,7 @@ class LibvirtMachine:
         dom = self._domain()
         found = []
         for snap in self.host.call(dom.listAllSnapshots, 0):
-            created, memory, ram = xml.snapshot_facts(self.host.call(snap.getXMLDesc, 0))
+            created, memory, ram = domain_xml.snapshot_facts(self.host.call(snap.getXMLDesc, 0))
             found.append(
                 Snapshot(
                     name=snap.getName(),
@@ -231,7 +231,7 @@ class LibvirtMachine:
         libvirt = lib()
         dom = self._domain()
         if command == "save":
-            spec = xml.snapshot_xml(tag)
+            spec = domain_xml.snapshot_xml(tag)
             self.host.call(dom.snapshotCreateXML, spec, 0, timeout=SNAPSHOT_TIMEOUT)
             return
         snap = self.host.call(dom.snapshotLookupByName, tag, 0)
@@ -242,7 +242,7 @@ class LibvirtMachine:
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
         if running and not paused:
             flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
-        memory = xml.snapshot_facts(self.host.call(snap.getXMLDesc, 0))[1]
+        memory = domain_xml.snapshot_facts(self.host.call(snap.getXMLDesc, 0))[1]
         self.host.call(dom.revertToSnapshot, snap, flags if memory else 0, timeout=SNAPSHOT_TIMEOUT)
         if running:
             # A revert with memory restarts QEMU: the forwards went with the old one.
