@@ -329,7 +329,7 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
     record = origin.load(store, name)
     kept = delete_vm(store, name, force=force)
     unrooted = forget(store, name, record)  # its Nix GC roots, if it came from a flake
-    if isinstance(kept, str):  # on a libvirt host: its volume there
+    if kept and host is not None:  # its volume there
         say(f"deleted VM '{name}'{on_host(host)}; its disk is kept as {kept}")
     else:
         kept_at = f"; its disk image is kept at {kept}" if kept else ""
