@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
@@ -104,6 +105,15 @@ def build(
         Mount("/static/vendor", StaticFiles(directory=assets.check_vendor())),
         Mount("/static", StaticFiles(directory=assets.STATIC)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def not_here(request: Request, exc: Exception) -> Response:
+        """An unknown path or method: JSON under /api, like every other answer there."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(getattr(exc, "detail", exc))}, status_code=status)
+        return PlainTextResponse(str(getattr(exc, "detail", "")), status_code=status)
+
+    handlers: dict[Any, Any] = {HTTPException: not_here}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     guarded = Guard(app, token=token, listen=listen, names=names)
     return Dashboard(guarded, hub, runner)

@@ -90,17 +90,21 @@ def serve(ctx: Context, listen: Listen, allow_remote: bool, say: Callable[[str],
     )
     server = DashboardServer(config, dashboard.hub.close)
     logging.getLogger("uvicorn.error").addFilter(_DenialIsNoError())
-    if not listen.loopback:
-        say(
-            f"warning: listening on {listen.host}:{listen.port}: anyone who can reach it with "
-            "the token controls the VMs (and plain HTTP shows the token to the network)"
-        )
-    say(f"serving the dashboard; open http://{listen.url_host()}:{listen.port}/?token={token}")
-    if ctx.flake is not None:
-        say(f"showing the VMs the flake {ctx.flake.label} declares, too")
-    say("Ctrl-C stops the server (the VMs keep running)")
+    # From here on a signal ends the server cleanly, even one that comes before it runs.
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in SIGNALS}
     try:
+        if not listen.loopback:
+            say(
+                f"warning: listening on {listen.host}:{listen.port}: anyone who can reach it "
+                "with the token controls the VMs (and plain HTTP shows the token to the network)"
+            )
+        say(f"serving the dashboard; open http://{listen.url_host()}:{listen.port}/?token={token}")
+        if ctx.flake is not None:
+            say(f"showing the VMs the flake {ctx.flake.label} declares, too")
+        say("Ctrl-C stops the server (the VMs keep running)")
         server.run(sockets=[sock])
     finally:
         sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     say("stopped serving")
