@@ -17,7 +17,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import CLI
 
-HEADLESS = [
+HEADLESS = [  # Chromium hangs on this closed network without the background-networking ones
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
