@@ -98,9 +98,9 @@ def serve(ctx: Context, listen: Listen, allow_remote: bool, say: Callable[[str],
                 f"warning: listening on {listen.host}:{listen.port}: anyone who can reach it "
                 "with the token controls the VMs (and plain HTTP shows the token to the network)"
             )
-        say(f"serving the dashboard; open http://{listen.url_host()}:{listen.port}/?token={token}")
         if ctx.flake is not None:
             say(f"showing the VMs the flake {ctx.flake.label} declares, too")
+        say(f"serving the dashboard; open http://{listen.url_host()}:{listen.port}/?token={token}")
         say("Ctrl-C stops the server (the VMs keep running)")
         server.run(sockets=[sock])
     finally:
