@@ -19,6 +19,7 @@ LAYERS = [
     ["backends"],
     ["vm"],
     ["nix", "clan"],
+    ["web"],  # the dashboard: over the same operations as the tasks, served by one of them
     ["tasks"],
     ["cli", "lifecycle"],  # the entry points: the command line and the Python API
     ["__main__"],

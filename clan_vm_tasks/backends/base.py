@@ -90,6 +90,15 @@ class GuestAgent(Protocol):
     ) -> Any: ...
 
 
+class ConsoleStream(Protocol):
+    """A console opened for a program rather than a terminal (``Machine.open_console``)."""
+
+    def send(self, data: bytes) -> bool:
+        """Send DATA to the guest; False when the console has gone."""
+
+    def close(self) -> None: ...
+
+
 class Machine(Protocol):
     """One VM on a hypervisor, as last recorded in its ``VMState``."""
 
@@ -192,6 +201,10 @@ class Machine(Protocol):
 
     def attach_console(self) -> str:
         """Relay the console to this terminal; returns why it ended ("detached", ...)."""
+
+    def open_console(self, on_data: Callable[[bytes], None]) -> ConsoleStream:
+        """The console for a program (the web dashboard): ON_DATA gets what the guest
+        prints, from a thread of its own, and b"" once when the console closed."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.backends.base import (
     AccelChoice,
+    ConsoleStream,
     Ending,
     Launched,
     Snapshot,
@@ -340,6 +341,9 @@ class LibvirtMachine:
 
     def attach_console(self) -> str:
         return attach(self.host, self._domain())
+
+    def open_console(self, on_data: Callable[[bytes], None]) -> ConsoleStream:
+        return Console(self.host, self._domain(), take_over=False, on_data=on_data, keep=False)
 
 
 def _show(data: bytes) -> None:

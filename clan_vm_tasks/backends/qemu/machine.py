@@ -27,7 +27,7 @@ from clan_vm_tasks.backends.base import (
     SnapshotCommand,
     StopStep,
 )
-from clan_vm_tasks.backends.qemu import events, process
+from clan_vm_tasks.backends.qemu import console, events, process
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 
@@ -211,8 +211,6 @@ class QemuMachine:
         raise ClanVMError(f"QEMU (pid {proc.pid}) survived SIGKILL")
 
     def follow(self, offset: int, on_interrupt: Callable[[], None]) -> None:
-        from clan_vm_tasks.backends.qemu import console
-
         child = self._child
         assert child is not None, "follow() needs a foreground launch"
 
@@ -403,21 +401,16 @@ class QemuMachine:
     def wait_for_text(
         self, text: str, offset: int, timeout: float, alive: Callable[[], bool]
     ) -> bool:
-        from clan_vm_tasks.backends.qemu import console
-
         return console.wait_for_text(self.paths.console_log, text, offset, timeout, alive)
 
     def console_output(self, offset: int = 0) -> bytes:
-        from clan_vm_tasks.backends.qemu import console
-
         return console.read_from(self.paths.console_log, offset)
 
     def console_tail(self, offset: int, count: int = 15) -> list[str]:
-        from clan_vm_tasks.backends.qemu import console
-
         return console.last_lines(self.paths.console_log, offset, count)
 
     def attach_console(self) -> str:
-        from clan_vm_tasks.backends.qemu import console
-
         return console.attach(self.paths.serial_socket)
+
+    def open_console(self, on_data: Callable[[bytes], None]) -> console.Stream:
+        return console.Stream(self.paths.serial_socket, on_data)
