@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from clan_vm_tasks.tasks import clan, disks, guest, nix, views, vms  # noqa: F401 (registers)
+from clan_vm_tasks.tasks import clan, disks, guest, nix, views, vms, web  # noqa: F401 (registers)
 from clan_vm_tasks.tasks.common import TASKS
 
 if TYPE_CHECKING:
