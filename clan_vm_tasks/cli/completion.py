@@ -159,16 +159,23 @@ def _quoted(shell: str, text: str) -> str:
     return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
-def script(shell: str) -> str:
+def answering() -> tuple[str, str]:
+    """The interpreter and the code a script runs for an answer: this interpreter, without
+    ``site``, with this command's module path."""
     path = sys.path[1:]  # [0] is where this command was started from: not the package's
     code = (
         f"import sys; sys.path[:0] = {path!r}; "
         "from clan_vm_tasks.cli import main; main(['clan-vm-manager', *sys.argv[1:]])"
     )
+    return sys.executable, code
+
+
+def script(shell: str) -> str:
+    python, code = answering()
     template = {"bash": _BASH, "zsh": _ZSH, "fish": _FISH}[shell]
     return (
         template.replace("__TABLE__", _quoted(shell, table()))
-        .replace("__PYTHON__", _quoted(shell, sys.executable))
+        .replace("__PYTHON__", _quoted(shell, python))
         .replace("__CODE__", _quoted(shell, code))
     )
 
