@@ -107,6 +107,7 @@ def run(
         arguments["input-data"] = base64.b64encode(stdin).decode()
     pid = agent.execute("guest-exec", arguments)["pid"]
     deadline = time.monotonic() + timeout
+    pause = POLL / 16  # a short command is done in a few ms: look again soon, then less often
     while True:
         # The reply carries all captured output once it exited: give it time to arrive.
         status = agent.execute(
@@ -119,7 +120,8 @@ def run(
                 f"{argv[0]} did not finish within {timeout:g}s (the guest agent cannot stop "
                 "it: it may still run in the guest)"
             )
-        time.sleep(POLL)
+        time.sleep(pause)
+        pause = min(pause * 2, POLL)
     signal = status.get("signal")
     return ExecResult(
         exit_code=128 + int(signal) if signal else int(status.get("exitcode", 0)),
