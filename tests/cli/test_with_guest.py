@@ -9,6 +9,7 @@ import os
 import pty
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, READY, Guest, kill_leftover_qemu
+from tests.test_architecture import HEAVY
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("cli-guests")]
 NO_AGENT = "console=ttyS0 quiet no_timer_check clan.noagent"  # the example guest starts none
@@ -134,3 +136,23 @@ def _wait_for_boot(cli: CLI, name: str, proc: subprocess.Popen[str], old_inode: 
         except FileNotFoundError:
             pass
         time.sleep(0.2)
+
+
+def test_status_of_a_running_vm_loads_nothing_heavy(booted: CLI) -> None:
+    """status talks QMP and the agent itself: no asyncio, no schema, no invoke."""
+    probe = (
+        "import sys\n"
+        "from clan_vm_tasks.cli import main\n"
+        "try:\n"
+        "    main(['clan-vm-manager', 'status', 'talk', '--json'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=booted.env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout)["agent"] is True
+    loaded = done.stderr.split()
+    heavy = [m for m in loaded if m.split(".")[0] in HEAVY or m.startswith(HEAVY[-2:])]
+    assert heavy == [] and "subprocess" not in loaded
