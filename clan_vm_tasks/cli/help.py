@@ -93,7 +93,9 @@ def usage(spec: TaskSpec) -> str:
     if spec.after_dashes is not None:
         words.append(spec.after_dashes)
     first = f"Usage: {PROGRAM} {spec.name} "
-    return _wrap(" ".join(words), len(first), first)
+    # Lines break between words of the usage, never inside one ("[--host HOST]").
+    glued = " ".join(word.replace(" ", "\u00a0") for word in words)
+    return _wrap(glued, len(first), first).replace("\u00a0", " ")
 
 
 def task_help(spec: TaskSpec) -> str:
