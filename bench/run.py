@@ -133,6 +133,10 @@ def bench_boot(
             subprocess.run(
                 [CLI, "stop", "bench", "--force"], env=env, check=True, stdout=subprocess.DEVNULL
             )
+    print(
+        "    median of the rounds' own ratios (drift in load hits each pair alike): "
+        f"{statistics.median(t / r for t, r in zip(tool, raw, strict=True)):.3f}"
+    )
     return statistics.median(tool), statistics.median(raw), _median(against)
 
 
@@ -178,16 +182,15 @@ def peak_rss_mib(argv: list[str], env: dict[str, str]) -> float:
 
 
 def resident_helpers(state_dir: Path) -> list[str]:
-    """Processes other than QEMU that mention this state dir or our package."""
+    """Processes other than QEMU that mention this state dir or this checkout."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        mentions_us = any(
-            m in cmdline for m in (str(state_dir), "clan_vm_tasks", "clan-vm-manager")
-        )
+        # This checkout's or this state dir's: not the commands of other checkouts.
+        mentions_us = str(state_dir) in cmdline or str(ROOT) in cmdline
         is_other = proc.name.isdigit() and int(proc.name) != os.getpid()
         if is_other and mentions_us and "qemu-system" not in cmdline:
             found.append(cmdline)
