@@ -133,9 +133,13 @@ def bench_boot(
             subprocess.run(
                 [CLI, "stop", "bench", "--force"], env=env, check=True, stdout=subprocess.DEVNULL
             )
+    paired = statistics.median(t / r for t, r in zip(tool, raw, strict=True))
+    versus = ""
+    if against:
+        other = statistics.median(t / o for t, o in zip(tool, against, strict=True))
+        versus = f"; this one / the other {other:.3f}"
     print(
-        "    median of the rounds' own ratios (drift in load hits each pair alike): "
-        f"{statistics.median(t / r for t, r in zip(tool, raw, strict=True)):.3f}"
+        f"    median of the rounds' own ratios (load drifts alike in a pair): {paired:.3f}{versus}"
     )
     return statistics.median(tool), statistics.median(raw), _median(against)
 
