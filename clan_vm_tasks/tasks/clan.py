@@ -34,7 +34,9 @@ def inventory(
     force: bool = False,
     commit: bool = False,
 ) -> None:
-    """Add a VM to the clan's inventory.json as a machine (push), or take it out (remove)."""
+    """Add a VM to a clan's inventory, or take it out.
+
+    Add a VM to the clan's inventory.json as a machine (push), or take it out (remove)."""
     from clan_vm_tasks.clan import inventory as inv
     from clan_vm_tasks.clan import sync
 

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     },
 )
 def snapshot(c: Context, name: str, snap: str, delete: bool = False, live: bool = False) -> None:
-    """Take a snapshot: with memory state if the VM runs, of the disk if it is stopped."""
+    """Take a snapshot of a VM (with memory while it runs).
+
+    Take a snapshot: with memory state if the VM runs, of the disk if it is stopped."""
     from clan_vm_tasks.vm import snapshots
 
     check_name(name)
@@ -41,7 +43,9 @@ def snapshot(c: Context, name: str, snap: str, delete: bool = False, live: bool 
     examples=["revert web before-upgrade"],
 )
 def revert(c: Context, name: str, snap: str) -> None:
-    """Revert a VM to a snapshot: a running VM gets memory and disk back, a stopped one its disk."""
+    """Revert a VM to one of its snapshots.
+
+    Revert a VM to a snapshot: a running VM gets memory and disk back, a stopped one its disk."""
     from clan_vm_tasks.vm import snapshots
 
     check_name(name)

@@ -30,7 +30,9 @@ TRUNCATED = (
     help={"name": NAME_HELP, "timeout": "seconds the command may run (default 60)"},
 )
 def exec_(c: Context, name: str, timeout: str | None = None) -> None:
-    """Run a command in the guest through its agent: exec NAME -- CMD [ARG...]; its output and
+    """Run a command in a running guest, through its agent.
+
+    Run a command in the guest through its agent: exec NAME -- CMD [ARG...]; its output and
     exit code become ours."""
     from clan_vm_tasks.vm import guest
 
@@ -60,7 +62,9 @@ def exec_(c: Context, name: str, timeout: str | None = None) -> None:
     },
 )
 def copy(c: Context, source: str, target: str) -> None:
-    """Copy one file into or out of a running guest through its agent (exactly one side is
+    """Copy a file into or out of a running guest.
+
+    Copy one file into or out of a running guest through its agent (exactly one side is
     NAME:/PATH). Bytes and, into the guest, the permission bits are copied (with chmod in the
     guest); owner, times and extended attributes are not."""
     from clan_vm_tasks.vm import guest
@@ -94,7 +98,9 @@ def copy(c: Context, source: str, target: str) -> None:
     examples=["ssh web", "ssh web --user alice -- uptime"],
 )
 def ssh(c: Context, name: str, user: str | None = None) -> None:
-    """Open SSH to the guest (ssh NAME [-- CMD...]) with a key of the VM's own, installed and
+    """Open SSH to a running guest, with a key of the VM's own.
+
+    Open SSH to the guest (ssh NAME [-- CMD...]) with a key of the VM's own, installed and
     the host key pinned through the guest agent."""
     from clan_vm_tasks.vm import ssh as vm_ssh
 

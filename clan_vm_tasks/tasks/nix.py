@@ -78,7 +78,9 @@ def eval_(
 def build(
     c: Context, vm: list[str] | None = None, flake: str | None = None, quiet: bool = False
 ) -> None:
-    """Build all that declared VMs refer to (kernels, initrds, systems, ...), keep it from the
+    """Build what declared VMs refer to; keep it from the GC.
+
+    Build all that declared VMs refer to (kernels, initrds, systems, ...), keep it from the
     garbage collector and print the store paths."""
     from clan_vm_tasks.nix import flakes, origin
     from clan_vm_tasks.nix.declared import declared, require, to_config
@@ -135,7 +137,9 @@ def boot_test(
     check: list[str] | None = None,
     allow_shares: bool = False,
 ) -> None:
-    """Build and boot declared VMs in parallel, wait until each is ready, run its checks in the
+    """Boot declared VMs in parallel and check them (CI).
+
+    Build and boot declared VMs in parallel, wait until each is ready, run its checks in the
     guest, power them off (CI)."""
     from clan_vm_tasks.nix import boot_test as runner
     from clan_vm_tasks.nix import flakes

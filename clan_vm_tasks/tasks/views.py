@@ -119,7 +119,9 @@ def _host(host: str | None) -> str | None:
 def status(
     c: Context, name: str, json: bool = False, wait_agent: bool = False, timeout: str | None = None
 ) -> None:
-    """Show whether a VM runs, checked against its process and QMP, and whether its guest
+    """Show whether a VM runs, and whether its agent answers.
+
+    Show whether a VM runs, checked against its process and QMP, and whether its guest
     agent answers."""
     from clan_vm_tasks.vm.status import status as vm_status
 
@@ -136,7 +138,9 @@ def status(
     examples=["show web", "show web --json"],
 )
 def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
-    """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
+    """Show everything about a VM.
+
+    Show a VM's configuration, paths, process, accelerator, forwards and disks."""
     from clan_vm_tasks.vm.status import show as vm_show
 
     check_name(name)
@@ -197,7 +201,9 @@ def show(c: Context, name: str, json: bool = False, flake: str | None = None) ->
     examples=["console web", "console web --log"],
 )
 def console(c: Context, name: str, log: bool = False) -> None:
-    """Attach to a VM's serial console (Ctrl-] detaches); without a TTY, relay stdin/stdout."""
+    """Attach to a VM's serial console.
+
+    Attach to a VM's serial console (Ctrl-] detaches); without a TTY, relay stdin/stdout."""
     from clan_vm_tasks.vm.console import attach_console, console_log
 
     check_name(name)

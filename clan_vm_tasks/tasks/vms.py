@@ -116,7 +116,9 @@ def create(
     allow_shares: bool = False,
     quiet: bool = False,
 ) -> None:
-    """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
+    """Create a VM: its definition, its disk.
+
+    Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.models import PortForward, VMConfig, validate
     from clan_vm_tasks.vm.create import create as create_vm
@@ -207,7 +209,9 @@ def start(
     allow_shares: bool = False,
     quiet: bool = False,
 ) -> None:
-    """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared, and with
+    """Start a VM.
+
+    It returns once QEMU answers on QMP (and --wait-for text appeared, and with
     --wait-for-agent the guest agent answered)."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.nix import launch
@@ -259,7 +263,9 @@ def start(
     },
 )
 def stop(c: Context, name: str, force: bool = False, timeout: str | None = None) -> None:
-    """Stop a VM: ACPI power button, then QMP quit, SIGTERM, SIGKILL; says which step ended it."""
+    """Stop a VM: the power button first, force last.
+
+    Stop a VM: ACPI power button, then QMP quit, SIGTERM, SIGKILL; says which step ended it."""
     from clan_vm_tasks.vm.stop import DEFAULT_STOP_TIMEOUT
     from clan_vm_tasks.vm.stop import stop as stop_vm
 
@@ -295,7 +301,9 @@ def restart(
     allow_shares: bool = False,
     quiet: bool = False,
 ) -> None:
-    """Stop a VM gracefully (if running) and start it again; a VM from a flake is evaluated
+    """Stop a VM gracefully and start it again.
+
+    Stop a VM gracefully (if running) and start it again; a VM from a flake is evaluated
     and built first (like start), and its changed definition applied in between."""
     from clan_vm_tasks.nix import launch
     from clan_vm_tasks.nix.request import Request

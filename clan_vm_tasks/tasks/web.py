@@ -29,7 +29,9 @@ def serve(
     flake: str | bool | None = None,
     clan_dir: str | None = None,
 ) -> None:
-    """Serve a web dashboard of every VM, live, with actions and consoles; prints the URL
+    """Serve a live web dashboard of every VM.
+
+    Serve a web dashboard of every VM, live, with actions and consoles; prints the URL
     to open (with a fresh token). Ctrl-C stops it; the VMs keep running."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.nix import flakes
