@@ -239,5 +239,8 @@ def _check_declared(store: Store, flake: Flake, name: str) -> None:
             ) from None
     if name not in names:
         close = close_match(name, sorted({*names, *store.names()}))
-        hint = f"did you mean '{close}'?" if close else f"it declares {', '.join(names) or 'none'}"
-        raise InvalidInput(f"no VM named '{name}' here or in the flake {flake.label}; {hint}")
+        raise InvalidInput(
+            f"no VM named '{name}' here, and the flake {flake.label} declares no VM '{name}' "
+            f"(declared: {', '.join(names) or 'none'})"
+            + (f"; did you mean '{close}'?" if close else "")
+        )
