@@ -137,7 +137,7 @@ def test_extra_disks_and_a_display_are_declared_like_the_rest(
     assert "clan-guest: disk vdb 16 MiB" in ncli.ok("console", "alpha", "--log").out
     shown = json.loads(ncli.ok("show", "alpha", "--json").out)
     assert Path(shown["spice_socket"]).is_socket()  # remote-viewer spice+unix://...
-    assert [d["virtual_size"] for d in shown["disks"]] == [64 << 20, 16 << 20]
+    assert [d["virtual_size"] for d in shown["disks"]] == [64, 16]
     ncli.ok("stop", "alpha")
     edit(own_flake, "extraDisks.data.size = 16;", "extraDisks.data.size = 8;")
     kept = ncli.ok("create", "alpha", "--flake", flake)
@@ -145,7 +145,7 @@ def test_extra_disks_and_a_display_are_declared_like_the_rest(
     edit(own_flake, "extraDisks.data.size = 8;", "extraDisks.data.size = 32;")
     ncli.ok("create", "alpha", "--flake", flake)
     shown = json.loads(ncli.ok("show", "alpha", "--json").out)
-    assert shown["disks"][1]["virtual_size"] == 32 << 20
+    assert shown["disks"][1]["virtual_size"] == 32
     deleted = ncli.ok("delete", "alpha")
     assert "extra disks of 'alpha' kept at" in deleted.err
     assert len(list((ncli.state_dir / "kept-disks").glob("alpha-data-*.qcow2"))) == 1
