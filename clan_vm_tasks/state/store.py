@@ -317,6 +317,13 @@ class Store:
                 found.append((name, action, self.pending / entry))
         return found
 
+    def unlisting_work(self) -> bool:
+        """Whether a deleted VM is still to be taken out of a clan (a killed delete)."""
+        try:
+            return bool(os.listdir(self.unlisting))
+        except FileNotFoundError:
+            return False
+
     def staging_dir(self, name: str, purpose: str) -> Path:
         """A hidden sibling of the VM directory, for building or tearing one down atomically."""
         return self.vms / f".{purpose}-{name}-{os.getpid()}"
