@@ -41,6 +41,10 @@ def test_a_running_vm_keeps_its_definition_until_restart_applies_the_new_one(
     assert "the definition of 'alpha' changed (memory" in pending.err
     assert "it applies at the next start (the VM is running" in pending.err
     assert memory(ncli, "alpha") == 192
+    # status and show say what waits, as for a change made with set.
+    waits = json.loads(ncli.ok("status", "alpha", "--json").out)["pending"]
+    assert waits["changes"]["memory"] == {"from": 192, "to": 256}
+    assert "at its next start: memory 192 -> 256 MiB" in ncli.ok("status", "alpha").out
     # A restart whose evaluation fails stops nothing.
     edit(own_flake, "memory = 256;", 'memory = 256 + "x";')
     broken = ncli.run("restart", "alpha", "--wait-for", READY)
@@ -51,6 +55,7 @@ def test_a_running_vm_keeps_its_definition_until_restart_applies_the_new_one(
     restarted = ncli.ok("restart", "alpha", "--wait-for", READY, "--timeout", "60")
     assert "applied the changed definition of 'alpha': memory" in restarted.err
     assert memory(ncli, "alpha") == 256
+    assert json.loads(ncli.ok("status", "alpha", "--json").out)["pending"] is None
     ncli.ok("stop", "alpha")
 
 

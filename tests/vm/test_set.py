@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import re
 import socket
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import CLI, READY, Guest
+from tests.nix_fixtures import NixCLI, ncli, needs_nix, test_flake
 from tests.vmhelpers import console_log, guest_run, history_actions, status, wait_console
 
+__all__ = ["ncli", "test_flake"]  # fixtures
 APPEND = "console=ttyS0 quiet no_timer_check"
 
 
@@ -189,3 +192,17 @@ def test_a_vm_without_a_network_gets_user_networking_and_a_forward(cli: CLI, gue
         pass
     assert READY in console_log(cli, "netw")
     cli.ok("stop", "netw", "--force")
+
+
+@needs_nix
+def test_a_vm_from_a_flake_refuses_set_and_names_the_flake(ncli: NixCLI, test_flake: Path) -> None:
+    ncli.ok("create", "alpha", "--flake", str(test_flake))
+    config = ncli.state_dir / "vms" / "alpha" / "config.json"
+    before = config.read_bytes()
+    refused = ncli.run("set", "alpha", "--memory", "256")
+    assert refused.code == 2
+    assert refused.err == (
+        f"error: VM 'alpha' comes from the flake {test_flake}: change clanVms.alpha there "
+        "(clan-vm-manager start alpha applies it)\n"
+    )
+    assert config.read_bytes() == before
