@@ -101,3 +101,10 @@ def test_a_delete_killed_before_it_took_the_entry_out_is_finished_by_the_next_co
     assert machines(home) == {}
     assert list((cli.state_dir / "unlisting").iterdir()) == []
     assert [p.name.startswith("web-") for p in (cli.state_dir / "kept-disks").iterdir()] == [True]
+
+
+def test_set_of_a_stopped_vm_updates_its_entry(cli: CLI, tmp_path: Path) -> None:
+    home = clan(tmp_path / "home")
+    cli.ok("create", "web", "--disk", "16", "--forward", "tcp:2201:22", "--clan-dir", str(home))
+    cli.ok("set", "web", "--no-forward", "2201", "--forward", "tcp:2202:22")
+    assert machines(home)["web"]["deploy"] == {"targetHost": "root@127.0.0.1:2202"}  # type: ignore[index]
