@@ -12,9 +12,9 @@
 { tool, writeScript, flake ? null }:
 let
   tasks = [
-    "create" "start" "stop" "restart" "delete" "pause" "resume"
-    "list" "show" "status" "console" "history"
-    "snapshot" "snapshots" "revert" "resize" "inventory"
+    "create" "start" "stop" "restart" "delete" "pause" "resume" "set"
+    "list" "show" "status" "console" "history" "serve"
+    "snapshot" "snapshots" "revert" "resize" "kept-disks" "inventory"
     "eval" "build" "boot-test"
     "exec" "copy" "ssh"
   ];
