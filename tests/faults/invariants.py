@@ -201,6 +201,13 @@ def check_disk_data(state_dir: Path, name: str, *, keeps_disk: bool) -> list[str
 def history_events(runner: Runner, name: str) -> tuple[list[dict[str, Any]], str | None]:
     """The VM's events (newest first), or the reason ``history`` failed."""
     result = runner.run("history", "--vm", name, "--json")
+    unknown = f"error: no VM named '{name}'"
+    if (
+        result.code == 2
+        and result.err.startswith(unknown)
+        and not vm_exists(runner.state_dir, name)
+    ):
+        return [], None  # no such VM and no events of one: the history has none
     if result.code != 0:
         return [], result.line()
     try:
