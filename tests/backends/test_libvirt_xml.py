@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from clan_vm_tasks.backends.libvirt import xml
 from clan_vm_tasks.models import NetworkConfig, PortForward, Share, VMConfig
@@ -203,3 +206,19 @@ def test_only_read_only_9p_shares_of_store_paths_go_to_a_libvirt_host() -> None:
     assert "read-only" in problem(Share(source=store, read_only=False))
     assert "virtiofs" in problem(Share(source=store, type="virtiofs"))
     assert "mapped-file" in problem(Share(source=store, security_model="mapped-file"))
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        {"restrict": True},
+        {"forwardPorts": [{"hostPort": 1, "guestPort": 2, "guestAddress": "10.0.2.9"}]},
+    ],
+)
+def test_what_a_libvirt_host_cannot_give_a_nixos_vm_is_refused(network: dict[str, Any]) -> None:
+    from clan_vm_tasks.backends.libvirt.backend import LibvirtBackend
+    from clan_vm_tasks.errors import InvalidInput
+
+    config = VMConfig.model_validate({"name": "web", "network": network})
+    with pytest.raises(InvalidInput, match="restricted network or a forward to a guest address"):
+        LibvirtBackend("hv1", "qemu+ssh://root@hv1/system").check_config(config)
