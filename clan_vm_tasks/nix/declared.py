@@ -129,13 +129,29 @@ def list_rows(
                     "memory": definition.get("memory"),
                     "disk_size": definition.get("diskSize"),
                     "network": network.get("mode") if isinstance(network, dict) else None,
-                    "forwards": [],
+                    "forwards": _forwards(network),
                     "declared": True,
                     "error": None,
                     "eval_error": problem,
                 }
             )
     return sorted(rows, key=lambda v: str(v["name"]))
+
+
+def _forwards(network: Any) -> list[str]:
+    """The forwards a VM not created yet declares, as ``list`` shows them ("auto" ports are
+    chosen when it starts)."""
+    from pydantic import ValidationError
+
+    from clan_vm_tasks.models import PortForward
+
+    shown = []
+    for forward in network.get("forwardPorts") or [] if isinstance(network, dict) else []:
+        try:
+            shown.append(str(PortForward.model_validate(forward)))
+        except ValidationError:
+            continue  # the definition's problem is in eval_error
+    return shown
 
 
 def _problem(name: str, found: dict[str, evaluate.Evaluated]) -> str | None:

@@ -146,15 +146,26 @@ def _evaluate_one(flake: str, system: str, name: str) -> Evaluated:
         return Evaluated(error=_narrow(flake, path, error))
 
 
+# The attribute the others of a NixOS machine's VM derive from: when it fails, it is named.
+_SOURCE = "nixosConfiguration"
+
+
 def _narrow(flake: str, path: str, error: NixError) -> str:
     """Name the first attribute of the VM whose evaluation fails, when one does alone: the
-    failing ones found in one call when tryEval can catch the error, else by halving."""
+    failing ones found in one call when tryEval can catch the error, else by halving.
+    ``nixosConfiguration`` comes first; when several attributes fail for one reason (a NixOS
+    configuration whose VM variant is refused), the VM is named, not one of them."""
     fields = _failing(flake, path)
+    if fields is not None and len(fields) > 1 and _SOURCE not in fields:
+        first, second = (_error_of(flake, f"{path}.{attr(name)}") for name in fields[:2])
+        if first is not None and first == second:
+            return f"nix evaluation of {path} failed: {first}"
     if fields is None:
         try:
             fields = eval_json(flake, path, apply="builtins.attrNames", what="")
         except NixError:
             return str(error)
+    fields = sorted(fields, key=lambda name: name != _SOURCE)
     while len(fields) > 1:  # halving: the first half that fails, else the second
         half = fields[: len(fields) // 2]
         try:
@@ -169,6 +180,15 @@ def _narrow(flake: str, path: str, error: NixError) -> str:
         except NixError as narrower:
             return str(narrower)
     return str(error)
+
+
+def _error_of(flake: str, where: str) -> str | None:
+    """Why WHERE does not evaluate (without naming it), or None when it does."""
+    try:
+        eval_json(flake, where, what="")
+    except NixError as failed:
+        return str(failed).removeprefix(" failed: ")
+    return None
 
 
 def _only(names: list[str]) -> str:

@@ -143,7 +143,8 @@ def copy_module(directory: Path) -> None:
     shutil.copy(ROOT / "flake-module.nix", directory)
     for source in (ROOT / "lib").glob("*.nix"):
         shutil.copy(source, directory / "lib")
-    shutil.copy(ROOT / "nixos-modules" / "vm-variant.nix", directory / "nixos-modules")
+    for name in ("vm-variant.nix", "vm-sshd.nix"):
+        shutil.copy(ROOT / "nixos-modules" / name, directory / "nixos-modules")
 
 
 def nix_eval(flake: Path, attribute: str, apply: str | None = None) -> Any:
