@@ -226,6 +226,9 @@ def realise(
     finally:
         progress.done()
     if code != 0:
+        builders = log.failed_builders()
+        if builders is not None:  # what the builder said, not only that it failed
+            raise NixError(f"{what} failed: {builders}")
         message, _, location = describe_failure(log.stderr()).partition("\n")
         raise NixError(f"{what} failed: {message}{_hint(log.stderr())}" + _sep(location))
     results = _json(stdout, what)

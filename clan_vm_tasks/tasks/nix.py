@@ -7,6 +7,7 @@ not use a flake never pay for them.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from invoke.context import Context
@@ -163,6 +164,10 @@ def boot_test(
             ],
         )
     )
+    for r in results:  # what a failure left to say: a build's log, the console's last lines
+        if not r.passed and r.console:
+            detail = "\n".join(f"  {line}" for line in r.console.splitlines())
+            print(f"{r.name}: {r.message}\n{detail}", file=sys.stderr, flush=True)
     failed = [r.name for r in results if not r.passed]
     if failed:
         raise Exit(f"error: boot test failed for {', '.join(failed)}", code=1)
