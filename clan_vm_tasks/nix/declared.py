@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def declared(store: Store, flake: Flake) -> dict[str, evaluate.Evaluated]:
     """Every VM the flake declares for this system; from the cache when the flake is unchanged."""
     system = current_system()
-    key = evalcache.key(flake.ref, flake.directory, system)
+    key = evalcache.key(flake.ref, flake.directory, system, flake.overrides)
     cached = evalcache.load(store.root, key)
     if cached is not None:
         return {name: evaluate.Evaluated(**value) for name, value in cached.items()}
@@ -31,13 +31,13 @@ def declared(store: Store, flake: Flake) -> dict[str, evaluate.Evaluated]:
     progress.phase(f"evaluating clanVms.{system} of {flake.label}")
     try:
         if evaluate.have_eval_jobs():
-            for job in evaluate.eval_jobs(flake.ref, system):
+            for job in evaluate.eval_jobs(flake.target, system):
                 if job.error and job.attr_path:
                     path = command.attr("clanVms", system, *job.attr_path)
                     known.setdefault(
                         job.attr_path[0], f"nix evaluation of {path} failed: {job.error}"
                     )
-        vms = evaluate.evaluate(flake.ref, system, known)
+        vms = evaluate.evaluate(flake.target, system, known)
     except command.NixError as error:
         raise command.NixError(diagnose.explain(str(error), flake)) from None
     finally:

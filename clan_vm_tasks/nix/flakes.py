@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from clan_vm_tasks.errors import InvalidInput
-from clan_vm_tasks.nix.command import STORE_DIR, attr
+from clan_vm_tasks.nix.command import STORE_DIR, FlakeRef, attr
 
 APP_FLAKE = "CLAN_VM_APP_FLAKE"  # set by the flake apps (lib/apps.nix): the flake they came from
 
@@ -19,6 +21,12 @@ class Flake:
     ref: str  # as given to nix
     directory: Path | None  # a local flake's directory (cache keys need no nix then)
     explicit: bool  # named by --flake or $CLAN_VM_FLAKE, not found in the working directory
+    overrides: tuple[tuple[str, str], ...] = ()  # --override-input NAME REF, in order
+
+    @property
+    def target(self) -> FlakeRef:
+        """The flake as Nix is asked about it, with its overridden inputs."""
+        return FlakeRef(self.ref, self.overrides)
 
     @property
     def read_only(self) -> bool:
@@ -30,6 +38,11 @@ class Flake:
     def label(self) -> str:
         """The flake as messages name it."""
         return f"{self.ref} (read-only, in the Nix store)" if self.read_only else self.ref
+
+
+def local_directory(ref: str) -> Path | None:
+    """The directory of a flake reference that names one on this machine, if any."""
+    return _local(ref)
 
 
 def _local(ref: str) -> Path | None:
@@ -100,9 +113,32 @@ def where(name: str) -> str:
     return attr("clanVms", current_system(), name)
 
 
-def chosen(option: str | bool | None) -> Flake:
+def chosen(option: str | bool | None, overrides: Sequence[str] = ()) -> Flake:
     """The flake a Nix task works on; one found around the cwd counts as chosen."""
     flake = resolve(option)
     if flake is None:
         raise InvalidInput("no flake: pass --flake REF, set CLAN_VM_FLAKE, or run inside a flake")
-    return Flake(flake.ref, flake.directory, explicit=True)
+    return Flake(flake.ref, flake.directory, explicit=True, overrides=parse_overrides(overrides))
+
+
+_INPUT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'-]*(/[A-Za-z0-9_][A-Za-z0-9_'-]*)*")
+
+
+def parse_overrides(given: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--override-input NAME REF`` (the command line joins the two as NAME=REF): an input
+    of the flake (``nixpkgs``, or ``clan-vm-tasks/nixpkgs`` for an input of an input) and the
+    flake reference it takes instead."""
+    found: dict[str, str] = {}
+    for item in given:
+        name, equals, ref = item.partition("=")
+        if not equals or not _INPUT.fullmatch(name) or not ref or ref != ref.strip():
+            raise InvalidInput(
+                f"--override-input takes an input's name and a flake reference "
+                f"(--override-input nixpkgs git+file:///src/nixpkgs), not {item!r}"
+            )
+        if "#" in ref:
+            raise InvalidInput(f"--override-input {name}: a flake reference without '#': {ref!r}")
+        if name in found and found[name] != ref:
+            raise InvalidInput(f"--override-input {name} is given twice")
+        found[name] = ref
+    return tuple(found.items())

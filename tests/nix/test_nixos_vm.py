@@ -439,7 +439,10 @@ def test_the_vm_of_a_clan_machine_is_that_machine(
     (clan / "inventory.json").write_text(json.dumps(inventory, indent=2))
     created = ncli.ok("create", "web", "--flake", str(nixos_flake), "--clan-dir", str(clan))
     assert "'web' is the VM of the clan machine web, which needs no inventory entry" in created.err
-    assert "clan machines update web --target-host root@127.0.0.1:2222" in created.err
+    # Changed as a VM: no hint to deploy the machine (its boot loader, its file systems) into it.
+    assert "change it with clan-vm-manager switch web (its VM variant)" in created.err
+    assert "--target-host" not in created.err
     assert json.loads((clan / "inventory.json").read_text()) == inventory  # no second entry
     pushed = ncli.run("inventory", "push", "web", "--clan-dir", str(clan))
     assert pushed.code == 2 and "needs no inventory entry of its own" in pushed.err
+    assert "clan-vm-manager switch web" in pushed.err and "--target-host" not in pushed.err
