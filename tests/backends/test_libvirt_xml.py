@@ -69,6 +69,7 @@ def test_direct_kernel_boot_with_user_networking() -> None:
       <driver name="qemu" type="qcow2" />
       <source pool="default" volume="web.qcow2" />
       <target dev="vda" bus="virtio" />
+      <serial>root</serial>
     </disk>
     <interface type="user">
       <mac address="02:00:00:00:00:01" />
@@ -85,6 +86,9 @@ def test_direct_kernel_boot_with_user_networking() -> None:
       <target type="virtio" name="org.qemu.guest_agent.0" />
     </channel>
     <memballoon model="none" />
+    <rng model="virtio">
+      <backend model="random">/dev/urandom</backend>
+    </rng>
   </devices>
 </domain>
 """
