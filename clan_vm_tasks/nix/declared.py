@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def declared(store: Store, flake: Flake) -> dict[str, evaluate.Evaluated]:
     """Every VM the flake declares for this system; from the cache when the flake is unchanged."""
     system = current_system()
-    key = evalcache.key(flake.ref, flake.directory, system, flake.overrides)
+    key = evalcache.key(flake.ref, flake.directory, system, flake.target.overrides)
     cached = evalcache.load(store.root, key)
     if cached is not None:
         return {name: evaluate.Evaluated(**value) for name, value in cached.items()}
@@ -168,9 +168,11 @@ def _problem(name: str, found: dict[str, evaluate.Evaluated]) -> str | None:
     return None
 
 
-def definition_for_show(store: Store, option: str, name: str) -> dict[str, Any] | None:
-    """show NAME --flake REF: the flake's definition of NAME."""
-    flake = flakes.chosen(option)
+def definition_for_show(
+    store: Store, option: str, name: str, overrides: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any] | None:
+    """show NAME --flake REF: the flake's definition of NAME (its inputs OVERRIDES)."""
+    flake = flakes.chosen(option, overrides)
     vms = declared(store, flake)
     if name not in vms:
         if flake.explicit and not store.exists(name):
