@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -306,7 +307,12 @@ def test_a_nixos_vm_is_built_rooted_created_with_its_file_system_and_booted(
 ) -> None:
     flake = str(nixos_flake)
     text = (nixos_flake / "flake.nix").read_text()
-    # Two empty disks, the second smaller, and a restricted network, in the machine's variant.
+    # A host port free now (a fixed one may be another's), two empty disks, the second
+    # smaller, and a restricted network, in the machine's variant.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = text.replace("host.port = 2222;", f"host.port = {port};")
     (nixos_flake / "flake.nix").write_text(
         text.replace(
             "virtualisation.vmVariant.virtualisation.forwardPorts = [",
@@ -319,7 +325,7 @@ def test_a_nixos_vm_is_built_rooted_created_with_its_file_system_and_booted(
     listed = json.loads(ncli.ok("list", "--flake", flake, "--json").out)
     rows = {row["name"]: row for row in listed}
     assert rows["web"]["eval_error"] is None and rows["web"]["state"] == "not-created"
-    assert rows["web"]["forwards"] == ["tcp:127.0.0.1:2222->22"]  # declared, not created yet
+    assert rows["web"]["forwards"] == [f"tcp:127.0.0.1:{port}->22"]  # declared, not created yet
     assert "memorySize" in rows["broken"]["eval_error"]  # one broken VM, listed as such
     created = ncli.ok("create", "web", "--flake", flake)
     assert f"created VM 'web' from {flake}" in created.err
@@ -348,7 +354,7 @@ def test_a_nixos_vm_is_built_rooted_created_with_its_file_system_and_booted(
     # As qemu-vm.nix: the root drive's serial, a random number generator, restrict=on.
     assert "virtio-blk-pci,drive=disk0,serial=root,bootindex=1" in words
     assert "virtio-rng-pci,id=rng0" in words
-    assert "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,restrict=on" in words
+    assert f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22,restrict=on" in words
     # The guest sees the empty disks after its root disk, in the list's order.
     console = ncli.ok("console", "web", "--log").out
     disks = [line.split()[2:4] for line in console.splitlines() if "clan-guest: disk" in line]
