@@ -12,14 +12,15 @@
 # do. Which setting is honoured how, and which is refused, is decided in one table,
 # lib/qemu-vm-options.nix; this file carries it out.
 #
-# A pure function of CONFIG and OPTIONS (the variant's) and PKGS.closureInfo.
+# A pure function of CONFIG and OPTIONS (the variant's); closureInfo comes from
+# virtualisation.host.pkgs, as in qemu-vm.nix.
 { lib }:
-{ config, options, pkgs }:
+{ config, options, ... }:
 let
   inherit (lib) concatStringsSep mapAttrs listToAttrs imap0 hasPrefix filter concatMap splitString;
   vm = config.virtualisation;
   toplevel = config.system.build.toplevel;
-  hostPkgs = vm.host.pkgs or pkgs;
+  hostPkgs = vm.host.pkgs;
   qemuVm = import ./qemu-vm-options.nix { inherit lib; };
   table = qemuVm.decisions;
 
@@ -43,14 +44,10 @@ let
   qemuArgs = concatMap (o: filter (w: w != "") (splitString " " o)) userOptions;
 
   # Registered in the guest's Nix database at boot (boot.postBootCommands of qemu-vm.nix runs
-  # nix-store --load-db on it), so nix works in the guest and the VM can be deployed to.
+  # nix-store --load-db on it), so nix works in the guest.
   # Not part of the toplevel's closure: the tool builds and roots it with the rest.
   regInfo = hostPkgs.closureInfo { rootPaths = vm.additionalPaths; };
 
-  initrd = vm.directBoot.initrd
-    or "${config.system.build.initialRamdisk}/${config.system.boot.loader.initrdFile}";
-
-  consoles = vm.qemu.consoles or [ "tty0" "ttyS0,115200n8" ];
 
   # The run script's temporary directories (shell words, refused otherwise) become
   # directories of the VM's own (source null). The store is shared read-only (the guest
@@ -61,28 +58,28 @@ let
       inherit (dir) target;
       readOnly = dir.source == builtins.storeDir;
       type = "9p";
-      securityModel = dir.securityModel or "none";
+      inherit (dir) securityModel;
     };
 
   forward = rule:
     {
-      protocol = rule.proto or "tcp";
+      protocol = rule.proto;
       hostPort = rule.host.port;
       guestPort = rule.guest.port;
-    } // lib.optionalAttrs ((rule.guest.address or "") != "") { guestAddress = rule.guest.address; };
+    } // lib.optionalAttrs (rule.guest.address != "") { guestAddress = rule.guest.address; };
 
-  defaultRoot = (vm.useDefaultFilesystems or true) && (vm.diskImage or "") != null;
+  defaultRoot = vm.useDefaultFilesystems && vm.diskImage != null;
 
   definition = {
     cpus = vm.cores;
     memory = vm.memorySize;
     diskSize = vm.diskSize;
     kernel = "${toplevel}/kernel";
-    inherit initrd;
+    initrd = vm.directBoot.initrd;
     append = concatStringsSep " " (
       config.boot.kernelParams
       ++ [ "init=${toplevel}/init" "regInfo=${regInfo}/registration" ]
-      ++ map (c: "console=${c}") consoles
+      ++ map (c: "console=${c}") vm.qemu.consoles
     );
     rootFilesystem = if defaultRoot then { type = "ext4"; label = "nixos"; } else null;
     graphics = vm.graphics;

@@ -9,7 +9,7 @@
 # On top of it: a serial console instead of a display, and sshd when asked (vm-sshd.nix).
 # The result is system.build.clanVm, a clanVms definition (lib/nixos-to-vm.nix), or an
 # evaluation error naming the qemu-vm.nix setting the tool cannot run (lib/qemu-vm-options.nix).
-{ config, options, lib, pkgs, modulesPath, ... }:
+{ config, options, lib, modulesPath, ... }:
 {
   imports = [ (modulesPath + "/virtualisation/qemu-vm.nix") ./vm-sshd.nix ];
 
@@ -19,6 +19,6 @@
     # (virtualisation.qemu.guestAgent.enable) on the channel the tool gives the VM.
     virtualisation.graphics = lib.mkDefault false;
 
-    system.build.clanVm = import ../lib/nixos-to-vm.nix { inherit lib; } { inherit config options pkgs; };
+    system.build.clanVm = import ../lib/nixos-to-vm.nix { inherit lib; } { inherit config options; };
   };
 }
