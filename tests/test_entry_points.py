@@ -44,6 +44,7 @@ TASKS = sorted(
         "start",
         "status",
         "stop",
+        "switch",
     ]
 )
 

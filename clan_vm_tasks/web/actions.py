@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import re
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clan_vm_tasks import render
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.render import Notify
@@ -61,44 +59,12 @@ def _running(host: str | None, pid: int | None, accel: str) -> str:
 
 # --- the console's latest line while a VM boots ----------------------------------------------
 
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
-
-@contextlib.contextmanager
-def booting(log: Path, name: str, notify: Notify) -> Iterator[None]:
+def booting(log: Path, name: str, notify: Notify) -> contextlib.AbstractContextManager[None]:
     """While the block boots NAME: what its console log (a new one per boot) last said."""
-    stop = threading.Event()
-
-    def watch() -> None:
-        try:
-            before: int | None = os.stat(log).st_ino
-        except OSError:
-            before = None
-        said = ""
-        while not stop.wait(0.3):
-            try:
-                info = os.stat(log)
-                if info.st_ino == before:
-                    continue
-                with open(log, "rb") as f:
-                    f.seek(max(0, info.st_size - 2048))
-                    tail = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            lines = [
-                s for s in _CONTROL.sub("", tail.replace("\r", "\n")).splitlines() if s.strip()
-            ]
-            if lines and lines[-1] != said:
-                said = lines[-1]
-                notify(f"booting {name}: {' '.join(said.split())[:200]}")
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        watcher.join()
+    return render.latest_line(
+        log, lambda line: notify(f"booting {name}: {' '.join(line.split())[:200]}"), 0.3
+    )
 
 
 # --- the actions -------------------------------------------------------------------------------
@@ -127,7 +93,8 @@ def start(ctx: Context, name: str, body: Body, notify: Notify) -> dict[str, Any]
                 store, ctx.settings, name, wait_for=wait_for, timeout=timeout, notify=notify
             )
 
-    request = Request(store, ctx.settings, name, option, notify=notify)
+    inputs = ctx.flake.overrides if option is not None and ctx.flake is not None else ()
+    request = Request(store, ctx.settings, name, option, notify=notify, overrides=inputs)
     started = launch.start(request, boot, follow=False)
     sync.push(store, name, ctx.clan_dir, notify)
     how = f"{wait_for!r} appeared" if wait_for else "QMP answered"
