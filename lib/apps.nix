@@ -14,10 +14,10 @@
 { tool, writeScript, flake ? null }:
 let
   tasks = [
-    "create" "start" "stop" "restart" "delete" "pause" "resume"
-    "list" "show" "status" "console" "history"
-    "snapshot" "snapshots" "revert" "resize" "inventory"
-    "eval" "build" "boot-test" "switch" "serve"
+    "create" "start" "stop" "restart" "delete" "pause" "resume" "set"
+    "list" "show" "status" "console" "history" "serve"
+    "snapshot" "snapshots" "revert" "resize" "kept-disks" "inventory"
+    "eval" "build" "boot-test" "switch"
     "exec" "copy" "ssh"
   ];
   # create and list read the flake only when asked: the apps ask (a bare --flake, after the

@@ -163,7 +163,8 @@ class Machine(Protocol):
     # --- what show tells of it
     def details(self, config: VMConfig) -> dict[str, Any]:
         """``show``'s fields of this backend: ``disks`` (the root disk first: ``path``,
-        ``format``, ``virtual_size``, ``actual_size``, ``backing_file``, ``backing_format``),
+        ``format``, ``virtual_size`` and ``actual_size`` in MiB, ``backing_file``,
+        ``backing_format``),
         ``console_log``, ``qmp_socket``, ``serial_socket``, ``spice_socket`` (None where
         there is none), and for a VM on a libvirt host ``uri`` and ``domain``."""
 

@@ -117,7 +117,7 @@ def _boot(store: Store, settings: Settings, plan: Plan) -> Result:
         last = first.output.splitlines()[-1] if first.output else "no output"
         message = f"check {first.command!r} {code}: {last}"
         return Result(plan.name, False, started.seconds, message, first.output, checked)
-    ran = f", {len(checked)} checks passed" if checked else ""
+    ran = f", {len(checked)} check{'s' if len(checked) != 1 else ''} passed" if checked else ""
     return Result(
         plan.name, True, started.seconds, f"{plan.expect!r} seen{ran}; {stopped.words}", "", checked
     )

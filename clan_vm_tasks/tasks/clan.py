@@ -58,9 +58,17 @@ def inventory(
             force=force,
             commit=commit,
         )
+        with store.lock(name):  # delete takes it out of this clan again
+            if store.exists(name):
+                sync.remember(store, name, directory)
         say(f"{'updated' if changed else 'unchanged:'} machine '{name}' in {path}")
     elif action == "remove":
         changed = inv.remove(directory, name, force=force, commit=commit)
+        store, _ = open_store()
+        if store.exists(name):
+            with store.lock(name):
+                if store.exists(name):
+                    sync.remember(store, name, directory, keep=False)
         say(f"{'removed' if changed else 'nothing to remove:'} machine '{name}' from {path}")
     else:
         raise InvalidInput(f"unknown inventory action {action!r}: use push or remove")

@@ -127,7 +127,8 @@ def status(c: Context, name: str, json: bool = False) -> None:
     store, _ = open_store(create=False)
     info = vm_status(store, name)
     where = f", on {_host(info.get('host'))}" if info.get("host") else ""
-    say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}")
+    waits = f"; at its next start: {info['pending']['summary']}" if info.get("pending") else ""
+    say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}{waits}")
 
 
 @vm_task(
@@ -173,13 +174,18 @@ def show(
                 ("name", name),
                 *([("host", f"{info['uri']} (domain {info['domain']})")] if "uri" in info else []),
                 ("state", render.state_word(info)),
+                *(
+                    [("pending", f"{info['pending']['summary']} (at the next start)")]
+                    if info.get("pending")
+                    else []
+                ),
                 ("accel", info["accel"]),
                 ("cpus", info["cpus"]),
                 ("memory", f"{info['memory']} MiB"),
                 *(
                     (
                         "disk",
-                        f"{d['path']} ({d['format']}, {(d['virtual_size'] or 0) >> 20} MiB"
+                        f"{d['path']} ({d['format']}, {d['virtual_size'] or 0} MiB"
                         + (f", backing file {d['backing_file']}" if d["backing_file"] else "")
                         + ")",
                     )
@@ -239,6 +245,10 @@ def history(
     count = None if limit is None else number(limit, "limit", 0)
     store, _ = open_store(create=False)
     events = log.read(store.history, vm, count)
+    if vm is not None and not events and not store.exists(vm):
+        from clan_vm_tasks.errors import UnknownVM
+
+        raise UnknownVM(vm)  # a deleted VM still has its events
     if json:
         say(render.as_json([asdict(e) for e in events]))
         return

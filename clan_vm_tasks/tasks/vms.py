@@ -346,16 +346,17 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
     store, _ = open_store()
     host = store.host_of(name)
     record = origin.load(store, name)
-    kept = delete_vm(store, name, force=force)
-    unrooted = forget(store, name, record)  # its Nix GC roots, if it came from a flake
-    if kept and host is not None:  # its volume there
-        say(f"deleted VM '{name}'{on_host(host)}; its disk is kept as {kept}")
-    else:
-        kept_at = f"; its disk image is kept at {kept}" if kept else ""
-        say(f"deleted VM '{name}'{on_host(host)}{kept_at}")
-    if unrooted:
-        notice(unrooted)
-    sync.forget(store, name, sync.clan_dir(clan_dir), notice)
+    # Afterwards out of the clan named here and of those it was added to.
+    with sync.leaving_clans(store, name, sync.clan_dir(clan_dir), notice):
+        kept = delete_vm(store, name, force=force)
+        unrooted = forget(store, name, record)  # its Nix GC roots, if it came from a flake
+        if kept and host is not None:  # its volume there
+            say(f"deleted VM '{name}'{on_host(host)}; its disk is kept as {kept}")
+        else:
+            kept_at = f"; its disk image is kept at {kept}" if kept else ""
+            say(f"deleted VM '{name}'{on_host(host)}{kept_at}")
+        if unrooted:
+            notice(unrooted)
 
 
 @vm_task(help={"name": NAME_HELP})

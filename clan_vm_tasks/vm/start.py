@@ -16,7 +16,7 @@ from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
-from clan_vm_tasks.vm import definition, guest, machines, reconcile
+from clan_vm_tasks.vm import definition, forwards, guest, machines, reconcile
 from clan_vm_tasks.vm.recovery import journaled
 from clan_vm_tasks.vm.stop import stop
 
@@ -76,8 +76,10 @@ def _launch(
     if state.status in reconcile.ACTIVE:
         how = f" (pid {state.pid})" if state.pid is not None else ""
         raise StateConflict(f"VM '{name}' is already running{how}")
+    _apply_pending(store, name, notify)
     config = definition.load(store, name)
     definition.check_boot_files(config, name)
+    forwards.refuse_held(store, name, config)
     backend = machines.backend(config.host)
     backend.check_config(config)  # what this host cannot run (any more) is refused untouched
     requested = accel or (config.accel if config.accel != "auto" else settings.accel)
@@ -120,6 +122,22 @@ def _launch(
         _record_failed_start(store, name, _why(error))
         raise
     return machine, launched, state
+
+
+def _apply_pending(store: Store, name: str, notify: Notify) -> None:
+    """A change made while the VM ran (``set``) takes effect now, before anything boots."""
+    from clan_vm_tasks.vm import pending
+
+    if pending.path(store, name).exists():
+        from clan_vm_tasks.vm.create import apply_pending
+
+        before = definition.load(store, name)
+        if apply_pending(store, name, notify).changed:
+            after = definition.load(store, name)
+            notify(
+                f"applied the change made while '{name}' ran: "
+                + pending.words(pending.differences(before, after))
+            )
 
 
 def _why(error: BaseException) -> str:

@@ -63,6 +63,7 @@ PID_RECORD = r"starting\W+n\W+pid\W+\d"  # the `starting` record with the pid
 KEEPING = r'"\$STATE/vms/fz", "\$STATE/vms/\.keeping-fz-\d+"\)'
 DELETING = r'"\$STATE/vms/fz", "\$STATE/vms/\.deleting-fz-\d+"\)'
 QMP = r"qmp\.sock"
+ONTO_NEXT = r'"\$STATE/vms/fz/next\.json"\)'
 
 PID_RECORDED = KillPoint("start", ("connect",), match=QMP, after=PID_RECORD, label="pid-recorded")
 
@@ -116,6 +117,21 @@ POINTS = [
     # live snapshot: the job running in QEMU, history
     KillPoint("snapshot-live", ("sendto",), match="query-jobs", label="job-running"),
     KillPoint("snapshot-live", ("write",), match=HISTORY, label="write-history"),
+    # set of a stopped VM: the write-ahead marker (the whole new definition), qemu-img
+    # resize growing the disk, the disk grown but the definition not, history
+    KillPoint("set", RENAMES, match=r"pending/fz\.set", label="write-ahead"),
+    KillPoint("set", SPAWNS, "last", label="fork-qemu-img-resize"),
+    KillPoint("set", RENAMES, match=ONTO_CONFIG, label="rename-config"),
+    KillPoint("set", ("write",), match=HISTORY, label="write-history"),
+    # set of a running VM: the change put aside for the next start, history
+    KillPoint("set-running", RENAMES, match=ONTO_NEXT, label="rename-next"),
+    KillPoint("set-running", ("write",), match=HISTORY, label="write-history"),
+    # the start that applies it: qemu-img about to grow the disk, the definition replaced
+    # but the change still waiting, its event (before the start's)
+    KillPoint("start-after-set", SPAWNS, after=r"pending/fz\.set", label="fork-qemu-img"),
+    KillPoint("start-after-set", RENAMES, match=ONTO_CONFIG, label="rename-config"),
+    KillPoint("start-after-set", ("unlink",), match=r"vms/fz/next\.json", label="remove-next"),
+    KillPoint("start-after-set", ("write",), match=HISTORY, label="write-set-history"),
 ]
 
 

@@ -240,3 +240,14 @@ def test_a_flake_directory_with_an_inventory_is_not_thereby_the_clan(
     machines = json.loads((own_flake / "inventory.json").read_text())["machines"]
     assert machines["beta"]["tags"] == ["vm"]
     assert "`clan machines update` now treats it as a machine to deploy" in created.err
+
+
+@pytest.mark.vm
+def test_boot_test_counts_its_checks_in_words(ncli: NixCLI, test_flake: Path) -> None:
+    one = ncli.ok("boot-test", "beta", "--flake", str(test_flake), "--check", "true", timeout=400)
+    assert "1 check passed" in one.out and "1 checks" not in one.out, one.out
+    two = ncli.ok(
+        "boot-test", "beta", "--flake", str(test_flake), "--check", "true", "--check", "true",
+        timeout=400,
+    )  # fmt: skip
+    assert "2 checks passed" in two.out, two.out
