@@ -92,7 +92,10 @@ class Snapshot:
 
 class GuestAgent(Protocol):
     """A session with the QEMU guest agent of a running VM: synchronised, one command at a
-    time. Failures are AgentUnavailable (no answer in time) or AgentError (an error reply)."""
+    time. Failures are AgentUnavailable (no answer in time), AgentError (an error reply) or
+    AgentInvalidReply (something that is no reply: too large, too deep, not JSON)."""
+
+    chunk: int  # bytes of file data one command may carry on the way to this agent
 
     def execute(
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0

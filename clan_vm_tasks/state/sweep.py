@@ -4,7 +4,8 @@ A create or delete works in a hidden directory ``vms/.PURPOSE-NAME-PID`` under t
 VM's lock, so a leftover whose lock can be had belongs to a command that died: a
 half-created VM is removed, a half-deleted one is finished (its disk kept when
 that was asked for) and its ``delete`` event recorded if it was not. Temporary
-files of dead writers and lock files of VMs that do not exist go too.
+files of dead writers and lock files of VMs that do not exist go too, and so do the partial
+files a killed ``copy`` left outside the state directory (``partials``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import shutil
 
 from clan_vm_tasks.render import Notify, notice
-from clan_vm_tasks.state import files, history
+from clan_vm_tasks.state import files, history, partials
 from clan_vm_tasks.state.store import Store
 
 _STAGING = re.compile(r"\.(creating|deleting|keeping)-(.+)-(\d+)")
@@ -31,6 +32,7 @@ def sweep(store: Store, warn: Notify = notice) -> None:
             _finish(store, entry, found.group(1), found.group(2), warn)
     _sweep_tmp(store)
     _sweep_locks(store)
+    partials.sweep(store.root)
 
 
 def _finish(store: Store, entry: str, purpose: str, name: str, warn: Notify) -> None:
