@@ -71,11 +71,11 @@ class Meter:
             return
         line = progress()
         if not self.shown:
-            line.phase(f"copying {self.what}")
+            line.phase("copying")
         self.shown = now
         rate = done / max(now - self.began, 1e-3)
         of = f" of {_mib(self.total)} ({done * 100 // self.total}%)" if self.total else ""
-        line.detail(f"{_mib(done)}{of}, {_mib(int(rate))}/s")
+        line.detail(f"{_mib(done)}{of}, {_mib(int(rate))}/s: {self.what}")
 
     def done(self) -> None:
         if self.shown:

@@ -194,13 +194,17 @@ def copy_tree_in(
 # --- out of the guest ----------------------------------------------------------------------------
 
 
+class _Outside(Exception):
+    """An archive entry whose name (or link) would leave the tree."""
+
+
 def _parts(name: str) -> tuple[str, ...]:
-    """The components of an archive entry's name; ClanVMError for one that would leave the
+    """The components of an archive entry's name; _Outside for one that would leave the
     tree (absolute, or with '..')."""
     path = PurePosixPath(name)
     parts = tuple(p for p in path.parts if p != ".")
     if path.is_absolute() or ".." in parts or any("\0" in p for p in parts):
-        raise ClanVMError(f"the archive names {printable(name)!r}, outside the tree")
+        raise _Outside(name)
     return parts
 
 
@@ -235,7 +239,11 @@ def _unpack_one(
     with _directory(root, parts[:-1]) as parent:
         leaf = parts[-1]
         if member.isdir():
-            os.mkdir(leaf, 0o700, dir_fd=parent)
+            try:
+                os.mkdir(leaf, 0o700, dir_fd=parent)
+            except FileExistsError:  # made already as the parent of an earlier entry
+                if not stat.S_ISDIR(os.stat(leaf, dir_fd=parent, follow_symlinks=False).st_mode):
+                    raise
 
             def later(parts: tuple[str, ...] = parts) -> None:
                 with _directory(root, parts) as fd:
@@ -256,7 +264,7 @@ def _unpack_one(
         elif member.islnk():
             linked = _parts(member.linkname)
             if not linked:
-                raise ClanVMError("the archive links a file to its top directory")
+                raise _Outside(member.linkname)
             with _directory(root, linked[:-1]) as source:
                 os.link(
                     linked[-1], leaf, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False
@@ -276,6 +284,11 @@ def _unpack(stream: _FromGuest, root: int, warn: Notify) -> None:
                 skipped = _unpack_one(tar, member, root, modes)
                 if skipped:
                     warn(f"warning: {printable(skipped)} is a device: not copied")
+    except _Outside as error:
+        raise ClanVMError(
+            f"VM '{stream.agent.name}' sent an archive of '{stream.source}' that names "
+            f"{printable(str(error))!r}, outside the tree; nothing was copied"
+        ) from None
     except (tarfile.TarError, EOFError, UnicodeError) as error:
         raise ClanVMError(
             f"VM '{stream.agent.name}' sent an invalid archive of '{stream.source}': "
@@ -285,6 +298,11 @@ def _unpack(stream: _FromGuest, root: int, warn: Notify) -> None:
         raise ClanVMError(
             f"the archive of '{stream.source}' from VM '{stream.agent.name}' names "
             f"{printable(str(error.filename))!r} twice"
+        ) from None
+    except OSError as error:  # e.g. a path through a link it made: never followed
+        raise ClanVMError(
+            f"the archive of '{stream.source}' from VM '{stream.agent.name}' could not be "
+            f"unpacked here: {printable(str(error))}"
         ) from None
     for apply in reversed(modes):  # deepest first: a directory made read-only is full by now
         apply()

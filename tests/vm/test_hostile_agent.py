@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import secrets
+import stat
 import subprocess
-import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,43 +22,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CLI, Guest, Result, kill_leftover_qemu
+from tests.conftest import CLI, Guest, kill_leftover_qemu
 from tests.guests.fake_agent import FakeAgent, Files, agent_socket, endless, exec_replies
+from tests.vmhelpers import PUBLIC_KEY, one_error, peak
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("hostile")]
 NO_AGENT = "console=ttyS0 quiet no_timer_check clan.noagent"
 INVALID = "the guest agent of VM '{}' sent an invalid reply"
 TAP_NET = "10.203.{}.0/24"
-PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0dlvkB9Bml7svmZHUnXWVtgixB999p9exgfDNZUH4y"
-
-
-def one_error(result: Result, code: int = 1) -> str:
-    """The single error line of RESULT (exit CODE), with no trace of a crash of ours."""
-    lines = [line for line in result.err.strip().splitlines() if not line.startswith("notice:")]
-    assert result.code == code, result
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    assert "internal error" not in result.err and "Traceback" not in result.err
-    return lines[0]
-
-
-def peak(cli: CLI, *args: str, timeout: float = 120) -> tuple[Result, int]:
-    """Run the CLI in a process of its own; its result and peak RSS in MiB."""
-    wrapper = (
-        "import resource, subprocess, sys, json\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024\n"
-        "print(json.dumps([p.returncode, p.stdout, p.stderr, rss]))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", wrapper, *cli.command(), *args],
-        capture_output=True,
-        text=True,
-        env=cli.env,
-        timeout=timeout,
-        check=True,
-    )
-    code, out, err, rss = json.loads(proc.stdout)
-    return Result(code, out, err), rss
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +246,68 @@ def test_ssh_goes_only_to_an_address_in_the_vms_network(
         assert not marker.exists()
     finally:
         kill_leftover_qemu(cli.state_dir)
+
+
+def evil_archive(entries: list[tuple[str, bytes | None, str | None, bytes]]) -> bytes:
+    """A tar of (name, content or None, link target or None, type), as a hostile guest's
+    ``tar`` could hand over."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, content, link, kind in entries:
+            member = tarfile.TarInfo(name)
+            member.type = kind
+            member.mode = 0o4755 if name.endswith("setuid") else 0o644
+            if link is not None:
+                member.linkname = link
+            member.size = len(content or b"")
+            tar.addfile(member, io.BytesIO(content or b""))
+    return out.getvalue()
+
+
+def packed(archive: bytes) -> dict[str, Any]:
+    """A guest whose ``tar`` hands over ARCHIVE (its path printed, then read through the
+    agent)."""
+    printed = base64.b64encode(b"/tmp/archive.tar\n").decode()
+    files = Files({"/tmp/archive.tar": archive})
+    return {**exec_replies(status_reply(**{"out-data": printed})), **files.replies()}
+
+
+def test_a_hostile_archive_cannot_write_outside_the_tree(evil: CLI, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    cases = {
+        "could not be unpacked here: [Errno 20] Not a directory: 'esc'": [
+            ("esc", None, str(outside), tarfile.SYMTYPE),  # a link it made, then through it
+            ("esc/pwned", b"x", None, tarfile.REGTYPE),
+        ],
+        "names '../pwned', outside the tree": [("../pwned", b"x", None, tarfile.REGTYPE)],
+        f"names '{outside}/pwned', outside the tree": [
+            (f"{outside}/pwned", b"x", None, tarfile.REGTYPE)
+        ],
+        "names '../../../../etc/passwd', outside the tree": [
+            ("pwned", None, "../../../../etc/passwd", tarfile.LNKTYPE)
+        ],
+        "names 'twice' twice": [
+            ("twice", b"x", None, tarfile.REGTYPE),
+            ("twice", b"y", None, tarfile.REGTYPE),
+        ],
+        "sent an invalid archive of '/src'": b"\x00garbage" * 100,
+    }
+    for words, entries in cases.items():
+        archive = entries if isinstance(entries, bytes) else evil_archive(entries)
+        with hostile(evil, packed(archive)):
+            result = evil.run("copy", "-r", "evil:/src", str(tmp_path / "dest"))
+        assert words in one_error(result)
+        assert not (tmp_path / "dest").exists(), words
+        assert os.listdir(outside) == [], words
+        assert sorted(os.listdir(tmp_path)) == ["outside"], words
+    # What may come out comes out defanged: no setuid bit, no device.
+    allowed = [
+        ("setuid", b"#!/bin/sh\n", None, tarfile.REGTYPE),
+        ("null", None, None, tarfile.CHRTYPE),
+    ]
+    with hostile(evil, packed(evil_archive(allowed))):
+        result = evil.ok("copy", "-r", "evil:/src", str(tmp_path / "dest"))
+    assert "null is a device: not copied" in result.err
+    assert stat.S_IMODE((tmp_path / "dest" / "setuid").stat().st_mode) == 0o755
+    assert os.listdir(tmp_path / "dest") == ["setuid"]
