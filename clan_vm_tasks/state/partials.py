@@ -136,7 +136,9 @@ def sweep(state_root: Path) -> None:
     except FileNotFoundError:
         return
     for entry in entries:
-        if entry.endswith(".new") and _younger(records / entry, NEW_GRACE):
+        writer = entry.split(".", 1)[0]
+        alive = writer.isdigit() and os.path.exists(f"/proc/{writer}")
+        if entry.endswith(".new") and alive and _younger(records / entry, NEW_GRACE):
             continue  # its writer may be about to lock it
         fd = files.try_lock(records / entry)
         if fd is None:

@@ -113,7 +113,7 @@ def prepare(store: Store, name: str, user: str, wait: float) -> tuple[Path, Path
                 + (printable(why[-1]) if why else f"exit code {result.exit_code}")
             )
         if pinned is not None:
-            files.atomic_write(known_hosts, pinned)
+            store.write(known_hosts, pinned)
     return key, known_hosts
 
 

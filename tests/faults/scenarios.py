@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from tests.faults import guest_ops
 from tests.faults.invariants import (
     ACTIVE,
     INVARIANTS,
@@ -72,7 +73,8 @@ class GuestFiles(Protocol):
 
 # --- the operations ---------------------------------------------------------------------------
 
-Kind = Literal["create", "start", "stop", "delete", "resize", "snapshot"]
+Kind = Literal["create", "start", "stop", "delete", "resize", "snapshot", "exec", "copy-out", "ssh"]
+GUEST_KINDS = ("exec", "copy-out", "ssh")  # see guest_ops
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class Operation:
             return [self.kind, name, *(["--force"] if self.force else [])]
         if self.kind == "resize":
             return ["resize", name, "--disk", str(GROWN_MIB)]
+        if self.kind in GUEST_KINDS:
+            return guest_ops.argv(self.kind, name)
         return ["snapshot", name, SNAPSHOT]
 
 
@@ -109,6 +113,9 @@ OPERATIONS: dict[str, Operation] = {
         Operation("resize", "resize"),
         Operation("snapshot", "snapshot"),
         Operation("snapshot-live", "snapshot", running_before=True),
+        Operation("exec", "exec", running_before=True),
+        Operation("copy-out", "copy-out", running_before=True),
+        Operation("ssh", "ssh", running_before=True),
     )
 }
 
@@ -128,6 +135,14 @@ def start_args(name: str) -> list[str]:
 def setup(runner: Runner, op: Operation, guest: GuestFiles, name: str = NAME) -> None:
     """The state OP starts from: nothing, a stopped VM with marked disk, or it running."""
     if not op.exists_before:
+        return
+    if op.kind in GUEST_KINDS:
+
+        def create() -> None:
+            runner.ok(*create_args(name, guest))
+            write_marker(runner.state_dir / "vms" / name / "disk.qcow2")
+
+        guest_ops.setup(runner, op.kind, name, create)
         return
     runner.ok(*create_args(name, guest))
     write_marker(runner.state_dir / "vms" / name / "disk.qcow2")
@@ -336,6 +351,9 @@ def _follow_up(
         # What the delete left stays until the name is created again, if ever: look now.
         check.add(4, check_leftovers(state_dir, [name]))
         check.must(*create_args(name, guest))
+    elif op.kind in GUEST_KINDS:
+        check.add(4, guest_ops.check_after(check.runner, op.kind, name))  # after list --json
+        guest_ops.follow_up(check.must, op.kind, name)
     elif op.kind == "resize":
         check.must("resize", name, "--disk", str(GROWN_MIB))
     elif op.kind == "snapshot":
@@ -384,7 +402,7 @@ def run_scenario(
     check.add(1, check_untracked_qemu(state_dir, listed))
     effects = _effects(state_dir, name, op, was_running)
     check.add(6, check_history(runner, name, len(before), effects))
-    if op.exists_before:
+    if op.exists_before and op.kind != "ssh":  # the Debian guest's disk is its root fs
         check.add(5, check_disk_data(state_dir, name, keeps_disk=op.keeps_disk))
 
     check.context = "after the next commands"

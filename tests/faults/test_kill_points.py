@@ -65,6 +65,10 @@ DELETING = r'"\$STATE/vms/fz", "\$STATE/vms/\.deleting-fz-\d+"\)'
 QMP = r"qmp\.sock"
 
 PID_RECORDED = KillPoint("start", ("connect",), match=QMP, after=PID_RECORD, label="pid-recorded")
+EXEC_STATUS = KillPoint(
+    "exec", ("sendto",), match="guest-exec-status", label="waiting-for-the-command"
+)
+PARTIAL = r"\.copied\.bin\.[0-9a-f]+\.partial"
 
 POINTS = [
     # create: while qemu-img runs (sh starts its helper threads right after the fork:
@@ -116,6 +120,21 @@ POINTS = [
     # live snapshot: the job running in QEMU, history
     KillPoint("snapshot-live", ("sendto",), match="query-jobs", label="job-running"),
     KillPoint("snapshot-live", ("write",), match=HISTORY, label="write-history"),
+    # exec: waiting for the command in the guest (the agent then has an answer nobody reads)
+    EXEC_STATUS,
+    replace(EXEC_STATUS, signal="SIGINT"),
+    # copy out: its partial file half written (killed, and interrupted: removed by itself),
+    # its record not yet in place, the rename into place
+    KillPoint("copy-out", ("write",), "middle", match=PARTIAL, label="writing-partial"),
+    KillPoint(
+        "copy-out", ("write",), "middle", match=PARTIAL, signal="SIGTERM", label="writing-partial"
+    ),
+    KillPoint("copy-out", RENAMES, match=r"partials/\d+\.\w+\.new", label="record-partial"),
+    KillPoint("copy-out", RENAMES, match=PARTIAL + r'", "copied\.bin"', label="rename-into-place"),
+    # ssh (the Debian guest, which boots slowly: two points): between the two renames of the
+    # key pair, while the agent installs the key (the host key is pinned by an atomic write)
+    KillPoint("ssh", RENAMES, "last", match=r"id_ed25519", label="key-pair"),
+    KillPoint("ssh", ("sendto",), match=r'guest-exec\\"', label="installing-key"),
 ]
 
 
