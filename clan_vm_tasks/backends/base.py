@@ -95,7 +95,10 @@ class GuestAgent(Protocol):
     time. Failures are AgentUnavailable (no answer in time), AgentError (an error reply) or
     AgentInvalidReply (something that is no reply: too large, too deep, not JSON)."""
 
-    chunk: int  # bytes of file data one command may carry on the way to this agent
+    # Bytes of file data a guest-file-read may ask for and a guest-file-write (or a command's
+    # input) may carry on the way to this agent.
+    read_chunk: int
+    write_chunk: int
 
     def execute(
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0

@@ -90,7 +90,8 @@ class Agent:
     def __init__(self, raw: GuestAgent, name: str) -> None:
         self._raw = raw
         self.name = name
-        self.chunk = raw.chunk  # bytes of file data one command carries on this backend
+        # Bytes of file data one command or reply carries on the way to this agent.
+        self.read_chunk, self.write_chunk = raw.read_chunk, raw.write_chunk
 
     def call(
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
@@ -183,7 +184,7 @@ class Agent:
         data = b""
         try:
             while len(data) <= limit:
-                chunk, eof = self.read(handle, min(self.chunk, limit + 1 - len(data)))
+                chunk, eof = self.read(handle, min(self.read_chunk, limit + 1 - len(data)))
                 data += chunk
                 if eof or not chunk:
                     break

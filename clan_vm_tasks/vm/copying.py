@@ -112,7 +112,7 @@ def send(agent: Agent, path: str, fd: int, deadline: float, meter: Meter) -> int
     handle = agent.open(path, "w")
     sent = 0
     try:
-        while chunk := os.read(fd, agent.chunk):
+        while chunk := os.read(fd, agent.write_chunk):
             agent.write(handle, chunk)
             sent += len(chunk)
             meter.update(sent)
@@ -174,7 +174,7 @@ def receive(
     copy stops; past an unknown one's limit it is an error. The bytes written."""
     got = 0
     while got < limit or not known:
-        want = min(agent.chunk, limit - got + (0 if known else 1))
+        want = min(agent.read_chunk, limit - got + (0 if known else 1))
         data, eof = agent.read(handle, want)
         if got + len(data) > limit:
             raise ClanVMError(

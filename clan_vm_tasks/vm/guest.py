@@ -102,7 +102,7 @@ def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
         made = _run_quietly(agent, ["mktemp"], 30)
     except GuestCommandFailed:
         raise ClanVMError(
-            f"VM '{agent.name}' has no mktemp: input larger than {agent.chunk} bytes cannot "
+            f"VM '{agent.name}' has no mktemp: input larger than {agent.write_chunk} bytes cannot "
             "reach a command there through its agent"
         ) from None
     path = made.stdout.decode(errors="replace").strip()
@@ -153,8 +153,8 @@ def run(
     """Run ARGV in the guest and wait (up to TIMEOUT) for it to exit. STDIN is read in
     chunks, so it may be larger than memory."""
     stream = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
-    first = _read_up_to(stream, agent.chunk) if stream is not None else b""
-    more = _read_up_to(stream, agent.chunk) if stream is not None and first else b""
+    first = _read_up_to(stream, agent.write_chunk) if stream is not None else b""
+    more = _read_up_to(stream, agent.write_chunk) if stream is not None and first else b""
     if not more:
         pid = _start(agent, argv, first or None)
     else:
@@ -163,7 +163,7 @@ def run(
         def chunks() -> Iterator[bytes]:
             yield first
             yield more
-            while chunk := _read_up_to(stream, agent.chunk):
+            while chunk := _read_up_to(stream, agent.write_chunk):
                 yield chunk
 
         pid = _spooled(agent, argv, chunks())

@@ -72,9 +72,10 @@ class _ToGuest(_Stream):
 
     def write(self, data: bytes) -> int:
         self.buffer += data
-        while len(self.buffer) >= self.agent.chunk:
-            self._send(bytes(self.buffer[: self.agent.chunk]))
-            del self.buffer[: self.agent.chunk]
+        size = self.agent.write_chunk
+        while len(self.buffer) >= size:
+            self._send(bytes(self.buffer[:size]))
+            del self.buffer[:size]
         return len(data)
 
     def _send(self, chunk: bytes) -> None:
@@ -105,7 +106,7 @@ class _FromGuest(_Stream):
         if self.ended or (self.known and self.got >= self.limit):
             return b""
         room = self.limit - self.got + (0 if self.known else 1)
-        data, eof = self.agent.read(self.handle, min(self.agent.chunk, room))
+        data, eof = self.agent.read(self.handle, min(self.agent.read_chunk, room))
         if self.got + len(data) > self.limit:
             raise ClanVMError(
                 f"the archive of '{self.source}' from VM '{self.agent.name}' is larger than "

@@ -27,7 +27,7 @@ CHUNK = 1 << 20
 
 
 class AgentSession:
-    chunk = CHUNK
+    read_chunk = write_chunk = CHUNK
 
     def __init__(self, path: Path, timeout: float) -> None:
         self._path = path
