@@ -9,6 +9,10 @@
     ``python -c 'import invoke'`` (target: at most 25% more).
 (c) footprint: peak RSS of CLI calls, and processes left running per VM beside
     QEMU (target: none).
+
+``--against PATH`` also measures another ``clan-vm-manager`` (an earlier checkout's
+``.venv/bin/clan-vm-manager``) in the same rounds for (a) and (b), alternating with this
+one, and prints this one's time as a ratio to it: before and after a change, in one run.
 """
 
 from __future__ import annotations
@@ -91,7 +95,9 @@ def raw_qemu_boot(guest: Path, disk: Path) -> float:
     return elapsed
 
 
-def bench_boot(rounds: int, guest: Path, env: dict[str, str]) -> tuple[float, float]:
+def bench_boot(
+    rounds: int, guest: Path, env: dict[str, str], other: str | None = None
+) -> tuple[float, float, float | None]:
     subprocess.run(
         [
             CLI,
@@ -116,17 +122,27 @@ def bench_boot(rounds: int, guest: Path, env: dict[str, str]) -> tuple[float, fl
     )
     disk = Path(env["CLAN_VM_STATE_DIR"]) / "raw.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
-    tool, raw = [], []
+    tool, raw, against = [], [], []
     for _ in range(rounds):  # interleaved, so drift in machine load hits both alike
         raw.append(raw_qemu_boot(guest, disk))
-        tool.append(timed([CLI, "start", "bench", "--wait-for", READY, "--timeout", "120"], env))
-        subprocess.run(
-            [CLI, "stop", "bench", "--force"], env=env, check=True, stdout=subprocess.DEVNULL
-        )
-    return statistics.median(tool), statistics.median(raw)
+        for cli, times in ((CLI, tool), (other, against)):
+            if cli is None:
+                continue
+            start = [cli, "start", "bench", "--wait-for", READY, "--timeout", "120"]
+            times.append(timed(start, env))
+            subprocess.run(
+                [CLI, "stop", "bench", "--force"], env=env, check=True, stdout=subprocess.DEVNULL
+            )
+    return statistics.median(tool), statistics.median(raw), _median(against)
 
 
-def bench_list(rounds: int, env: dict[str, str]) -> tuple[float, float]:
+def _median(times: list[float]) -> float | None:
+    return statistics.median(times) if times else None
+
+
+def bench_list(
+    rounds: int, env: dict[str, str], other: str | None = None
+) -> tuple[float, float, float | None]:
     sys.path.insert(0, str(ROOT))
     from clan_vm_tasks import lifecycle
 
@@ -134,11 +150,19 @@ def bench_list(rounds: int, env: dict[str, str]) -> tuple[float, float]:
     for i in range(200):
         if not store.exists(f"vm{i:03}"):
             lifecycle.create(store, lifecycle.VMConfig(name=f"vm{i:03}", disk_size=16))
-    tool, baseline = [], []
+    tool, baseline, against = [], [], []
     for _ in range(rounds):
         baseline.append(timed([sys.executable, "-c", "import invoke"], env))
         tool.append(timed([CLI, "list", "--json"], env))
-    return statistics.median(tool), statistics.median(baseline)
+        if other is not None:
+            against.append(timed([other, "list", "--json"], env))
+    return statistics.median(tool), statistics.median(baseline), _median(against)
+
+
+def _against(tool: float, other: float | None) -> str:
+    if other is None:
+        return ""
+    return f"; the other clan-vm-manager {other:.3f}s, this one / it {tool / other:.3f}"
 
 
 def peak_rss_mib(argv: list[str], env: dict[str, str]) -> float:
@@ -173,6 +197,7 @@ def resident_helpers(state_dir: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--against", metavar="PATH", help="another clan-vm-manager to compare")
     args = parser.parse_args()
     guest = Path(os.environ.get("CLAN_VM_TEST_GUEST", ROOT / ".cache" / "guest"))
     if not (guest / "initrd").exists():
@@ -180,10 +205,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clan-vm-bench-"))
     env = {**os.environ, "CLAN_VM_STATE_DIR": str(work / "boot"), "CLAN_VM_CONFIG": "/nonexistent"}
     try:
-        tool, raw = bench_boot(args.rounds, guest, env)
+        tool, raw, other = bench_boot(args.rounds, guest, env, args.against)
         print(
             f"(a) boot to ready line: tool {tool:.2f}s, raw QEMU {raw:.2f}s, "
-            f"ratio {tool / raw:.3f} (target <= 1.10)"
+            f"ratio {tool / raw:.3f} (target <= 1.10){_against(tool, other)}"
         )
         subprocess.run([CLI, "start", "bench"], env=env, check=True, stdout=subprocess.DEVNULL)
         helpers = resident_helpers(work / "boot")
@@ -199,11 +224,11 @@ def main() -> None:
             [CLI, "stop", "bench", "--force"], env=env, check=True, stdout=subprocess.DEVNULL
         )
         list_env = {**env, "CLAN_VM_STATE_DIR": str(work / "list")}
-        tool, base = bench_list(max(args.rounds * 4, 10), list_env)
+        tool, base, other = bench_list(max(args.rounds * 4, 10), list_env, args.against)
         print(
             f"(b) list --json, 200 VMs: tool {tool * 1000:.0f}ms, "
             f"import invoke {base * 1000:.0f}ms, "
-            f"ratio {tool / base:.3f} (target <= 1.25)"
+            f"ratio {tool / base:.3f} (target <= 1.25){_against(tool, other)}"
         )
         print(
             "(c) peak RSS: "

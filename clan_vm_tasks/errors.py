@@ -59,3 +59,19 @@ class GuestCommandFailed(ClanVMError):
 
 class StateConflict(ClanVMError):
     """The operation makes no sense in the VM's current state (e.g. stop a stopped VM)."""
+
+
+class AlreadyExists(StateConflict):
+    """A VM of that name exists (made meanwhile by another command, perhaps)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"VM '{name}' already exists")
+
+
+class HostUnreachable(ClanVMError):
+    """The host of a VM did not answer (in time): its VMs' state is unknown, not stopped."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"host {host} is unreachable: {reason}")
+        self.host = host
+        self.reason = reason

@@ -87,40 +87,15 @@ class Progress:
     @contextlib.contextmanager
     def following(self, path: Path, phase: str) -> Iterator[None]:
         """While the block runs (a boot): PHASE, with the latest line of the file at PATH as
-        its detail, once that file is a new one (a boot starts a new console log)."""
+        its detail."""
         if not self.live:
             yield
             return
         self.phase(phase)
-        stop = threading.Event()
-
-        def watch() -> None:
-            try:
-                before: int | None = os.stat(path).st_ino
-            except OSError:
-                before = None
-            while not stop.wait(0.2):
-                try:
-                    info = os.stat(path)
-                    if info.st_ino == before:
-                        continue
-                    with open(path, "rb") as log:
-                        log.seek(max(0, info.st_size - 4096))
-                        tail = log.read().decode(errors="replace")
-                except OSError:
-                    continue
-                text = _CONTROL.sub("", tail.replace("\r", "\n"))
-                lines = [line for line in text.splitlines() if line.strip()]
-                if lines:
-                    self.detail(lines[-1])
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
         try:
-            yield
+            with latest_line(path, self.detail):
+                yield
         finally:
-            stop.set()
-            watcher.join()
             self.done()
 
     def step(self, text: str) -> None:
@@ -179,3 +154,41 @@ def show_progress(quiet: bool) -> Progress:
     global _PROGRESS
     _PROGRESS = Progress(quiet=quiet)
     return _PROGRESS
+
+
+@contextlib.contextmanager
+def latest_line(path: Path, on_line: Callable[[str], None], every: float = 0.2) -> Iterator[None]:
+    """While the block runs: ON_LINE(the latest non-empty line of the file at PATH, control
+    sequences taken out) whenever it changes, once that file is a new one (a boot starts a
+    new console log, and the one before must not be shown as this boot's)."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        try:
+            before: int | None = os.stat(path).st_ino
+        except OSError:
+            before = None
+        said = ""
+        while not stop.wait(every):
+            try:
+                info = os.stat(path)
+                if info.st_ino == before:
+                    continue
+                with open(path, "rb") as log:
+                    log.seek(max(0, info.st_size - 4096))
+                    tail = log.read().decode(errors="replace")
+            except OSError:
+                continue
+            text = _CONTROL.sub("", tail.replace("\r", "\n"))
+            lines = [line for line in text.splitlines() if line.strip()]
+            if lines and lines[-1] != said:
+                said = lines[-1]
+                on_line(said)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()

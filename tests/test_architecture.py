@@ -19,6 +19,7 @@ LAYERS = [
     ["backends"],
     ["vm"],
     ["nix", "clan"],
+    ["web"],  # the dashboard: over the same operations as the tasks, served by one of them
     ["tasks"],
     ["cli", "lifecycle"],  # the entry points: the command line and the Python API
     ["__main__"],
@@ -73,6 +74,63 @@ def test_task_modules_import_no_other_task_module() -> None:
         if m.name.startswith(f"{PACKAGE}.tasks.") and m.name != f"{PACKAGE}.tasks.common"
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_module_is_named_like_a_standard_library_module() -> None:
+    """``backends/libvirt/xml.py`` beside ``import xml.etree``, ``vm/inspect.py``: a reader
+    (and a careless import) takes one for the other."""
+    clashing = sorted(
+        m.name for m in modules().values() if m.name.rsplit(".", 1)[-1] in sys.stdlib_module_names
+    )
+    assert clashing == []
+
+
+CONCRETE = (f"{PACKAGE}.backends.qemu", f"{PACKAGE}.backends.libvirt")
+CHOOSER = f"{PACKAGE}.vm.machines"  # the one place that chooses a backend
+
+
+def test_only_the_chooser_imports_a_concrete_backend() -> None:
+    """Operations, integrations and tasks speak to the backend interface (``backends.base``)
+    and the neutral helpers beside it; which hypervisor runs a VM is ``vm.machines``'s."""
+    offenders = sorted(
+        f"{m.name} -> {target}"
+        for m in modules().values()
+        if not m.name.startswith(f"{PACKAGE}.backends") and m.name != CHOOSER
+        for target in m.imports
+        if target.startswith(CONCRETE)
+    )
+    assert offenders == []
+
+
+def test_nix_imports_nothing_of_the_libvirt_backend() -> None:
+    offenders = sorted(
+        f"{m.name} -> {target}"
+        for m in modules().values()
+        if m.name.startswith(f"{PACKAGE}.nix")
+        for target in m.imports
+        if target.startswith(f"{PACKAGE}.backends.libvirt")
+    )
+    assert offenders == []
+
+
+def test_the_backends_share_only_neutral_modules() -> None:
+    """Neither backend imports the other: what both need (qemu-img, ssh) is beside them."""
+    qemu, libvirt = CONCRETE
+    offenders = sorted(
+        f"{m.name} -> {target}"
+        for m in modules().values()
+        for own, other in ((qemu, libvirt), (libvirt, qemu))
+        if m.name.startswith(own)
+        for target in m.imports
+        if target.startswith(other)
+    )
+    assert offenders == []
+
+
+def test_operations_never_run_qemu_img() -> None:
+    image = f"{PACKAGE}.backends.image"
+    offenders = sorted(m.name for m in modules().values() if image in m.imports)
+    assert all(name.startswith(f"{PACKAGE}.backends") for name in offenders), offenders
 
 
 # What a fast command must not pay for (invoke itself already brings yaml and asyncio).

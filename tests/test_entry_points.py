@@ -34,6 +34,7 @@ TASKS = sorted(
         "restart",
         "resume",
         "revert",
+        "serve",
         "show",
         "snapshot",
         "snapshots",

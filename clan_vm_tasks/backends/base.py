@@ -4,8 +4,9 @@
 a backend does it on a hypervisor. A ``Backend`` makes disks and hands out one
 ``Machine`` per VM; a ``Machine`` launches, observes, stops, pauses, snapshots
 and shows the console of that VM. The local QEMU backend
-(``clan_vm_tasks.backends.qemu``) runs VMs on this machine; a ``HostedBackend``
+(``clan_vm_tasks.backends.qemu``) runs VMs on this machine; the libvirt backend
 (``clan_vm_tasks.backends.libvirt``) runs them on a libvirt host, local or remote.
+``clan_vm_tasks.vm.machines`` is the one place that chooses between them.
 Every method is bounded in time, and failures are ``ClanVMError`` (``HostUnreachable``
 when the host does not answer).
 """
@@ -18,12 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
     from clan_vm_tasks.models import VMConfig
-    from clan_vm_tasks.state.store import VMPaths, VMState
+    from clan_vm_tasks.state.store import Store, VMPaths, VMState
 
 # "guest": asks the guest (skipped by --force and for a paused VM); "hypervisor": asks the
 # hypervisor to end the VM (skipped by --force); "force": ends it whatever it does.
@@ -43,15 +43,6 @@ class StopStep:
 class AccelChoice:
     accel: str  # "kvm" or "tcg"
     notice: str | None  # one line for the user when we fell back or were overridden
-
-
-class HostUnreachable(ClanVMError):
-    """The host of a VM did not answer (in time): its VMs' state is unknown, not stopped."""
-
-    def __init__(self, host: str, reason: str) -> None:
-        super().__init__(f"host {host} is unreachable: {reason}")
-        self.host = host
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -103,6 +94,15 @@ class GuestAgent(Protocol):
     def execute(
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
     ) -> Any: ...
+
+
+class ConsoleStream(Protocol):
+    """A console opened for a program rather than a terminal (``Machine.open_console``)."""
+
+    def send(self, data: bytes) -> bool:
+        """Send DATA to the guest; False when the console has gone."""
+
+    def close(self) -> None: ...
 
 
 class Machine(Protocol):
@@ -166,8 +166,18 @@ class Machine(Protocol):
 
     def live_snapshot(self, command: SnapshotCommand, tag: str) -> None: ...
 
-    # --- its disk while it is stopped
-    def disk_info(self) -> dict[str, Any]: ...
+    # --- what show tells of it
+    def details(self, config: VMConfig) -> dict[str, Any]:
+        """``show``'s fields of this backend: ``disks`` (the root disk first: ``path``,
+        ``format``, ``virtual_size``, ``actual_size``, ``backing_file``, ``backing_format``),
+        ``console_log``, ``qmp_socket``, ``serial_socket``, ``spice_socket`` (None where
+        there is none), and for a VM on a libvirt host ``uri`` and ``domain``."""
+
+    # --- its disks while it is stopped
+    def update_disks(self, old: VMConfig, new: VMConfig, notify: Notify) -> None:
+        """After its definition changed from OLD to NEW: grow the disks NEW declares larger,
+        make the extra disks and own directories it adds, and say where the data of those
+        it no longer declares stays."""
 
     def disk_size_mib(self) -> int: ...
 
@@ -198,16 +208,37 @@ class Machine(Protocol):
     def attach_console(self) -> str:
         """Relay the console to this terminal; returns why it ended ("detached", ...)."""
 
+    def open_console(self, on_data: Callable[[bytes], None]) -> ConsoleStream:
+        """The console for a program (the web dashboard): ON_DATA gets what the guest
+        prints, from a thread of its own, and b"" once when the console closed."""
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What ``Backend.remove`` kept of a VM: where its disks went, as messages name them."""
+
+    disk: str | None = None  # the root disk; None: removed (or there was none)
+    extra_disks: list[str] = field(default_factory=list)
+
+    def described(self, label: str | None) -> str:
+        """The details of a ``delete`` event: where the disks went, and on which host."""
+        details = f"disk kept at {self.disk}" if self.disk else "disk removed"
+        if self.extra_disks:
+            details += ", extra disks kept at " + ", ".join(self.extra_disks)
+        return details + (f", on {label}" if label else "")
+
 
 class Backend(Protocol):
-    """A hypervisor: where VMs of one kind run."""
+    """A hypervisor: where VMs of one kind run. It makes a VM (its disks and its own
+    directories, on the host that runs it), takes it away again, and hands out one
+    ``Machine`` per VM. The operations never ask which kind it is."""
+
+    label: str | None  # where its VMs run, as messages name it ("hv1"); None: this machine
+    address: str  # where its VMs' forwarded ports are reached from this machine
 
     def machine(self, paths: VMPaths, state: VMState) -> Machine: ...
 
     def choose_accel(self, requested: str) -> AccelChoice: ...
-
-    def create_disk(self, path: Path, size_mib: int, base: Path | None) -> None:
-        """A new disk at PATH: empty, or a copy-on-write overlay on BASE (never written)."""
 
     def check_config(self, config: VMConfig) -> None:
         """Refuse (InvalidInput) a definition this backend cannot run as given, such as extra
@@ -217,33 +248,27 @@ class Backend(Protocol):
         """Refuse (InvalidInput) a base image that is not safe to lay a disk over; its
         virtual size in MiB, rounded up."""
 
+    def provision(self, config: VMConfig, paths: VMPaths, store: Store) -> None:
+        """Make the VM of CONFIG, stopped, in the hidden directory PATHS (renamed into place
+        by the caller once this returns): its root disk (empty, an overlay on its base
+        image, or holding a formatted file system), its extra disks, its own share
+        directories; on a libvirt host also its domain, marked as made by STORE. What a
+        killed ``provision`` left, ``remove`` takes away."""
 
-class HostedBackend(Backend, Protocol):
-    """VMs on a libvirt host, this machine or another: each VM's definition and disk are
-    made there at create and taken away at delete; the local state directory keeps its
-    definition, history and record, but whether it runs is always asked of the host."""
+    def remove(self, name: str, paths: VMPaths, store: Store, *, keep_disk: bool) -> Removed:
+        """Take away what ``provision`` made for VM NAME, whose directory has been renamed
+        away to PATHS: its disks are kept (and where is returned) when KEEP_DISK."""
 
-    host: str  # as the user named it: a name from the settings file, or a URI
-    uri: str  # the libvirt URI it stands for
-    address: str  # where its VMs' forwarded ports are reached from this machine
-
-    def place(self, config: VMConfig, state_dir: Path, scratch: Path) -> None:
-        """Make the VM on the host, stopped: its disk and its definition, marked as made by
-        STATE_DIR (SCRATCH: a directory of this machine for files made on the way). What a
-        killed ``place`` left there the next ``place`` or ``remove`` takes."""
-
-    def remove(self, name: str, state_dir: Path, *, keep_disk: bool) -> str | None:
-        """Take the VM off the host (only what STATE_DIR made); where its kept disk is."""
+    def may_run_unrecorded(self, vm_dir: str) -> bool:
+        """Whether a VM recorded stopped (its directory VM_DIR) may still run there (cheap:
+        ``list`` asks it of every stopped VM, hence a plain string)."""
 
     def guest_address(self, name: str) -> str | None:
         """The running guest's own IPv4 address (a bridged VM), if the host can tell."""
 
-    def details(self, name: str) -> dict[str, Any]:
-        """What ``show`` adds: the host, its URI, the domain, the disk and console log there."""
-
     def survey(self, timeout: float) -> None:
         """Ask the host once for the state of all its VMs; until ``forget_survey`` its
         machines answer ``alive``, ``ended`` and ``find_running`` from that answer (``list``
-        asks each host once, not once per VM)."""
+        asks each host once, not once per VM). HostUnreachable when it does not answer."""
 
     def forget_survey(self) -> None: ...

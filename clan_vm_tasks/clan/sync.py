@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clan_vm_tasks.backends.base import HostUnreachable
 from clan_vm_tasks.clan import inventory
 from clan_vm_tasks.clan.nixstore import in_store
+from clan_vm_tasks.errors import HostUnreachable
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import machines, ssh
@@ -78,10 +78,10 @@ def ssh_target(store: Store, name: str) -> tuple[int, str] | None:
         if not isinstance(forward, dict) or forward.get("protocol", "tcp") != "tcp":
             continue
         if forward.get("guest_port") == 22 and isinstance(forward.get("host_port"), int):
-            address = machines.hosted(host).address if host else "127.0.0.1"
+            address = machines.backend(host).address
             return int(forward["host_port"]), address
-    if host and isinstance(network, dict) and network.get("mode") == "bridge":
-        guest = machines.hosted(host).guest_address(name)
+    if isinstance(network, dict) and network.get("mode") == "bridge":
+        guest = machines.backend(host).guest_address(name)
         if guest is not None:
             return 22, guest
     return None

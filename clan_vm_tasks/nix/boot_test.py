@@ -7,6 +7,7 @@ never an abort of the whole run; the caller exits non-zero if any VM failed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -20,7 +21,7 @@ from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.nix.declared import declared as declared_vms
 from clan_vm_tasks.nix.flakes import Flake
 from clan_vm_tasks.nix.prepare import prepare
-from clan_vm_tasks.render import Notify
+from clan_vm_tasks.nix.request import Request
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
@@ -71,21 +72,18 @@ class Plan:
 
 
 def _plan(
-    store: Store,
-    settings: Settings,
+    request: Request,
     flake: Flake,
-    name: str,
     expect: str | None,
     timeout: float | None,
-    notify: Notify,
-    allow_qemu_args: bool,
     checks: tuple[str, ...],
 ) -> Plan | Result:
     """Build and create (or update) one VM; a problem becomes that VM's failed result."""
+    name = request.name
     try:
-        if reconcile.current(store, name).status in reconcile.ACTIVE:
+        if reconcile.current(request.store, name).status in reconcile.ACTIVE:
             return Result(name, False, None, "already running; stop it before a boot test")
-        config = prepare(store, settings, flake, name, notify, allow_qemu_args)
+        config = prepare(request, flake)
     except ClanVMError as error:
         return Result(name, False, None, str(error))
     text = expect or config.boot_test.expect
@@ -175,22 +173,20 @@ def _power_off(store: Store, name: str) -> None:
 
 
 def run(
-    store: Store,
-    settings: Settings,
+    request: Request,
     flake: Flake,
     names: list[str],
     *,
     expect: str | None = None,
     timeout: float | None = None,
-    notify: Notify,
-    allow_qemu_args: bool = False,
     checks: tuple[str, ...] = (),
 ) -> list[Result]:
+    """Boot the VMs NAMES (default: every declared one) with what REQUEST allows them."""
+    store, settings = request.store, request.settings
     declared = declared_vms(store, flake)
     chosen = names or sorted(declared)
     prepared = [
-        _plan(store, settings, flake, n, expect, timeout, notify, allow_qemu_args, checks)
-        for n in chosen
+        _plan(dataclasses.replace(request, name=n), flake, expect, timeout, checks) for n in chosen
     ]
     plans = [p for p in prepared if isinstance(p, Plan)]
     workers = max(1, min(len(plans), os.cpu_count() or 1))

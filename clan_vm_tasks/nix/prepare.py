@@ -1,27 +1,32 @@
 """From a Nix definition to a VM ready to start: evaluate (cached), validate against the one
-schema in ``models``, check what it may touch on this host, build and root all it refers to
-(``plan``); then create the VM or apply the change (``apply``). Nothing is changed before
-everything that can fail without changing anything has succeeded."""
+schema in ``models``, check what it may touch on this host (``trust``), build and root all
+it refers to (``plan``); then create the VM or apply the change (``apply``). Nothing is
+changed before everything that can fail without changing anything has succeeded."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any
 
 from clan_vm_tasks import render
-from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
+from clan_vm_tasks.errors import AlreadyExists, ClanVMError, InvalidInput, StateConflict
 from clan_vm_tasks.models import VMConfig
-from clan_vm_tasks.nix import diagnose, flakes
-from clan_vm_tasks.nix.command import STORE_DIR, NixError
+from clan_vm_tasks.nix import diagnose, flakes, origin, trust
+from clan_vm_tasks.nix.command import NixError
 from clan_vm_tasks.nix.declared import as_attributes, declared, require, to_config
 from clan_vm_tasks.nix.evaluate import Evaluated
 from clan_vm_tasks.nix.flakes import Flake, where
-from clan_vm_tasks.nix.realise import read_origin, realise, remember, running
-from clan_vm_tasks.render import Notify
-from clan_vm_tasks.state.settings import Settings
-from clan_vm_tasks.state.store import Store
+from clan_vm_tasks.nix.origin import Origin
+from clan_vm_tasks.nix.realise import realise, running
+from clan_vm_tasks.nix.request import Request
 from clan_vm_tasks.vm.create import Reconfigured, create, reconfigure
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a VM's definition comes from: its flake, and the VM's origin record."""
+
+    flake: Flake
+    origin: Origin
 
 
 @dataclass(frozen=True)
@@ -38,82 +43,89 @@ class Applied:
     previous: VMConfig | None  # its definition before (to go back to if its start fails)
 
 
-def plan(
-    store: Store,
-    settings: Settings,
-    flake: Flake,
-    name: str,
-    allow_qemu_args: bool = False,
-    allow_shares: bool = False,
-) -> Planned:
-    """Evaluate, validate, check and build VM NAME of FLAKE; nothing of the VM changes."""
+def source(request: Request) -> Source | None:
+    """The flake the VM's definition comes from: ``--flake``; else the flake it was created
+    from; else, for a VM not created yet, $CLAN_VM_FLAKE or the flake around the working
+    directory. A VM created on the command line has none: it is started as it is."""
+    store, name = request.store, request.name
+    record = origin.load(store, name)
+    if request.flake or not store.exists(name):
+        found = flakes.resolve(request.flake or None)
+        return Source(found, record) if found is not None else None
+    if record.flake is None:
+        return None
+    try:
+        found = flakes.resolve(record.flake)
+    except InvalidInput as error:
+        raise InvalidInput(
+            f"VM '{name}' was created from the flake {record.flake}, which is gone ({error}); "
+            f"start it with --flake REF"
+        ) from None
+    return Source(found, record) if found is not None else None
+
+
+def plan(request: Request, found: Source) -> Planned:
+    """Evaluate, validate, check and build the VM of FOUND's flake; nothing of it changes."""
+    store, name, flake = request.store, request.name, found.flake
     evaluated = require(declared(store, flake), flake, name)
     config = to_config(name, evaluated)
-    consent = (store, settings, flake, name, config, allow_qemu_args, allow_shares)
-    allowed = _check(*consent)  # before building what may not be used anyway
+    allowed = _check(request, flake, config, found.origin)  # before building what is refused
+    record = allowed.remembered(found.origin)
     try:
-        origin = realise(store, flake, name, evaluated, allowed)
+        record = realise(store, flake, name, evaluated, record)
     except NixError as error:
         raise NixError(diagnose.explain(str(error), flake)) from None
     # Again, now that the store paths exist: one may be a link to a directory of this host.
-    again = _check(*consent)
+    again = _check(request, flake, config, record)
     if again != allowed:  # consented to as well: remembered with the rest
-        origin = realise(store, flake, name, evaluated, again)
+        record = again.remembered(record)
+        origin.save(store, name, record)
     if config.host is not None:
-        _send_to_host(store, settings, config, evaluated, origin)
+        _send_to_host(request, config, evaluated, record)
     return Planned(flake, config)
 
 
-def _check(
-    store: Store,
-    settings: Settings,
-    flake: Flake,
-    name: str,
-    config: VMConfig,
-    allow_qemu_args: bool,
-    allow_shares: bool,
-) -> dict[str, Any]:
+def _check(request: Request, flake: Flake, config: VMConfig, record: Origin) -> trust.Allowed:
     """What the user allowed CONFIG (refused when it needs consent not given), and whether
     its libvirt host can run it."""
-    allowed = _check_trust(store, settings, flake, name, config, allow_qemu_args, allow_shares)
+    allowed = trust.check(request, flake, config, record)
     if config.host is not None:
         from clan_vm_tasks.vm import machines
 
         try:
-            machines.hosted(config.host, settings).check_config(config)
+            machines.backend(config.host, request.settings).check_config(config)
         except InvalidInput as error:
-            raise InvalidInput(f"{where(name)}: {error}") from None
+            raise InvalidInput(f"{where(config.name)}: {error}") from None
     return allowed
 
 
-def _send_to_host(
-    store: Store, settings: Settings, config: VMConfig, evaluated: Evaluated, origin: dict[str, Any]
-) -> None:
+def _send_to_host(request: Request, config: VMConfig, evaluated: Evaluated, record: Origin) -> None:
     """The store paths the guest reaches on its host (not the kernel and initrd, which go
     as volumes) copied to a remote host and rooted there."""
     from clan_vm_tasks.nix import remote
     from clan_vm_tasks.vm import machines
 
     assert config.host is not None
-    built: dict[str, list[str]] = origin.get("roots") or {}
+    store = request.store
     paths = sorted(
         {
             path
             for field, objects in evaluated.installables.items()
             if field not in ("kernel", "initrd")
             for obj in objects
-            for path in built.get(obj, [])
+            for path in record.roots.get(obj, [])
         }
     )
-    uri = machines.resolve(config.host, settings)
-    previous = origin.get("host_roots") if isinstance(origin.get("host_roots"), dict) else None
-    sent = remote.send(store, config.name, uri, paths, previous or {}, running(store, config.name))
-    if sent is not None or previous:
-        remember(store, config.name, host_roots=sent or previous)
+    uri = machines.resolve(config.host, request.settings)
+    previous = record.host_roots
+    sent = remote.send(store, config.name, uri, paths, previous, running(store, config.name))
+    if sent is not None and sent != previous:
+        origin.save(store, config.name, record.replace(host_roots=sent))
 
 
-def apply(store: Store, planned: Planned, notify: Notify) -> Applied:
+def apply(request: Request, planned: Planned) -> Applied:
     """Create the VM, or apply the changed definition (pending while the VM runs)."""
+    store, notify = request.store, request.notify
     config, flake, name = planned.config, planned.flake, planned.config.name
     try:
         if not store.exists(name):
@@ -125,12 +137,10 @@ def apply(store: Store, planned: Planned, notify: Notify) -> Applied:
                 progress.done()
             notify(f"created VM '{name}' from {flake.label}")
             return Applied(config, True, Reconfigured([]), None)
-        previous = _current(store, name)
+        previous = _current(request)
         change = reconfigure(store, name, config, notify)
-    except StateConflict as error:
-        if store.exists(name) and "already exists" in str(error):
-            return apply(store, planned, notify)  # created meanwhile by another command
-        raise
+    except AlreadyExists:
+        return apply(request, planned)  # created meanwhile by another command
     except InvalidInput as error:
         raise InvalidInput(f"{where(name)}: {as_attributes(str(error))}") from None
     if change.pending:
@@ -143,33 +153,26 @@ def apply(store: Store, planned: Planned, notify: Notify) -> Applied:
     return Applied(config, False, change, previous)
 
 
-def _current(store: Store, name: str) -> VMConfig | None:
+def _current(request: Request) -> VMConfig | None:
     from clan_vm_tasks.vm import definition
 
     try:
-        return definition.load(store, name)
+        return definition.load(request.store, request.name)
     except ClanVMError:  # a broken definition is replaced, not restored
         return None
 
 
-def prepare(
-    store: Store,
-    settings: Settings,
-    flake: Flake,
-    name: str,
-    notify: Notify,
-    allow_qemu_args: bool = False,
-    allow_shares: bool = False,
-) -> VMConfig:
-    """Evaluate, validate, build and create or update VM NAME from FLAKE."""
-    planned = plan(store, settings, flake, name, allow_qemu_args, allow_shares)
-    return apply(store, planned, notify).config
+def prepare(request: Request, flake: Flake) -> VMConfig:
+    """Evaluate, validate, build and create or update the VM from FLAKE."""
+    found = Source(flake, origin.load(request.store, request.name))
+    return apply(request, plan(request, found)).config
 
 
-def refuse_running(store: Store, name: str) -> None:
+def refuse_running(request: Request) -> None:
     """``start`` of a running VM fails before anything is evaluated or changed."""
     from clan_vm_tasks.vm import reconcile
 
+    store, name = request.store, request.name
     if store.exists(name):
         state = reconcile.current(store, name)
         if state.status in reconcile.ACTIVE:
@@ -177,11 +180,12 @@ def refuse_running(store: Store, name: str) -> None:
             raise StateConflict(f"VM '{name}' is already running{how}")
 
 
-def restore(store: Store, applied: Applied | None) -> None:
+def restore(request: Request, applied: Applied | None) -> None:
     """After a start that failed, for a VM that does not run: the definition it had before
     APPLIED changed it (a disk that grew stays grown)."""
     from clan_vm_tasks.vm import reconcile
 
+    store = request.store
     if applied is None or applied.previous is None or not applied.change.changed:
         return
     if applied.change.pending or not store.exists(applied.config.name):
@@ -197,113 +201,9 @@ def restore(store: Store, applied: Applied | None) -> None:
     )
 
 
-def _check_trust(
-    store: Store,
-    settings: Settings,
-    flake: Flake,
-    name: str,
-    config: VMConfig,
-    allow_qemu_args: bool,
-    allow_shares: bool,
-) -> dict[str, Any]:
-    """A flake is someone else's code: it may name only files in the Nix store, and pass
-    extra arguments to QEMU (which can run host programs) or share host directories with
-    the guest only when the user allows it, on the command line, in the settings file, or
-    before for these same arguments and directories. Returns what was allowed (to be
-    remembered)."""
-    for field, attribute in (
-        ("kernel", "kernel"),
-        ("initrd", "initrd"),
-        ("base_image", "baseImage"),
-    ):
-        value = getattr(config, field)
-        if value is not None and not str(value).startswith(STORE_DIR + "/"):
-            raise InvalidInput(
-                f"{where(name)}.{attribute} is {value}, a file outside the Nix store; a flake "
-                "may only name files in the store (a path in the flake like ./vmlinuz, or a "
-                "derivation)"
-            )
-    origin = read_origin(store, name)
-    allowed: dict[str, Any] = {}
-    args = list(config.qemu_args)
-    if args:
-        if not (
-            allow_qemu_args
-            or origin.get("allowed_qemu_args") == args
-            or {name, "*"} & set(settings.allow_qemu_args)
-        ):
-            raise InvalidInput(
-                f"{where(name)}.qemuArgs of {flake.label} would run QEMU with {' '.join(args)!r}, "
-                "which can run programs or open files on this host; allow it for this VM with "
-                f"--allow-qemu-args, or with 'allow_qemu_args: [{name}]' in the settings file"
-            )
-        allowed["allowed_qemu_args"] = args
-    shares = host_shares(config)
-    if shares:
-        if not (
-            allow_shares
-            or origin.get("allowed_shares") == shares
-            or {name, "*"} & set(settings.allow_shares)
-        ):
-            seen = ", ".join(f"{source} ({how})" for source, how in sorted(shares.values()))
-            raise InvalidInput(
-                f"{where(name)}.shares of {flake.label} would let the VM see {seen} of this "
-                "host; allow it for this VM with --allow-shares, or with "
-                f"'allow_shares: [{name}]' in the settings file"
-            )
-        allowed["allowed_shares"] = shares
-    return allowed
-
-
-def host_shares(config: VMConfig) -> dict[str, list[str]]:
-    """The shares that expose a directory of the host: all but the VM's own directories and
-    read-only ones from the Nix store (world-readable anyway)."""
-    found = {}
-    for tag, share in sorted(config.shares.items()):
-        if share.source is None:
-            continue
-        source = str(share.source)
-        # Where it leads, not how it is spelled: a store path may be a link out of the store.
-        resolved, store = os.path.realpath(source), os.path.realpath(STORE_DIR)
-        in_store = resolved == store or resolved.startswith(store + "/")
-        if in_store and share.read_only:
-            continue
-        found[tag] = [source, "read-only" if share.read_only else "writable"]
-    return found
-
-
-def flake_of(store: Store, option: str | None, name: str) -> Flake | None:
-    """The flake NAME's definition comes from: ``--flake``; else the flake it was created
-    from; else, for a VM not created yet, $CLAN_VM_FLAKE or the flake around the working
-    directory. A VM created on the command line has none: it is started as it is."""
-    if option:
-        return flakes.resolve(option)
-    if not store.exists(name):
-        return flakes.resolve(None)
-    ref = read_origin(store, name).get("flake")
-    if not isinstance(ref, str) or not ref:
-        return None
-    try:
-        return flakes.resolve(ref)
-    except InvalidInput as error:
-        raise InvalidInput(
-            f"VM '{name}' was created from the flake {ref}, which is gone ({error}); "
-            f"start it with --flake REF"
-        ) from None
-
-
-def apply_flake(
-    store: Store,
-    settings: Settings,
-    option: str | None,
-    name: str,
-    notify: Notify,
-    allow_qemu_args: bool = False,
-    allow_shares: bool = False,
-) -> Applied | None:
+def apply_flake(request: Request) -> Applied | None:
     """Before ``start NAME``: bring NAME up to date with its flake definition, if it has one."""
-    flake = flake_of(store, option, name)
-    if flake is None:
+    found = source(request)
+    if found is None:
         return None
-    planned = plan(store, settings, flake, name, allow_qemu_args, allow_shares)
-    return apply(store, planned, notify)
+    return apply(request, plan(request, found))

@@ -14,25 +14,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from clan_vm_tasks import render
-from clan_vm_tasks.backends.libvirt import remote
-from clan_vm_tasks.backends.libvirt.connection import display
-from clan_vm_tasks.backends.libvirt.domain import owner_id
-from clan_vm_tasks.backends.libvirt.remote import (
-    DIGEST,
-    SSHTarget,
-    is_roots_dir,
-    roots_dir,
-    ssh_target,
-)
+from clan_vm_tasks.backends import ssh
+from clan_vm_tasks.backends.ssh import SSHTarget, display, ssh_target
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.nix import command
+from clan_vm_tasks.nix.origin import HostRoots
 from clan_vm_tasks.state import files
-from clan_vm_tasks.state.store import Store, runtime_root
+from clan_vm_tasks.state.store import Store, owner_id, runtime_root
+
+# Where on the host the roots live, relative to the login's home (where ssh starts the
+# remote command): Nix registers a link there as an indirect root, for any trusted login.
+ROOTS_DIR = ".local/state/clan-vm-tasks/gcroots"
+DIGEST = re.compile(r"[0-9a-f]{16}")  # names one build's roots in a VM's roots directory
 
 # Nix runs "ssh" from PATH; this stand-in runs the host's ssh program instead, with the
 # host's options (a JSON list: each option one word, never split) before Nix's arguments,
@@ -45,6 +43,19 @@ _SHIM = (
     "options = json.loads(os.environ.pop('CLAN_VM_SSH_OPTIONS'))\n"
     "os.execv(program, [program, *options, *sys.argv[1:]])\n"
 ).encode()
+
+
+def roots_dir(owner: str, name: str) -> str:
+    """Where on the host the roots of VM NAME of state directory OWNER live."""
+    return f"{ROOTS_DIR}/{hashlib.sha256(owner.encode()).hexdigest()[:16]}-{name}"
+
+
+def is_roots_dir(directory: str, name: str) -> bool:
+    """Whether DIRECTORY (read from a record) is a roots directory of VM NAME, nothing else."""
+    return (
+        re.fullmatch(re.escape(ROOTS_DIR) + r"/[0-9a-f]{16}-" + re.escape(name), directory)
+        is not None
+    )
 
 
 def _shim_dir() -> Path:
@@ -70,11 +81,16 @@ def _env(target: SSHTarget) -> dict[str, str]:
 
 
 def send(
-    store: Store, name: str, uri: str, paths: list[str], previous: dict[str, Any], running: bool
-) -> dict[str, Any] | None:
+    store: Store,
+    name: str,
+    uri: str,
+    paths: list[str],
+    previous: HostRoots | None,
+    running: bool,
+) -> HostRoots | None:
     """Copy PATHS (with their closure) to URI's host and root them there for VM NAME; the
-    record of those roots for ``origin.json``, or None when the host is this machine.
-    PREVIOUS is the record of the last send: its roots go unless the VM RUNNING uses them."""
+    record of those roots, or None when the host is this machine. PREVIOUS is the record
+    of the last send: its roots go unless the VM RUNNING uses them."""
     target = ssh_target(uri)
     if target is None or not paths:
         return None
@@ -94,25 +110,23 @@ def send(
     rooting = f"keeping the store paths of VM '{name}' on host {where}"
     root = f"{directory}/{digest}/root"
     add = ["nix-store", "--realise", "--add-root", root, "--indirect", *sorted(paths)]
-    remote.run(target, *add, what=rooting)
-    old = previous.get("digest") if previous.get("dir") == directory else None
-    if isinstance(old, str) and DIGEST.fullmatch(old) and old != digest and not running:
-        remote.run(target, "rm", "-rf", f"{directory}/{old}", what=rooting)
-    return {"uri": uri, "dir": directory, "digest": digest}
+    ssh.run(target, *add, what=rooting)
+    old = previous.digest if previous is not None and previous.dir == directory else None
+    if old is not None and DIGEST.fullmatch(old) and old != digest and not running:
+        ssh.run(target, "rm", "-rf", f"{directory}/{old}", what=rooting)
+    return HostRoots(uri, directory, digest)
 
 
-def forget(record: dict[str, Any], name: str) -> str | None:
+def forget(record: HostRoots, name: str) -> str | None:
     """Drop the roots on the host of deleted VM NAME; a warning when the host did not."""
-    uri, directory = record.get("uri"), record.get("dir")
-    if not isinstance(uri, str) or not isinstance(directory, str):
-        return None
+    uri, directory = record.uri, record.dir
     if not is_roots_dir(directory, name):  # a record changed by hand names nothing else
         return None
     where = f"the GC roots of VM '{name}' on host {display(uri)}"
     try:
         target = ssh_target(uri)
         if target is not None:
-            remote.run(target, "rm", "-rf", directory, what=f"removing {where}")
+            ssh.run(target, "rm", "-rf", directory, what=f"removing {where}")
     except (ClanVMError, ValueError) as error:
         return f"warning: {error}: remove ~/{directory} there"
     return None

@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ def runtime_root() -> Path:
     or another login must find the sockets of a VM started elsewhere (like tmux's /tmp/tmux-UID).
     """
     return Path("/tmp") / f"clan-vm-{os.getuid()}"
+
+
+def owner_id(state_dir: Path) -> str:
+    """Which state directory made something on a host (a libvirt domain, GC roots): hosts
+    see VMs of many machines and users."""
+    return f"{socket.gethostname()}:{state_dir}"
 
 
 def host_in(root: Path, name: str) -> str | None:
@@ -222,10 +229,6 @@ class Store:
     def host_of(self, name: str) -> str | None:
         """The libvirt host a VM's definition places it on (None: this machine)."""
         return host_in(self.root, name)
-
-    def has_pidfile(self, name: str) -> bool:
-        """A VM process may run whatever the record says (a plain stat: ``list`` asks it)."""
-        return os.path.exists(f"{self.vms}/{name}/qemu.pid")
 
     def require(self, name: str) -> VMPaths:
         paths = self.paths(name)

@@ -1,66 +1,21 @@
-"""Clearing what killed commands left behind, at the start of the next command of any name.
-
-A create or delete works in a hidden directory ``vms/.PURPOSE-NAME-PID`` under the
-VM's lock, so a leftover whose lock can be had belongs to a command that died: a
-half-created VM is removed, a half-deleted one is finished (its disk kept when
-that was asked for) and its ``delete`` event recorded if it was not. Temporary
-files of dead writers and lock files of VMs that do not exist go too, and so do the partial
-files a killed ``copy`` left outside the state directory (``partials``).
-"""
+"""Clearing what killed commands left in the state directory, at the start of the next
+command of any name: temporary files of dead writers, lock files of VMs that do not exist,
+and the partial files a killed ``copy`` left outside the state directory (``partials``).
+Half-created and half-deleted VMs are ``vm.leftovers``'s."""
 
 from __future__ import annotations
 
 import os
-import re
-import shutil
 
 from clan_vm_tasks.render import Notify, notice
-from clan_vm_tasks.state import files, history, partials
+from clan_vm_tasks.state import files, partials
 from clan_vm_tasks.state.store import Store
-
-_STAGING = re.compile(r"\.(creating|deleting|keeping)-(.+)-(\d+)")
 
 
 def sweep(store: Store, warn: Notify = notice) -> None:
-    try:
-        entries = os.listdir(store.vms)
-    except FileNotFoundError:
-        return  # no state yet: nothing to sweep, and nothing is created
-    for entry in entries:
-        found = _STAGING.fullmatch(entry)
-        if found:
-            _finish(store, entry, found.group(1), found.group(2), warn)
     _sweep_tmp(store)
     _sweep_locks(store)
     partials.sweep(store.root)
-
-
-def _finish(store: Store, entry: str, purpose: str, name: str, warn: Notify) -> None:
-    fd = store.try_lock(name)
-    if fd is None:
-        return  # its command is still at work
-    staging = store.vms / entry
-    try:
-        if purpose != "creating":
-            details = "disk removed"
-            disk = staging / "disk.qcow2"
-            if purpose == "keeping" and disk.exists():
-                details = f"disk kept at {store.keep_disk(disk, name)}"
-            if purpose == "keeping":  # extra disks (disk-NAME.qcow2) too
-                for extra in sorted(staging.glob("disk-*.qcow2")):
-                    label = extra.name.removeprefix("disk-").removesuffix(".qcow2")
-                    store.keep_disk(extra, f"{name}-{label}")
-            # Renamed away at its ctime: an event from then on was recorded by that command.
-            if not history.recorded_since(store.history, name, "delete", os.stat(staging).st_ctime):
-                history.record(
-                    store.history, name, "delete", details + " (finished after an interruption)"
-                )
-        shutil.rmtree(staging, ignore_errors=True)
-    except OSError as error:
-        warn(f"warning: could not clear {staging}: {error}")
-    finally:
-        store.drop_lock_file(name)
-        os.close(fd)
 
 
 def _sweep_tmp(store: Store) -> None:

@@ -8,9 +8,9 @@ only ``tasks.common``, never each other.
 
 from invoke.collection import Collection
 
-from clan_vm_tasks.tasks import clan, disks, guest, nix, views, vms
+from clan_vm_tasks.tasks import clan, disks, guest, nix, views, vms, web
 
 ns = Collection()
-for _module in (vms, views, disks, guest, nix, clan):
+for _module in (vms, views, disks, guest, nix, clan, web):
     for _task in Collection.from_module(_module).tasks.values():
         ns.add_task(_task)

@@ -6,7 +6,6 @@ not use a flake never pay for them.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from invoke.context import Context
@@ -75,7 +74,7 @@ def build(
 ) -> None:
     """Build all that declared VMs refer to (kernels, initrds, systems, ...), keep it from the
     garbage collector and print the store paths."""
-    from clan_vm_tasks.nix import flakes
+    from clan_vm_tasks.nix import flakes, origin
     from clan_vm_tasks.nix.declared import declared, require, to_config
     from clan_vm_tasks.nix.evaluate import BUILDABLE_FIELDS
     from clan_vm_tasks.nix.realise import realise
@@ -89,7 +88,7 @@ def build(
     for name in chosen or sorted(vms):
         found = require(vms, selected, name)
         to_config(name, found)
-        roots = realise(store, selected, name, found)["roots"]
+        roots = realise(store, selected, name, found, origin.load(store, name)).roots
         for field, objects in sorted(found.installables.items()):
             if field in BUILDABLE_FIELDS:  # the file itself
                 rows.append([name, field, found.definition[field]])
@@ -129,22 +128,18 @@ def boot_test(
     guest, power them off (CI)."""
     from clan_vm_tasks.nix import boot_test as runner
     from clan_vm_tasks.nix import flakes
+    from clan_vm_tasks.nix.request import Request
 
     chosen = _names(vm)
     seconds = None if timeout is None else number(timeout, "timeout", 0, float)
     store, settings = open_store()
-    if allow_shares:  # for the VMs of this run, as 'allow_shares: ["*"]' would
-        settings = dataclasses.replace(settings, allow_shares=("*",))
     selected = flakes.chosen(flake)
     results = runner.run(
-        store,
-        settings,
+        Request(store, settings, "", flake, allow_qemu_args, allow_shares, notice),
         selected,
         chosen,
         expect=expect or None,
         timeout=seconds,
-        notify=notice,
-        allow_qemu_args=allow_qemu_args,
         checks=tuple(check or ()),
     )
     if junit:

@@ -35,12 +35,14 @@ if TYPE_CHECKING:
 def _create_from_flake(
     option: str | bool, name: str, allow_qemu_args: bool, allow_shares: bool
 ) -> None:
-    from clan_vm_tasks.nix import flakes
-    from clan_vm_tasks.nix.prepare import apply, plan
+    from clan_vm_tasks.nix import flakes, origin
+    from clan_vm_tasks.nix.prepare import Source, apply, plan
+    from clan_vm_tasks.nix.request import Request
 
     store, settings = open_store()
-    planned = plan(store, settings, flakes.chosen(option), name, allow_qemu_args, allow_shares)
-    applied = apply(store, planned, notice)
+    request = Request(store, settings, name, option, allow_qemu_args, allow_shares, notice)
+    found = Source(flakes.chosen(option), origin.load(store, name))
+    applied = apply(request, plan(request, found))
     config = applied.config
     if applied.change.pending:
         say(f"VM '{name}' runs its earlier definition; the new one applies at its next start")
@@ -206,6 +208,7 @@ def start(
     --wait-for-agent the guest agent answered, with --wait-for-ssh its sshd)."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.nix import launch
+    from clan_vm_tasks.nix.request import Request
     from clan_vm_tasks.vm.start import start as start_vm
 
     check_name(name)
@@ -229,18 +232,8 @@ def start(
             wait_for_ssh=wait_for_ssh,
         )
 
-    started = launch.start(
-        store,
-        settings,
-        name,
-        flake,
-        boot,
-        notify=notice,
-        wait_for=wait_for or None,
-        follow=not foreground,
-        allow_qemu_args=allow_qemu_args,
-        allow_shares=allow_shares,
-    )
+    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice)
+    started = launch.start(request, boot, wait_for=wait_for or None, follow=not foreground)
     if not foreground:
         sync.push(store, name, clan, notice)
         what = [f"{wait_for!r} appeared"] if wait_for else []
@@ -296,6 +289,7 @@ def restart(
     """Stop a VM gracefully (if running) and start it again; a VM from a flake is evaluated
     and built first (like start), and its changed definition applied in between."""
     from clan_vm_tasks.nix import launch
+    from clan_vm_tasks.nix.request import Request
     from clan_vm_tasks.vm.restart import restart as restart_vm
     from clan_vm_tasks.vm.stop import DEFAULT_STOP_TIMEOUT
 
@@ -304,11 +298,9 @@ def restart(
     show_progress(quiet)
     store, settings = open_store()
     store.require(name)
+    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice)
     started = launch.restart(
-        store,
-        settings,
-        name,
-        flake,
+        request,
         lambda before_start: restart_vm(
             store,
             settings,
@@ -317,10 +309,7 @@ def restart(
             wait_for=wait_for or None,
             before_start=before_start,
         ),
-        notify=notice,
         wait_for=wait_for or None,
-        allow_qemu_args=allow_qemu_args,
-        allow_shares=allow_shares,
     )
     say(f"restarted VM '{name}'{_running(store.host_of(name), started)}")
 
@@ -335,15 +324,17 @@ def restart(
 def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = None) -> None:
     """Delete a VM. Keeps its disk image (and says where) unless --force."""
     from clan_vm_tasks.clan import sync
+    from clan_vm_tasks.nix import origin
     from clan_vm_tasks.nix.realise import forget
     from clan_vm_tasks.vm.delete import delete as delete_vm
 
     check_name(name)
     store, _ = open_store()
     host = store.host_of(name)
+    record = origin.load(store, name)
     kept = delete_vm(store, name, force=force)
-    unrooted = forget(store, name)  # its Nix GC roots, if it came from a flake
-    if isinstance(kept, str):  # on a libvirt host: its volume there
+    unrooted = forget(store, name, record)  # its Nix GC roots, if it came from a flake
+    if kept and host is not None:  # its volume there
         say(f"deleted VM '{name}'{on_host(host)}; its disk is kept as {kept}")
     else:
         kept_at = f"; its disk image is kept at {kept}" if kept else ""

@@ -5,21 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
-from clan_vm_tasks.errors import StateConflict
+from clan_vm_tasks.errors import AlreadyExists, StateConflict
 from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import files, history
-from clan_vm_tasks.state.store import Store, VMState
-from clan_vm_tasks.vm import definition, extras, hosts, machines, reconcile
+from clan_vm_tasks.state.store import Store, VMPaths, VMState
+from clan_vm_tasks.vm import definition, machines, reconcile
 from clan_vm_tasks.vm.recovery import journaled
 
 MAC_LOCK_TIMEOUT = 120.0
 
 
 def create(store: Store, config: VMConfig) -> VMConfig:
-    """Register a new VM with a fresh disk; an existing name is refused untouched."""
+    """Register a new VM with a fresh disk, made by its backend; an existing name is refused
+    untouched (``AlreadyExists``)."""
     config = definition.check(config, store)
     explicit_mac = config.network.mac is not None
     config = definition.with_mac(config)
@@ -28,7 +28,7 @@ def create(store: Store, config: VMConfig) -> VMConfig:
     # The MAC check and the rename that registers the VM happen under one store-wide lock.
     with store.lock(name), _mac_registry(store):
         if store.exists(name):
-            raise StateConflict(f"VM '{name}' already exists")
+            raise AlreadyExists(name)
         definition.check_mac(config, definition.macs(store), explicit_mac)
         # Built in a hidden directory and renamed into place: a crash leaves no half VM
         # (and the next command removes the hidden one).
@@ -38,16 +38,11 @@ def create(store: Store, config: VMConfig) -> VMConfig:
                 history.failures_recorded(store.history, name, "create"),
                 journaled(store, name, "create"),
             ):
+                # The definition first: it names the backend whose leftovers the next
+                # command takes away if this one is killed (see ``recovery``).
                 definition_json = config.model_dump_json(indent=2).encode()
-                if config.host is None:
-                    _create_disk(staging / paths.disk.name, config)
-                    extras.make(staging, config)
-                    files.atomic_write(staging / paths.config.name, definition_json)
-                else:
-                    # The definition first: it names the host whose leftovers the next
-                    # command takes away if this one is killed (see ``hosts``).
-                    files.atomic_write(staging / paths.config.name, definition_json)
-                    hosts.place(store, config, staging)
+                files.atomic_write(staging / paths.config.name, definition_json)
+                machines.backend(config.host).provision(config, VMPaths(staging), store)
                 state = VMState(created_at=history.now())
                 files.atomic_write(staging / paths.state.name, state.to_json())
                 os.rename(staging, paths.dir)
@@ -62,18 +57,6 @@ def create(store: Store, config: VMConfig) -> VMConfig:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return config
-
-
-def _create_disk(path: Path, config: VMConfig) -> None:
-    """The root disk of a local VM: empty, an overlay on its base image, or with a file
-    system made on the host (rootFilesystem: a raw image, mkfs, then qcow2)."""
-    if config.root_filesystem is not None:
-        from clan_vm_tasks.backends.qemu import image
-
-        fs = config.root_filesystem
-        image.create_formatted(path, config.disk_size, fs.type, fs.label)
-    else:
-        machines.backend().create_disk(path, config.disk_size, config.base_image)
 
 
 @dataclass(frozen=True)
@@ -100,7 +83,7 @@ def reconfigure(
     with store.lock(name), _mac_registry(store):
         paths = store.require(name)
         old = definition.load(store, name)
-        config = extras.never_shrink(old, config, notify)
+        config = definition.never_shrink(old, config, notify)
         changed = [f for f in VMConfig.model_fields if getattr(old, f) != getattr(config, f)]
         if not changed:
             return Reconfigured([])
@@ -128,13 +111,7 @@ def reconfigure(
             history.failures_recorded(store.history, name, "reconfigure"),
             journaled(store, name, "resize", **{"from": old.disk_size}),
         ):
-            if "disk_size" in changed:
-                machines.machine(store, name, state).grow_disk(config.disk_size)
-            # A VM on a libvirt host gets its own directories there when it starts.
-            if config.host is None and ("extra_disks" in changed or "shares" in changed):
-                extras.grow(store, old, config)
-                extras.make(paths.dir, config)
-                extras.dropped(old, config, paths, notify)
+            machines.machine(store, name, state).update_disks(old, config, notify)
             store.write(paths.config, config.model_dump_json(indent=2).encode())
             history.record(store.history, name, "reconfigure", f"{reason} " + ", ".join(changed))
     return Reconfigured(changed)

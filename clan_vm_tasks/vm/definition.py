@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
-from clan_vm_tasks.models import VMConfig, validate
+from clan_vm_tasks.models import ExtraDisk, VMConfig, validate
 from clan_vm_tasks.names import mac_for
+from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import machines
 
@@ -120,3 +121,29 @@ def check_mac(config: VMConfig, others: dict[str, str], explicit: bool) -> None:
                 f"the MAC address derived for '{name}' ({mac}) collides with VM '{other}'; "
                 "choose one with --mac"
             )
+
+
+def never_shrink(old: VMConfig, new: VMConfig, notify: Notify) -> VMConfig:
+    """NEW with no disk smaller than OLD's: a disk keeps its size, and the user learns how to
+    shrink it (there is no way without losing its data)."""
+    name = new.name
+    how = f"to shrink it, delete the VM and start it again: clan-vm-manager delete {name} --force"
+    update: dict[str, object] = {}
+    if new.disk_size < old.disk_size:
+        notify(
+            f"warning: VM '{name}' keeps its {old.disk_size} MiB disk, larger than the "
+            f"{new.disk_size} MiB declared, as a disk never shrinks ({how}; its data is lost)"
+        )
+        update["disk_size"] = old.disk_size
+    disks = dict(new.extra_disks)
+    for disk_name, disk in new.extra_disks.items():
+        before = old.extra_disks.get(disk_name)
+        if before is not None and disk.size < before.size:
+            notify(
+                f"warning: VM '{name}' keeps its {before.size} MiB extra disk '{disk_name}', "
+                f"larger than the {disk.size} MiB declared, as a disk never shrinks ({how})"
+            )
+            disks[disk_name] = ExtraDisk(size=before.size)
+    if disks != new.extra_disks:
+        update["extra_disks"] = disks
+    return new.model_copy(update=update) if update else new

@@ -1,4 +1,5 @@
-"""The fast VM list: hundreds of VMs without pydantic or QMP, only their files and /proc."""
+"""The fast VM list: hundreds of VMs without pydantic or QMP, only their files and /proc
+(and one question to each libvirt host, see ``survey``)."""
 
 from __future__ import annotations
 
@@ -77,34 +78,20 @@ def list_vms(
     settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
     """Every VM's row; with HOST only those on that libvirt host (a name or a URI)."""
+    from clan_vm_tasks.vm import survey
+
     names = store.entries()  # a VM is an entry with a config.json, read below anyway
-    rows: dict[str, dict[str, Any]] = {}
-    hosted: list[tuple[str, VMState, dict[str, Any]]] = []
+    found: list[tuple[str, VMState, dict[str, Any]]] = []
     for name in names:
         # Plain string paths: pathlib's overhead is most of the cost with hundreds of VMs.
         base = f"{store.vms}/{name}"
         config = _read_json(f"{base}/config.json")
         if config is _MISSING:
             continue
-        state = VMState.from_raw(_read_json(f"{base}/state.json"))
-        if isinstance(config, dict) and isinstance(config.get("host"), str):
-            hosted.append((name, state, config))  # asked of its host, with the others there
-            continue
-        if host is not None:
-            continue
-        if reconcile.needs_check(store, name, state):
-            state = reconcile.current(store, name)
-        rows[name] = view(name, state, config)
-    if hosted:
-        from clan_vm_tasks.vm import hosts  # lazy: local VMs never need a libvirt host
-
-        if host is not None:
-            hosted = hosts.placed_on(hosted, host, settings)
-        rows.update(hosts.list_rows(store, hosted, view, settings))
-    elif host is not None:
-        from clan_vm_tasks.vm import machines
-
-        machines.resolve(host, settings)  # an unknown host name is still a wrong request
+        found.append((name, VMState.from_raw(_read_json(f"{base}/state.json")), config))
+    if host is not None:
+        found = survey.placed_on(found, host, settings)
+    rows = survey.list_rows(store, found, view, settings)
     return [
         rows[name]
         for name in names

@@ -9,16 +9,19 @@ when a VM needs it, so nothing about local VMs pays for it.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from clan_vm_tasks.backends.base import Backend, HostedBackend, Machine
-from clan_vm_tasks.backends.qemu.machine import QemuBackend
+from clan_vm_tasks.backends.qemu.backend import QemuBackend
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import host_name_problem, uri_problem
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
 
-_LOCAL = QemuBackend()
-_HOSTED: dict[tuple[str, str], HostedBackend] = {}
+if TYPE_CHECKING:
+    from clan_vm_tasks.backends.base import Backend, Machine
+
+_LOCAL: Backend = QemuBackend()
+_HOSTED: dict[tuple[str, str], Backend] = {}
 _SETTINGS: dict[tuple[str | None, ...], Settings] = {}
 
 
@@ -30,8 +33,14 @@ def _settings() -> Settings:
     return _SETTINGS[key]
 
 
-def backend(host: str | None = None) -> Backend:
-    return _LOCAL if host is None else hosted(host)
+def backend(host: str | None = None, settings: Settings | None = None) -> Backend:
+    """The backend of a VM whose definition names HOST (None: this machine)."""
+    return _LOCAL if host is None else _hosted(host, settings)
+
+
+def backend_of(store: Store, name: str) -> Backend:
+    """The backend of VM NAME, from its definition (read cheaply, without validating it)."""
+    return backend(store.host_of(name))
 
 
 def resolve(host: str, settings: Settings | None = None) -> str:
@@ -53,7 +62,7 @@ def resolve(host: str, settings: Settings | None = None) -> str:
     return uri
 
 
-def hosted(host: str, settings: Settings | None = None) -> HostedBackend:
+def _hosted(host: str, settings: Settings | None = None) -> Backend:
     uri = resolve(host, settings)
     found = _HOSTED.get((host, uri))
     if found is None:
@@ -69,4 +78,4 @@ def where(host: str) -> str:
 
 
 def machine(store: Store, name: str, state: VMState) -> Machine:
-    return backend(store.host_of(name)).machine(store.paths(name), state)
+    return backend_of(store, name).machine(store.paths(name), state)

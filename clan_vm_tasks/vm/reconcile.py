@@ -1,8 +1,9 @@
 """What a VM really is doing, as opposed to what we last wrote down.
 
-Cheap enough for ``list`` over hundreds of VMs: a stopped VM costs one ``stat``
-(no pydantic, no control channel, no backend import). A VM on a libvirt host is
-always asked of its host (``list`` asks each host once). Three records can be untrue:
+Cheap enough for ``list`` over hundreds of VMs: a stopped VM on this machine costs one
+``stat`` (no pydantic, no control channel). Where a VM recorded stopped may run anyway
+is its backend's to say (on a libvirt host it may have been started there: it is always
+asked, and ``list`` asks each host once). Three records can be untrue:
 
 - running or paused, but the VM is gone: it crashed or ended by itself (the
   backend tells which and why);
@@ -19,9 +20,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store, VMState
+
+if TYPE_CHECKING:
+    from clan_vm_tasks.backends.base import Backend
 
 ACTIVE = ("running", "paused")
 
@@ -35,9 +40,11 @@ class Change:
     abandon: bool = False  # end what an interrupted start launched
 
 
-def needs_check(store: Store, name: str, state: VMState) -> bool:
-    """Whether the record may be untrue (a stopped VM costs one stat)."""
-    return state.status in ACTIVE or state.status == "starting" or store.has_pidfile(name)
+def needs_check(state: VMState, backend: Backend, vm_dir: str) -> bool:
+    """Whether the record may be untrue (a stopped VM on this machine costs one stat)."""
+    return (
+        state.status in ACTIVE or state.status == "starting" or backend.may_run_unrecorded(vm_dir)
+    )
 
 
 def _ended(state: VMState, status: str, step: str | None) -> VMState:
@@ -110,9 +117,11 @@ def apply(store: Store, name: str, before: VMState, change: Change) -> VMState:
 
 def current(store: Store, name: str, locked: bool = False) -> VMState:
     """The reconciled state; written back (once, with its event) when the lock can be had."""
+    from clan_vm_tasks.vm import machines
+
     state = store.read_state(name)
-    if not needs_check(store, name, state) and store.host_of(name) is None:
-        return state  # a VM on a libvirt host is always asked: it may run, started there
+    if not needs_check(state, machines.backend_of(store, name), f"{store.vms}/{name}"):
+        return state
     change = observe(store, name, state, locked)
     if locked:
         return state if change is None else apply(store, name, state, change)

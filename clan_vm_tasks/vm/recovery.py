@@ -1,6 +1,7 @@
 """Finishing what killed commands left, at the start of every command.
 
-``state.sweep`` clears the state directory's leftovers. Here the actions that
+``vm.leftovers`` finishes killed creates and deletes, ``state.sweep`` clears the
+state directory's other leftovers. Here the actions that
 were under way are finished: an action that changes a VM writes ahead a marker
 (``journaled``) saying how to tell that it took effect; if its command dies
 after the change but before its history event, the next command sees the marker
@@ -41,9 +42,9 @@ def journaled(store: Store, name: str, action: str, **expect: Any) -> Iterator[N
 
 def recover(store: Store, warn: Notify = notice) -> None:
     if _hidden_vm_dirs(store):
-        from clan_vm_tasks.vm import hosts  # lazy: usually nothing was left
+        from clan_vm_tasks.vm import leftovers  # lazy: usually nothing was left
 
-        hosts.finish_leftovers(store, warn)  # before sweep forgets which host they were on
+        leftovers.finish(store, warn)
     sweep(store, warn)
     for name, action, marker in store.pending_work():
         fd = store.try_lock(name)

@@ -16,7 +16,7 @@ from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
-from clan_vm_tasks.vm import definition, extras, guest, machines, reconcile
+from clan_vm_tasks.vm import definition, guest, machines, reconcile
 from clan_vm_tasks.vm.recovery import journaled
 from clan_vm_tasks.vm.stop import stop
 
@@ -80,8 +80,6 @@ def _launch(
     definition.check_boot_files(config, name)
     backend = machines.backend(config.host)
     backend.check_config(config)  # what this host cannot run (any more) is refused untouched
-    if config.host is None:
-        extras.make(store.paths(name).dir, config)  # its own share directories, extra disks
     requested = accel or (config.accel if config.accel != "auto" else settings.accel)
     choice = backend.choose_accel(requested)
     machine = backend.machine(store.paths(name), state)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from clan_vm_tasks.backends.base import HostUnreachable
-from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.errors import ClanVMError, HostUnreachable
 from clan_vm_tasks.state.settings import Settings
-from clan_vm_tasks.state.store import Store, VMPaths
+from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import definition, guest, listing, machines, reconcile
-
-if TYPE_CHECKING:
-    from clan_vm_tasks.models import VMConfig
 
 
 def _unreachable(store: Store, name: str, error: HostUnreachable) -> dict[str, Any]:
@@ -57,55 +53,17 @@ def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
     config = definition.load(store, name)
     paths = store.paths(name)
     state = store.read_state(name)
+    backend = machines.backend(config.host)
     if state.status in reconcile.ACTIVE and state.accel:
         info["accel"] = state.accel
     else:
         requested = config.accel if config.accel != "auto" else settings.accel
-        info["accel"] = machines.backend(config.host).choose_accel(requested).accel
-    disk = machines.machine(store, name, state).disk_info()
-    hosted = machines.hosted(config.host).details(name) if config.host else {}
+        info["accel"] = backend.choose_accel(requested).accel
     info.update(
         config=json.loads(config.model_dump_json()),
-        console_log=hosted.get("console_log", str(paths.console_log)),
         directory=str(paths.dir),
-        qmp_socket=None if hosted else str(paths.qmp_socket),
-        serial_socket=None if hosted else str(paths.serial_socket),
         mac=config.network.mac,
         created_at=state.created_at,
-        disks=[
-            {
-                "path": disk.get("filename", str(paths.disk)),
-                "format": disk.get("format"),
-                "virtual_size": disk.get("virtual-size"),
-                "actual_size": disk.get("actual-size"),
-                "backing_file": disk.get("full-backing-filename", disk.get("backing-filename")),
-                "backing_format": disk.get("backing-filename-format"),
-            }
-        ],
     )
-    if hosted:
-        info.update(uri=hosted["uri"], domain=hosted["domain"])
-    else:
-        info["disks"] += _extra_disks(paths, config)
-        info["spice_socket"] = str(paths.spice_socket) if config.graphics else None
+    info.update(backend.machine(paths, state).details(config))
     return info
-
-
-def _extra_disks(paths: VMPaths, config: VMConfig) -> list[dict[str, Any]]:
-    from clan_vm_tasks.backends.qemu import image
-
-    found = []
-    for name in sorted(config.extra_disks):
-        path = paths.extra_disk(name)
-        disk = image.info(path) if path.exists() else {}
-        found.append(
-            {
-                "path": str(path),
-                "format": disk.get("format"),
-                "virtual_size": disk.get("virtual-size"),
-                "actual_size": disk.get("actual-size"),
-                "backing_file": None,
-                "backing_format": None,
-            }
-        )
-    return found

@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from clan_vm_tasks.backends.libvirt import xml
+from clan_vm_tasks.backends.libvirt import domain_xml
 from clan_vm_tasks.models import NetworkConfig, PortForward, Share, VMConfig
 
 
-def plan(config: VMConfig, domain_type: str = "qemu", **extra: str) -> xml.DomainPlan:
+def plan(config: VMConfig, domain_type: str = "qemu", **extra: str) -> domain_xml.DomainPlan:
     kernel = "/var/lib/libvirt/images/web.kernel-0123" if config.kernel else None
     initrd = "/var/lib/libvirt/images/web.initrd-4567" if config.initrd else None
-    return xml.DomainPlan(
+    return domain_xml.DomainPlan(
         config=config,
         domain_type=domain_type,
         mac="02:00:00:00:00:01",
@@ -37,7 +37,7 @@ def test_direct_kernel_boot_with_user_networking() -> None:
         append="console=ttyS0",
         network=NetworkConfig(forward_ports=[PortForward(host_port=2222, guest_port=22)]),
     )
-    assert xml.domain_xml(plan(config)) == (
+    assert domain_xml.domain_xml(plan(config)) == (
         """<domain xmlns:clan="https://clan.lol/xmlns/clan-vm-tasks/1" type="qemu">
   <name>web</name>
   <description>a VM of clan-vm-tasks</description>
@@ -90,53 +90,55 @@ def test_direct_kernel_boot_with_user_networking() -> None:
 
 def test_kvm_uses_the_host_cpu_and_a_redefinition_keeps_the_uuid() -> None:
     uuid = "2f31065a-e1d4-4251-921a-613d5add29dd"
-    text = xml.domain_xml(plan(VMConfig(name="web"), "kvm", uuid=uuid))
+    text = domain_xml.domain_xml(plan(VMConfig(name="web"), "kvm", uuid=uuid))
     assert text.startswith('<domain xmlns:clan="https://clan.lol/xmlns/clan-vm-tasks/1" type="kvm"')
     assert '<cpu mode="host-passthrough" />' in text
     assert f"<name>web</name>\n  <uuid>{uuid}</uuid>" in text
 
 
 def test_bridge_tap_and_no_networking() -> None:
-    bridged = xml.domain_xml(
+    bridged = domain_xml.domain_xml(
         plan(VMConfig(name="web", network=NetworkConfig(mode="bridge", bridge="br7")))
     )
     assert '<interface type="bridge">\n      <source bridge="br7" />' in bridged
-    tapped = xml.domain_xml(plan(VMConfig(name="web", network=NetworkConfig(mode="tap", tap="t7"))))
+    tapped = domain_xml.domain_xml(
+        plan(VMConfig(name="web", network=NetworkConfig(mode="tap", tap="t7")))
+    )
     assert '<interface type="ethernet">\n      <target dev="t7" managed="no" />' in tapped
-    none = xml.domain_xml(plan(VMConfig(name="web", network=NetworkConfig(mode="none"))))
+    none = domain_xml.domain_xml(plan(VMConfig(name="web", network=NetworkConfig(mode="none"))))
     assert "<interface" not in none
 
 
 def test_no_kernel_no_direct_boot_no_agent_and_text_is_escaped() -> None:
-    text = xml.domain_xml(plan(VMConfig(name="web", agent=False)))
+    text = domain_xml.domain_xml(plan(VMConfig(name="web", agent=False)))
     assert "<kernel>" not in text and "<cmdline>" not in text and "<channel" not in text
     odd = VMConfig(name="web", kernel=Path("/k"), append="a<b&c")
-    assert "<cmdline>a&lt;b&amp;c clan.hostname=web</cmdline>" in xml.domain_xml(plan(odd))
+    assert "<cmdline>a&lt;b&amp;c clan.hostname=web</cmdline>" in domain_xml.domain_xml(plan(odd))
 
 
 def test_what_is_read_back_from_a_domain_and_its_snapshots() -> None:
-    text = xml.domain_xml(plan(VMConfig(name="web")))
-    assert xml.owner(text) == "laptop:/home/me/.local/state/clan-vm"
-    assert xml.owner("<domain><name>other</name></domain>") is None
-    assert xml.owner("not xml") is None
-    assert xml.disk_volume(text) == ("default", "web.qcow2")
+    text = domain_xml.domain_xml(plan(VMConfig(name="web")))
+    assert domain_xml.owner(text) == "laptop:/home/me/.local/state/clan-vm"
+    assert domain_xml.owner("<domain><name>other</name></domain>") is None
+    assert domain_xml.owner("not xml") is None
+    assert domain_xml.disk_volume(text) == ("default", "web.qcow2")
     running = (
         "<domainsnapshot><name>s1</name><state>running</state><creationTime>1700000000"
         "</creationTime><memory snapshot='internal'/><domain><memory unit='KiB'>262144"
         "</memory></domain></domainsnapshot>"
     )
-    assert xml.snapshot_facts(running) == (1700000000, True, 256 << 20)
+    assert domain_xml.snapshot_facts(running) == (1700000000, True, 256 << 20)
     stopped = running.replace("running", "shutoff").replace("'internal'", "'no'")
-    assert xml.snapshot_facts(stopped)[1] is False
+    assert domain_xml.snapshot_facts(stopped)[1] is False
 
 
 def test_volumes_and_snapshots() -> None:
-    assert xml.volume_xml("web.qcow2", 64 << 20, "qcow2") == (
+    assert domain_xml.volume_xml("web.qcow2", 64 << 20, "qcow2") == (
         '<volume><name>web.qcow2</name><capacity unit="bytes">67108864</capacity>'
         '<target><format type="qcow2" /><compat>1.1</compat></target></volume>'
     )
-    assert "<compat>" not in xml.volume_xml("web.kernel-0123", 1 << 20, "raw")
-    assert xml.snapshot_xml("s1") == "<domainsnapshot><name>s1</name></domainsnapshot>"
+    assert "<compat>" not in domain_xml.volume_xml("web.kernel-0123", 1 << 20, "raw")
+    assert domain_xml.snapshot_xml("s1") == "<domainsnapshot><name>s1</name></domainsnapshot>"
 
 
 def test_a_shared_store_path_is_a_read_only_9p_filesystem() -> None:
@@ -144,7 +146,7 @@ def test_a_shared_store_path_is_a_read_only_9p_filesystem() -> None:
         name="web",
         shares={"store": Share(source=Path("/nix/store/abc-data"), target="/data")},
     )
-    text = xml.domain_xml(plan(config))
+    text = domain_xml.domain_xml(plan(config))
     assert (
         """    <filesystem type="mount" accessmode="mapped">
       <source dir="/nix/store/abc-data" />
@@ -165,7 +167,7 @@ def test_a_nixos_vms_shares_are_the_hosts_store_and_directories_of_its_own_there
         },
     )
     own = {"xchg": "/var/lib/libvirt/images/web.share-xchg"}
-    text = xml.domain_xml(dataclasses.replace(plan(config), share_dirs=own))
+    text = domain_xml.domain_xml(dataclasses.replace(plan(config), share_dirs=own))
     assert (
         """    <filesystem type="mount" accessmode="mapped">
       <source dir="/nix/store" />
@@ -179,7 +181,7 @@ def test_a_nixos_vms_shares_are_the_hosts_store_and_directories_of_its_own_there
     <interface type="user">"""
         in text
     )
-    assert xml.directory_volume_xml("web.share-xchg") == (
+    assert domain_xml.directory_volume_xml("web.share-xchg") == (
         '<volume type="dir"><name>web.share-xchg</name><capacity unit="bytes">0</capacity>'
         '<target><format type="dir" /><permissions><mode>0755</mode></permissions></target>'
         "</volume>"
@@ -188,13 +190,13 @@ def test_a_nixos_vms_shares_are_the_hosts_store_and_directories_of_its_own_there
 
 def test_only_read_only_9p_shares_of_store_paths_go_to_a_libvirt_host() -> None:
     def problem(share: Share, resolved: str | None = None) -> str:
-        return str(xml.share_problem(share, resolved or str(share.source or "/")))
+        return str(domain_xml.share_problem(share, resolved or str(share.source or "/")))
 
     store = Path("/nix/store/abc-data")
-    assert xml.share_problem(Share(source=store), str(store)) is None
-    assert xml.share_problem(Share(source=Path("/nix/store")), "/nix/store") is None
+    assert domain_xml.share_problem(Share(source=store), str(store)) is None
+    assert domain_xml.share_problem(Share(source=Path("/nix/store")), "/nix/store") is None
     # The VM's own directory is made on the host, writable or not.
-    assert xml.share_problem(Share(source=None, read_only=False), "/") is None
+    assert domain_xml.share_problem(Share(source=None, read_only=False), "/") is None
     assert "virtiofs" in problem(Share(source=None, type="virtiofs"))
     assert "directory of this machine" in problem(Share(source=Path("/srv/data")))
     assert "directory of this machine" in problem(Share(source=Path("/nix/storage")))

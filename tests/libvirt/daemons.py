@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clan_vm_tasks.backends.libvirt.connection import ssh_wrapper
+from clan_vm_tasks.backends.ssh import ssh_wrapper
 
 LOCK = Path("/tmp/clan-vm-tests-libvirtd.lock")  # workers start host A's daemons one at a time
 LIBVIRT_DIRS = {

@@ -14,7 +14,7 @@ import pytest
 
 from clan_vm_tasks.clan import inventory, sync
 from clan_vm_tasks.models import RootFilesystem, Share, VMConfig
-from clan_vm_tasks.state.store import Store, VMState
+from clan_vm_tasks.state.store import Store, VMPaths, VMState
 from clan_vm_tasks.vm import ssh
 from tests.conftest import CLI, Guest
 from tests.libvirt import daemons
@@ -144,7 +144,7 @@ def test_what_a_killed_create_made_on_the_host_is_taken_away(
     staging = store.vms / f".creating-{name}-999999"
     staging.mkdir()
     (staging / "config.json").write_text(config.model_dump_json())
-    machines.hosted("a").place(config, store.root, staging)
+    machines.backend("a").provision(config, VMPaths(staging), store)
     assert name in lv.domains("a") and f"{name}.qcow2" in lv.volumes("a")
     if nixos_shaped:  # what a guest left in its own directory goes too
         assert f"{name}.share-xchg" in lv.volumes("a")

@@ -7,21 +7,24 @@ host never take each other's domains and what a killed ``create`` left is recogn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from clan_vm_tasks.backends.base import AccelChoice
-from clan_vm_tasks.backends.libvirt import domain, network, storage, xml
-from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, display, host, lib
+from clan_vm_tasks.backends import image
+from clan_vm_tasks.backends.base import AccelChoice, Removed
+from clan_vm_tasks.backends.libvirt import domain, domain_xml, network, storage
+from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, host, lib
 from clan_vm_tasks.backends.libvirt.machine import LibvirtMachine
-from clan_vm_tasks.backends.qemu import image
+from clan_vm_tasks.backends.ssh import display
 from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
+from clan_vm_tasks.state.store import owner_id
 
 if TYPE_CHECKING:
     from clan_vm_tasks.models import VMConfig
-    from clan_vm_tasks.state.store import VMPaths, VMState
+    from clan_vm_tasks.state.store import Store, VMPaths, VMState
 
 
 CAPABILITIES_TIMEOUT = 120.0
@@ -55,12 +58,12 @@ class LibvirtBackend:
         self.host = name  # as the user named it
         self.uri = uri
         self.address = network.address(uri)
-        label = name if "://" not in name else display(uri)
-        self._host = host(label, uri)
+        self.label: str | None = name if "://" not in name else display(uri)
+        self._host = host(self.label, uri)
         self._accel: dict[str, AccelChoice] = {}
 
     def machine(self, paths: VMPaths, state: VMState) -> LibvirtMachine:
-        owner = domain.owner_id(paths.dir.parent.parent)
+        owner = owner_id(paths.dir.parent.parent)
         return LibvirtMachine(self._host, paths.dir.name, owner, state)
 
     def choose_accel(self, requested: str) -> AccelChoice:
@@ -74,12 +77,9 @@ class LibvirtBackend:
             self._accel["auto"] = AccelChoice("tcg" if problem else "kvm", notice)
         return self._accel["auto"]
 
-    def create_disk(self, path: Path, size_mib: int, base: Path | None) -> None:
-        raise ClanVMError("a VM on a libvirt host gets its disk there (place)")
-
     def check_config(self, config: VMConfig) -> None:
         for tag, share in sorted(config.shares.items()):
-            problem = xml.share_problem(share, os.path.realpath(share.source or "/"))
+            problem = domain_xml.share_problem(share, os.path.realpath(share.source or "/"))
             if problem:
                 raise InvalidInput(f"VM '{config.name}' on a libvirt host: share '{tag}' {problem}")
         for field, what in _UNSUPPORTED.items():
@@ -94,9 +94,21 @@ class LibvirtBackend:
 
     # --- making and taking away VMs on the host -------------------------------------------------
 
-    def place(self, config: VMConfig, state_dir: Path, scratch: Path) -> None:
+    def provision(self, config: VMConfig, paths: VMPaths, store: Store) -> None:
+        """Its domain and disk volume on the host (its own share directories come at
+        start); on failure what was made there is taken away again."""
+        try:
+            self._place(config, store.root, paths.dir)
+        except StateConflict:
+            raise  # refused before anything was made
+        except BaseException:
+            with contextlib.suppress(ClanVMError):
+                self._remove(config.name, store.root, keep_disk=False)
+            raise
+
+    def _place(self, config: VMConfig, state_dir: Path, scratch: Path) -> None:
         host, name = self._host, config.name
-        owner = domain.owner_id(state_dir)
+        owner = owner_id(state_dir)
         pool = storage.pool(host)
         existing = host.domain(name)
         if existing is not None:
@@ -124,10 +136,17 @@ class LibvirtBackend:
             if content is not None:
                 content.unlink(missing_ok=True)
 
-    def remove(self, name: str, state_dir: Path, *, keep_disk: bool) -> str | None:
+    def remove(self, name: str, paths: VMPaths, store: Store, *, keep_disk: bool) -> Removed:
+        if store.exists(name):
+            # Left by a killed command while a new VM of that name was made since: what is
+            # on the host under that name is the new VM's.
+            return Removed()
+        return Removed(self._remove(name, store.root, keep_disk=keep_disk))
+
+    def _remove(self, name: str, state_dir: Path, *, keep_disk: bool) -> str | None:
         host = self._host
         dom = host.domain(name)
-        if dom is not None and domain.owner(host, dom) != domain.owner_id(state_dir):
+        if dom is not None and domain.owner(host, dom) != owner_id(state_dir):
             return None  # another's domain of that name: nothing there is ours to remove
         if dom is not None:
             domain.undefine(host, dom)
@@ -160,15 +179,8 @@ class LibvirtBackend:
                         return str(addr["addr"])
         return None
 
-    def details(self, name: str) -> dict[str, Any]:
-        pool = storage.pool(self._host)
-        directory = storage.pool_path(self._host, pool)
-        return {
-            "host": self.host,
-            "uri": display(self.uri),
-            "domain": name,
-            "console_log": f"{directory}/{storage.console_volume(name)}",
-        }
+    def may_run_unrecorded(self, vm_dir: str) -> bool:
+        return True  # started there by someone else: only the host can tell
 
     def survey(self, timeout: float) -> None:
         self._host.take_survey(timeout)

@@ -12,8 +12,6 @@ Credentials are libvirt's own (SSH keys, the ssh agent); the tool stores none.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,23 +19,13 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from clan_vm_tasks.backends.base import HostUnreachable
-from clan_vm_tasks.errors import ClanVMError
-from clan_vm_tasks.state import files
-from clan_vm_tasks.state.store import runtime_root
+from clan_vm_tasks.backends.ssh import ssh_wrapper
+from clan_vm_tasks.errors import ClanVMError, HostUnreachable
 
 OPEN_TIMEOUT = 20.0  # ssh gives up connecting after SSH_CONNECT_TIMEOUT; this is the backstop
 CALL_TIMEOUT = 30.0
 KEEPALIVE = (5, 2)  # a probe every 5 s; 2 unanswered and the connection is closed
 GIVEN_UP_FOR = 60.0  # a host that missed a deadline is not waited for again that soon
-SSH_CONNECT_TIMEOUT = 5
-SSH_OPTIONS = (
-    f"ConnectTimeout={SSH_CONNECT_TIMEOUT}",
-    "ServerAliveInterval=5",
-    "ServerAliveCountMax=2",
-    "BatchMode=yes",  # never a password or host key prompt: a tool must not wait on one
-)
-
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _hosts: dict[tuple[str, str], Host] = {}
@@ -120,27 +108,6 @@ def _message(error: Any) -> str:
     for tail in (": Connection reset by peer", ": Input/output error"):
         text = text.removesuffix(tail)
     return " ".join(text.split())
-
-
-def display(uri: str) -> str:
-    """A URI as messages show it: without its parameters (key files, wrappers)."""
-    return uri.split("?", 1)[0]
-
-
-def ssh_wrapper() -> str:
-    """The program libvirt runs instead of ssh: ssh with SSH_OPTIONS first. Written once
-    per interpreter into the private runtime directory; no shell is involved."""
-    script = (
-        f"#!{sys.executable} -IS\n"
-        "import os, sys\n"
-        f"options = {[part for o in SSH_OPTIONS for part in ('-o', o)]!r}\n"
-        'os.execvp("ssh", ["ssh", *options, *sys.argv[1:]])\n'
-    ).encode()
-    directory = files.private_dir(runtime_root())
-    path = directory / f"ssh-bounded-{hashlib.sha256(script).hexdigest()[:12]}"
-    if not path.exists():
-        files.atomic_write(path, script, mode=0o700)
-    return str(path)
 
 
 def effective_uri(uri: str) -> str:

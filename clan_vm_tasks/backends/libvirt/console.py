@@ -24,10 +24,17 @@ IDLE_AFTER_INPUT = 1.0
 
 class Console:
     def __init__(
-        self, host: Host, dom: Any, *, take_over: bool = True, on_data: Callable[[bytes], None]
+        self,
+        host: Host,
+        dom: Any,
+        *,
+        take_over: bool = True,
+        on_data: Callable[[bytes], None],
+        keep: bool = True,
     ) -> None:
         libvirt = lib()
-        self._on_data = on_data
+        self._on_data = on_data  # also gets b"" once the stream ended
+        self._keep = keep  # collect the output for wait_for (not for a long-lived viewer)
         self.output = bytearray()
         self.ended = False
         self.last_output = time.monotonic()
@@ -56,13 +63,15 @@ class Console:
             if not isinstance(data, bytes) or not data:
                 break  # the domain ended, was reverted, or the console was taken over
             with self._changed:
-                self.output += data
+                if self._keep:
+                    self.output += data
                 self.last_output = time.monotonic()
                 self._changed.notify_all()
             self._on_data(data)
         with self._changed:
             self.ended = True
             self._changed.notify_all()
+        self._on_data(b"")
 
     def wait_for(self, text: str, offset: int, timeout: float) -> bool:
         """True once TEXT appeared after OFFSET; False on timeout or when the stream ended

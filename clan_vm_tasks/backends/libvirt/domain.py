@@ -3,12 +3,10 @@ directory that made it, and what its state says."""
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.backends.base import Ending
-from clan_vm_tasks.backends.libvirt import storage, xml
+from clan_vm_tasks.backends.libvirt import domain_xml, storage
 from clan_vm_tasks.backends.libvirt.connection import Host, lib
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.names import mac_for
@@ -28,13 +26,8 @@ _ENDINGS = {  # virDomainShutoffReason -> how the VM ended
 }
 
 
-def owner_id(state_dir: Path) -> str:
-    """Which state directory made a domain: hosts see VMs of many machines and users."""
-    return f"{socket.gethostname()}:{state_dir}"
-
-
 def owner(host: Host, dom: Any) -> str | None:
-    return xml.owner(host.call(dom.XMLDesc, lib().VIR_DOMAIN_XML_INACTIVE))
+    return domain_xml.owner(host.call(dom.XMLDesc, lib().VIR_DOMAIN_XML_INACTIVE))
 
 
 def check_ours(host: Host, dom: Any, name: str, wanted: str) -> None:
@@ -75,7 +68,7 @@ def define(
         for tag, share in sorted(config.shares.items())
         if share.source is None
     }
-    plan = xml.DomainPlan(
+    plan = domain_xml.DomainPlan(
         config=config,
         domain_type=domain_type,
         mac=config.network.mac or mac_for(config.name),
@@ -90,7 +83,7 @@ def define(
     )
     conn = host.conn()
     flags = libvirt.VIR_DOMAIN_DEFINE_VALIDATE
-    return host.call(conn.defineXMLFlags, xml.domain_xml(plan), flags)
+    return host.call(conn.defineXMLFlags, domain_xml.domain_xml(plan), flags)
 
 
 def domain_type(host: Host, dom: Any) -> str:

@@ -19,16 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.backends.base import (
     AccelChoice,
+    ConsoleStream,
     Ending,
     Launched,
     Snapshot,
     SnapshotCommand,
     StopStep,
 )
-from clan_vm_tasks.backends.libvirt import domain, network, storage, xml
+from clan_vm_tasks.backends.libvirt import domain, domain_xml, network, storage
 from clan_vm_tasks.backends.libvirt.agent import AgentSession
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, lib
 from clan_vm_tasks.backends.libvirt.console import Console, attach, lines
+from clan_vm_tasks.backends.ssh import display
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 
@@ -209,7 +211,7 @@ class LibvirtMachine:
         dom = self._domain()
         found = []
         for snap in self.host.call(dom.listAllSnapshots, 0):
-            created, memory, ram = xml.snapshot_facts(self.host.call(snap.getXMLDesc, 0))
+            created, memory, ram = domain_xml.snapshot_facts(self.host.call(snap.getXMLDesc, 0))
             found.append(
                 Snapshot(
                     name=snap.getName(),
@@ -230,7 +232,7 @@ class LibvirtMachine:
         libvirt = lib()
         dom = self._domain()
         if command == "save":
-            spec = xml.snapshot_xml(tag)
+            spec = domain_xml.snapshot_xml(tag)
             self.host.call(dom.snapshotCreateXML, spec, 0, timeout=SNAPSHOT_TIMEOUT)
             return
         snap = self.host.call(dom.snapshotLookupByName, tag, 0)
@@ -241,7 +243,7 @@ class LibvirtMachine:
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
         if running and not paused:
             flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
-        memory = xml.snapshot_facts(self.host.call(snap.getXMLDesc, 0))[1]
+        memory = domain_xml.snapshot_facts(self.host.call(snap.getXMLDesc, 0))[1]
         self.host.call(dom.revertToSnapshot, snap, flags if memory else 0, timeout=SNAPSHOT_TIMEOUT)
         if running:
             # A revert with memory restarts QEMU: the forwards went with the old one.
@@ -263,15 +265,33 @@ class LibvirtMachine:
             raise ClanVMError(f"the disk of VM '{self.name}' is missing on host {self.host.label}")
         return vol
 
-    def disk_info(self) -> dict[str, Any]:
+    def details(self, config: VMConfig) -> dict[str, Any]:
+        pool = storage.pool(self.host)
         vol = self._disk()
         _kind, capacity, allocation = self.host.call(vol.info)
-        return {
-            "filename": str(self.host.call(vol.path)),
+        disk = {
+            "path": str(self.host.call(vol.path)),
             "format": "qcow2",
-            "virtual-size": capacity,
-            "actual-size": allocation,
+            "virtual_size": capacity,
+            "actual_size": allocation,
+            "backing_file": None,
+            "backing_format": None,
         }
+        directory = storage.pool_path(self.host, pool)
+        return {
+            "disks": [disk],
+            "console_log": f"{directory}/{storage.console_volume(self.name)}",
+            "qmp_socket": None,
+            "serial_socket": None,
+            "spice_socket": None,
+            "uri": display(self.host.uri),
+            "domain": self.name,
+        }
+
+    def update_disks(self, old: VMConfig, new: VMConfig, notify: Notify) -> None:
+        # Extra disks are not supported here; its own share directories are made at start.
+        if new.disk_size != old.disk_size:
+            self.grow_disk(new.disk_size)
 
     def disk_size_mib(self) -> int:
         return storage.size_mib(self.host, self._disk())
@@ -321,6 +341,9 @@ class LibvirtMachine:
 
     def attach_console(self) -> str:
         return attach(self.host, self._domain())
+
+    def open_console(self, on_data: Callable[[bytes], None]) -> ConsoleStream:
+        return Console(self.host, self._domain(), take_over=False, on_data=on_data, keep=False)
 
 
 def _show(data: bytes) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from clan_vm_tasks.backends.libvirt.connection import Host, qemu_lib
-from clan_vm_tasks.backends.libvirt.xml import NETDEV
+from clan_vm_tasks.backends.libvirt.domain_xml import NETDEV
 from clan_vm_tasks.errors import ClanVMError
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from clan_vm_tasks.backends.libvirt import remote, xml
+from clan_vm_tasks.backends.libvirt import domain_xml, remote
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, lib
 from clan_vm_tasks.errors import ClanVMError
 
@@ -79,7 +79,7 @@ def create_disk(
 ) -> Any:
     """A new qcow2 disk: empty, its metadata preallocated (as the QEMU backend's), or the
     qcow2 image CONTENT made on this machine (a file system), sent as it is."""
-    spec = xml.volume_xml(disk_volume(name), size_mib << 20, "qcow2")
+    spec = domain_xml.volume_xml(disk_volume(name), size_mib << 20, "qcow2")
     if content is None:
         flags = lib().VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
         return host.call(found.createXML, spec, flags, timeout=TRANSFER_TIMEOUT)
@@ -95,7 +95,9 @@ def share_dir(host: Host, found: Any, name: str, tag: str) -> str:
     there (a directory volume: a remote host needs no file system shared with this one)."""
     vol = lookup(host, found, share_volume(name, tag))
     if vol is None:
-        vol = host.call(found.createXML, xml.directory_volume_xml(share_volume(name, tag)), 0)
+        vol = host.call(
+            found.createXML, domain_xml.directory_volume_xml(share_volume(name, tag)), 0
+        )
     return str(host.call(vol.path))
 
 
@@ -138,7 +140,7 @@ def boot_file(host: Host, found: Any, name: str, kind: str, path: Path) -> str:
     vol = lookup(host, found, wanted)
     if vol is None:
         size = path.stat().st_size
-        vol = host.call(found.createXML, xml.volume_xml(wanted, size, "raw"), 0)
+        vol = host.call(found.createXML, domain_xml.volume_xml(wanted, size, "raw"), 0)
         try:
             _upload(host, vol, path, size)
         except BaseException:

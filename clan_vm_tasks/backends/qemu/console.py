@@ -8,6 +8,7 @@ import select
 import socket
 import sys
 import termios
+import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
@@ -114,3 +115,36 @@ def relay(sock: socket.socket, stdin: int, stdout: int, idle_after_eof: float = 
 def attach(serial_socket: Path) -> str:
     with connect(serial_socket) as sock:
         return relay(sock, sys.stdin.fileno(), sys.stdout.fileno())
+
+
+class Stream:
+    """The console socket for a program: a thread hands what the guest prints to ON_DATA
+    (b"" once the console closed); ``send`` types."""
+
+    def __init__(self, serial_socket: Path, on_data: Callable[[bytes], None]) -> None:
+        self._sock = connect(serial_socket)
+        self._on_data = on_data
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            self._on_data(data)
+        self._on_data(b"")
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self._sock.sendall(data)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()

@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.backends.base import (
@@ -28,8 +27,8 @@ from clan_vm_tasks.backends.base import (
     SnapshotCommand,
     StopStep,
 )
-from clan_vm_tasks.backends.qemu import events, process
-from clan_vm_tasks.errors import ClanVMError, InvalidInput
+from clan_vm_tasks.backends.qemu import console, events, process
+from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ class QemuMachine:
         notify: Notify,
         on_spawned: Callable[[int, int], None],
     ) -> Launched:
-        from clan_vm_tasks.backends.qemu import host_network, virtiofs
+        from clan_vm_tasks.backends.qemu import host_network, provision, virtiofs
         from clan_vm_tasks.backends.qemu.argv import LaunchPlan, build_argv
         from clan_vm_tasks.backends.qemu.qmp import QMPUnavailable
         from clan_vm_tasks.names import mac_for
@@ -117,6 +116,7 @@ class QemuMachine:
         if accel.notice:
             notify(accel.notice)
         paths = self.paths
+        provision.make_missing(config, paths)  # declared since it was made, or removed by hand
         self._prepare_runtime()
         self._new_logs()
         # "auto" ports: the ones of the last boot while they are free (stable SSH targets).
@@ -211,8 +211,6 @@ class QemuMachine:
         raise ClanVMError(f"QEMU (pid {proc.pid}) survived SIGKILL")
 
     def follow(self, offset: int, on_interrupt: Callable[[], None]) -> None:
-        from clan_vm_tasks.backends.qemu import console
-
         child = self._child
         assert child is not None, "follow() needs a foreground launch"
 
@@ -346,33 +344,47 @@ class QemuMachine:
 
     # --- its disk -------------------------------------------------------------------------------
 
-    def disk_info(self) -> dict[str, Any]:
-        from clan_vm_tasks.backends.qemu import image
+    def details(self, config: VMConfig) -> dict[str, Any]:
+        from clan_vm_tasks.backends import image
 
-        return image.info(self.paths.disk) if self.paths.disk.exists() else {}
+        paths = self.paths
+        disks = [image.described(paths.disk, backing=True)]
+        disks += [image.described(paths.extra_disk(n)) for n in sorted(config.extra_disks)]
+        return {
+            "disks": disks,
+            "console_log": str(paths.console_log),
+            "qmp_socket": str(paths.qmp_socket),
+            "serial_socket": str(paths.serial_socket),
+            "spice_socket": str(paths.spice_socket) if config.graphics else None,
+        }
+
+    def update_disks(self, old: VMConfig, new: VMConfig, notify: Notify) -> None:
+        from clan_vm_tasks.backends.qemu import provision
+
+        provision.update(old, new, self.paths, notify)
 
     def disk_size_mib(self) -> int:
-        from clan_vm_tasks.backends.qemu import image
+        from clan_vm_tasks.backends import image
 
         return image.size_mib_ceil(self.paths.disk)
 
     def grow_disk(self, size_mib: int) -> None:
-        from clan_vm_tasks.backends.qemu import image
+        from clan_vm_tasks.backends import image
 
         image.resize(self.paths.disk, size_mib)
 
     def disk_snapshots(self) -> list[Snapshot]:
-        from clan_vm_tasks.backends.qemu import image
+        from clan_vm_tasks.backends import image
 
         return [_parse_snapshot(s) for s in image.snapshots(self.paths.disk)]
 
     def repair_disk(self) -> str | None:
-        from clan_vm_tasks.backends.qemu import image
+        from clan_vm_tasks.backends import image
 
         return image.repair(self.paths.disk)
 
     def disk_snapshot(self, command: SnapshotCommand, tag: str) -> None:
-        from clan_vm_tasks.backends.qemu import image
+        from clan_vm_tasks.backends import image
 
         flag = {"save": "-c", "load": "-a", "delete": "-d"}[command]
         image.snapshot(self.paths.disk, flag, tag)
@@ -389,60 +401,16 @@ class QemuMachine:
     def wait_for_text(
         self, text: str, offset: int, timeout: float, alive: Callable[[], bool]
     ) -> bool:
-        from clan_vm_tasks.backends.qemu import console
-
         return console.wait_for_text(self.paths.console_log, text, offset, timeout, alive)
 
     def console_output(self, offset: int = 0) -> bytes:
-        from clan_vm_tasks.backends.qemu import console
-
         return console.read_from(self.paths.console_log, offset)
 
     def console_tail(self, offset: int, count: int = 15) -> list[str]:
-        from clan_vm_tasks.backends.qemu import console
-
         return console.last_lines(self.paths.console_log, offset, count)
 
     def attach_console(self) -> str:
-        from clan_vm_tasks.backends.qemu import console
-
         return console.attach(self.paths.serial_socket)
 
-
-class QemuBackend:
-    """QEMU processes on this machine, disks as qcow2 files in the state directory."""
-
-    def machine(self, paths: VMPaths, state: VMState) -> QemuMachine:
-        return QemuMachine(paths, state)
-
-    def choose_accel(self, requested: str) -> AccelChoice:
-        from clan_vm_tasks.backends.qemu import accel
-
-        return accel.choose(requested)
-
-    def create_disk(self, path: Path, size_mib: int, base: Path | None) -> None:
-        from clan_vm_tasks.backends.qemu import image
-
-        if base is not None:
-            image.create_overlay(path, base, size_mib)
-        else:
-            image.create(path, size_mib)
-
-    def check_config(self, config: VMConfig) -> None:
-        from clan_vm_tasks.backends.qemu.argv import colliding
-        from clan_vm_tasks.backends.qemu.virtiofs import share_problem
-
-        problem = share_problem(config)
-        if problem:
-            raise InvalidInput(problem)
-        clashes = colliding(config.qemu_args)
-        if clashes:
-            raise InvalidInput(
-                f"extra QEMU arguments of VM '{config.name}' would override the tool's own: "
-                + ", ".join(clashes)
-            )
-
-    def check_base_image(self, path: Path) -> int:
-        from clan_vm_tasks.backends.qemu import image
-
-        return image.mib_ceil(image.inspect_base(path).size)
+    def open_console(self, on_data: Callable[[bytes], None]) -> console.Stream:
+        return console.Stream(self.paths.serial_socket, on_data)

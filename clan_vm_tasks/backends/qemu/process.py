@@ -213,12 +213,3 @@ def end_helpers(ours: Ours, grace: float) -> list[int]:
 
 def argv_of(proc: ProcessId) -> list[str]:
     return _cmdline(proc.pid)
-
-
-def die_with_parent() -> None:
-    """In a child before exec: be killed when the command that started it dies (a killed
-    command leaves no qemu-img running)."""
-    import ctypes  # lazy: only children of disk operations need it
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -1,19 +1,30 @@
-"""qcow2 disk images through ``qemu-img``."""
+"""Disk images on this machine through ``qemu-img`` (and ``mkfs`` for a formatted root
+file system): used by both backends, since a VM on a libvirt host gets a root file
+system made here too."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clan_vm_tasks.backends.qemu.process import die_with_parent
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
 
 QEMU_IMG = "qemu-img"
+
+
+def die_with_parent() -> None:
+    """In a child before exec: be killed when the command that started it dies (a killed
+    command leaves no qemu-img running)."""
+    import ctypes  # lazy: only children of disk operations need it
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _qemu_img(*args: str, ok: tuple[int, ...] = (0,)) -> str:
@@ -91,6 +102,21 @@ def info(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ClanVMError(f"qemu-img info {path} returned no object")
     return data
+
+
+def described(path: Path, *, backing: bool = False) -> dict[str, Any]:
+    """One of our disks as ``show`` lists it; what cannot be known (no image) is None."""
+    disk = info(path) if path.exists() else {}
+    return {
+        "path": disk.get("filename", str(path)),
+        "format": disk.get("format"),
+        "virtual_size": disk.get("virtual-size"),
+        "actual_size": disk.get("actual-size"),
+        "backing_file": disk.get("full-backing-filename", disk.get("backing-filename"))
+        if backing
+        else None,
+        "backing_format": disk.get("backing-filename-format") if backing else None,
+    }
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,15 @@
-"""How ssh reaches a libvirt host for Nix: read from the host's URI, as libvirt reads it,
-with nothing of it able to become an ssh option, a Nix store setting or a shell word."""
+"""How ssh reaches a libvirt host (for Nix, and for what libvirt cannot do): read from the
+host's URI, as libvirt reads it, with nothing of it able to become an ssh option, a Nix
+store setting or a shell word."""
 
 from __future__ import annotations
 
 import pytest
 
-from clan_vm_tasks.backends.libvirt.remote import (
-    SSHTarget,
-    is_roots_dir,
-    roots_dir,
-    ssh_target,
-)
+from clan_vm_tasks.backends.ssh import SSHTarget, ssh_target
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import uri_problem
+from clan_vm_tasks.nix.remote import is_roots_dir, roots_dir
 
 
 def test_this_machine_needs_no_copy() -> None:
