@@ -20,10 +20,11 @@ HELP_FLAGS = ("--help", "-h")
 # Tasks whose VM names may also be given as bare words (clan-vm-manager build web db), with
 # the options of theirs that take a value.
 NAMED_TASKS = {
-    "eval": ("--flake",),
-    "build": ("--flake",),
-    "boot-test": ("--flake", "--timeout", "--expect", "--junit", "--check"),
+    "eval": ("--flake", "--override-input"),
+    "build": ("--flake", "--override-input"),
+    "boot-test": ("--flake", "--timeout", "--expect", "--junit", "--check", "--override-input"),
 }
+OVERRIDE = "--override-input"
 
 
 def collection() -> Collection:
@@ -96,9 +97,27 @@ def expand_names(argv: list[str]) -> list[str]:
     return argv
 
 
+def join_overrides(argv: list[str]) -> list[str]:
+    """``--override-input NAME REF`` (two words, as nix takes it) -> ``--override-input
+    NAME=REF`` (invoke's options take one); not in the words after a standalone "--"."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return out + argv[i:]
+        if word == OVERRIDE and i + 2 < len(argv) and "=" not in argv[i + 1]:
+            out += [word, f"{argv[i + 1]}={argv[i + 2]}"]
+            i += 3
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def normalise(argv: list[str]) -> list[str]:
     """Let ``TASK --help`` mean ``--help TASK``: invoke would take --help as TASK's argument."""
-    argv = expand_names(argv)
+    argv = expand_names(join_overrides(argv))
     args = argv[1:]
     names = set(collection().task_names)
     for i, arg in enumerate(args):

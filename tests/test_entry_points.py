@@ -42,6 +42,7 @@ TASKS = sorted(
         "start",
         "status",
         "stop",
+        "switch",
     ]
 )
 

@@ -4,8 +4,9 @@ deploys.
 
 - The clan is only what the user names: ``--clan-dir`` or ``$CLAN_DIR`` (and the explicit
   ``inventory`` task), never a directory that merely holds an ``inventory.json``.
-- A VM of a clan machine (``nixosConfiguration``) is that machine: it gets no entry of its
-  own; the user learns how to deploy to it.
+- A VM of a clan machine (``nixosConfiguration``) is a VM of that machine: it gets no entry
+  of its own; the user learns to change it with ``switch``, not with clan's deployment (which
+  would install the machine's boot loader and file systems into it).
 - An ad-hoc VM gets an entry (tag ``vm``), with a notice of what that means to clan.
 - A clan in the Nix store is read-only: nothing is written there, a one-line notice says so.
 
@@ -51,12 +52,14 @@ def clan_machine(store: Store, name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def deploy_hint(store: Store, name: str, machine: str) -> str:
-    target = ssh_target(store, name)
-    if target is None:
-        return f"clan machines update {machine} --target-host root@HOST:PORT"
-    port, address = target
-    return f"clan machines update {machine} --target-host {inventory.target_host(port, address)}"
+def update_hint(name: str, machine: str) -> str:
+    """How to change the VM of a clan machine: as a VM, never with the machine's own
+    deployment."""
+    return (
+        f"change it with clan-vm-manager switch {name} (its VM variant), not with clan machines "
+        f"update {machine}, which would install the machine's own boot loader and file "
+        "systems into it"
+    )
 
 
 def ssh_target(store: Store, name: str) -> tuple[int, str] | None:
@@ -104,8 +107,7 @@ def push(store: Store, name: str, directory: Path | None, notify: Notify) -> Non
             if machine is not None:
                 notify(
                     f"notice: '{name}' is the VM of the clan machine {machine}, which needs no "
-                    f"inventory entry of its own; deploy to it with "
-                    f"{deploy_hint(store, name, machine)}"
+                    f"inventory entry of its own; {update_hint(name, machine)}"
                 )
                 return
             new = not inventory.has_machine(directory, name)

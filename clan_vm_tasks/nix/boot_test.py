@@ -47,6 +47,7 @@ class Check:
     command: str  # run by the guest's /bin/sh
     exit_code: int | None  # None: it could not be run
     output: str  # the tail of what it printed, or why it could not run
+    seconds: float = 0.0  # how long it ran
 
     @property
     def passed(self) -> bool:
@@ -58,8 +59,8 @@ class Result:
     name: str
     passed: bool
     seconds: float | None  # until the ready text appeared
-    message: str
-    console: str = ""  # last console lines, for the failure report
+    message: str  # one line
+    console: str = ""  # last console lines, or the rest of a build's error, for the report
     checks: tuple[Check, ...] = ()
 
 
@@ -84,8 +85,9 @@ def _plan(
         if reconcile.current(request.store, name).status in reconcile.ACTIVE:
             return Result(name, False, None, "already running; stop it before a boot test")
         config = prepare(request, flake)
-    except ClanVMError as error:
-        return Result(name, False, None, str(error))
+    except ClanVMError as error:  # a failed build: its builder's last lines follow
+        message, _, rest = str(error).partition("\n")
+        return Result(name, False, None, message, rest)
     text = expect or config.boot_test.expect
     if not text:
         return Result(name, False, None, "no bootTest.expect declared and no --expect given")
@@ -142,14 +144,17 @@ def _run_checks(store: Store, plan: Plan, booted: float) -> tuple[Check, ...]:
     deadline = time.monotonic() + max(plan.timeout - booted, 10.0)
     results = []
     for command in plan.checks:
-        remaining = max(deadline - time.monotonic(), 1.0)
+        began = time.monotonic()
+        remaining = max(deadline - began, 1.0)
         try:
             with session(store, plan.name, wait=remaining) as agent:
                 ran = guest.run(agent, ["/bin/sh", "-c", command], remaining)
         except ClanVMError as error:
-            results.append(Check(command, None, str(error)))
+            results.append(Check(command, None, str(error), time.monotonic() - began))
             continue
-        results.append(Check(command, ran.exit_code, _tail(ran.stdout, ran.stderr)))
+        results.append(
+            Check(command, ran.exit_code, _tail(ran.stdout, ran.stderr), time.monotonic() - began)
+        )
     return tuple(results)
 
 
@@ -196,14 +201,15 @@ def run(
 
 
 def junit(results: list[Result], path: Path, suite: str) -> None:
-    """One testcase per VM (it booted) and one per check run in it."""
-    total = sum(r.seconds or 0.0 for r in results)
+    """One testcase per VM (it booted, in the seconds until its ready text) and one per check
+    run in it (in the seconds it ran)."""
     cases = [(r.name, r.seconds, r.passed or bool(r.checks), r.message, r.console) for r in results]
     cases += [
-        (f"{r.name}: {c.command}", 0.0, c.passed, f"exit code {c.exit_code}", c.output)
+        (f"{r.name}: {c.command}", c.seconds, c.passed, f"exit code {c.exit_code}", c.output)
         for r in results
         for c in r.checks
     ]
+    total = sum(seconds or 0.0 for _, seconds, _, _, _ in cases)
     root = ET.Element(
         "testsuite",
         name=suite,

@@ -51,12 +51,16 @@ def source(request: Request) -> Source | None:
     store, name = request.store, request.name
     record = origin.load(store, name)
     if request.flake or not store.exists(name):
-        found = flakes.resolve(request.flake or None)
+        found = flakes.resolve(request.flake or None, overrides=request.overrides)
+        if found is not None and not request.overrides and found.ref == record.flake:
+            found = found.with_overrides(record.overrides)  # as it was last evaluated
         return Source(found, record) if found is not None else None
     if record.flake is None:
         return None
     try:
-        found = flakes.resolve(record.flake)
+        found = flakes.resolve(record.flake, overrides=request.overrides)
+        if not request.overrides:  # the inputs it was last evaluated with
+            found = found.with_overrides(record.overrides) if found else None
     except InvalidInput as error:
         raise InvalidInput(
             f"VM '{name}' was created from the flake {record.flake}, which is gone ({error}); "

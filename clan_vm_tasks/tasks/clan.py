@@ -46,8 +46,7 @@ def inventory(
         if machine is not None:
             raise InvalidInput(
                 f"VM '{name}' is the VM of the clan machine {machine} (its nixosConfiguration), "
-                f"which needs no inventory entry of its own; deploy to it with "
-                f"{sync.deploy_hint(store, name, machine)}"
+                f"which needs no inventory entry of its own; {sync.update_hint(name, machine)}"
             )
         port, address = sync.ssh_target(store, name) or (None, "127.0.0.1")
         changed = inv.push(

@@ -150,3 +150,16 @@ ALLOW_QEMU_ARGS_HELP = "let the flake's qemuArgs for this VM through (they can r
 ALLOW_SHARES_HELP = "let the flake's shares for this VM through (the guest sees host directories)"
 QUIET_HELP = "show no progress (on a terminal: evaluating, building, creating, booting)"
 FLAKE_HELP = "flake declaring clanVms (default: $CLAN_VM_FLAKE, else the flake around the cwd)"
+OVERRIDE_INPUT_HELP = (
+    "NAME REF: evaluate the flake with its input NAME taken from the flake REF, such as a "
+    "local checkout git+file:///src/nixpkgs (repeatable; the lock file is not changed)"
+)
+
+
+def overrides(given: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """--override-input NAME REF (joined as NAME=REF by the command line), checked."""
+    if not given:
+        return ()
+    from clan_vm_tasks.nix.flakes import parse_overrides
+
+    return parse_overrides(given)

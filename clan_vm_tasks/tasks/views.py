@@ -11,7 +11,16 @@ from clan_vm_tasks import render
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.state.store import STATES
-from clan_vm_tasks.tasks.common import FLAKE_HELP, NAME_HELP, number, open_store, say, vm_task
+from clan_vm_tasks.tasks.common import (
+    FLAKE_HELP,
+    NAME_HELP,
+    OVERRIDE_INPUT_HELP,
+    number,
+    open_store,
+    overrides,
+    say,
+    vm_task,
+)
 
 
 def _describe_declared(name: str, definition: dict[str, Any]) -> str:
@@ -25,7 +34,9 @@ def _describe_declared(name: str, definition: dict[str, Any]) -> str:
 @vm_task(
     name="list",
     optional=["flake"],
+    iterable=["override_input"],
     help={
+        "override_input": OVERRIDE_INPUT_HELP,
         "filter": "only VMs in this state: " + ", ".join(STATES),
         "json": "print a JSON array",
         "flake": "also list the VMs this flake declares (bare --flake: the flake around the cwd)",
@@ -38,18 +49,20 @@ def list_(
     json: bool = False,
     flake: str | bool | None = None,
     host: str | None = None,
+    override_input: list[str] | None = None,
 ) -> None:
     """List VMs with their state, on this machine and on libvirt hosts."""
     from clan_vm_tasks.vm.listing import list_vms
 
     if filter is not None and filter not in STATES:
         raise InvalidInput(f"unknown state {filter!r}: use one of {', '.join(STATES)}")
+    inputs = overrides(override_input)
     store, settings = open_store(create=False)
     vms = list_vms(store, filter, host, settings)
     if flake:  # a read-only command evaluates a flake only when asked to
         from clan_vm_tasks.nix import declared, flakes
 
-        vms = declared.list_rows(store, flakes.chosen(flake), vms, filter)
+        vms = declared.list_rows(store, flakes.chosen(flake, inputs), vms, filter)
     if json:
         say(render.as_json(vms))
         return
@@ -117,18 +130,33 @@ def status(c: Context, name: str, json: bool = False) -> None:
     say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}")
 
 
-@vm_task(help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP})
-def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
+@vm_task(
+    iterable=["override_input"],
+    help={
+        "name": NAME_HELP,
+        "json": "print a JSON object",
+        "flake": FLAKE_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
+    },
+)
+def show(
+    c: Context,
+    name: str,
+    json: bool = False,
+    flake: str | None = None,
+    override_input: list[str] | None = None,
+) -> None:
     """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
     from clan_vm_tasks.vm.status import show as vm_show
 
     check_name(name)
+    inputs = overrides(override_input)
     store, settings = open_store(create=False)
     declared = None
     if flake:  # a read-only command evaluates a flake only when asked to
         from clan_vm_tasks.nix.declared import definition_for_show
 
-        declared = definition_for_show(store, flake, name)
+        declared = definition_for_show(store, flake, name, inputs)
     if declared is not None and not store.exists(name):
         say(render.as_json(declared) if json else _describe_declared(name, declared))
         return

@@ -20,10 +20,12 @@ from clan_vm_tasks.tasks.common import (
     CLAN_DIR_HELP,
     FLAKE_HELP,
     NAME_HELP,
+    OVERRIDE_INPUT_HELP,
     QUIET_HELP,
     number,
     on_host,
     open_store,
+    overrides,
     say,
     vm_task,
 )
@@ -33,15 +35,19 @@ if TYPE_CHECKING:
 
 
 def _create_from_flake(
-    option: str | bool, name: str, allow_qemu_args: bool, allow_shares: bool
+    option: str | bool,
+    name: str,
+    allow_qemu_args: bool,
+    allow_shares: bool,
+    inputs: tuple[tuple[str, str], ...],
 ) -> None:
     from clan_vm_tasks.nix import flakes, origin
     from clan_vm_tasks.nix.prepare import Source, apply, plan
     from clan_vm_tasks.nix.request import Request
 
     store, settings = open_store()
-    request = Request(store, settings, name, option, allow_qemu_args, allow_shares, notice)
-    found = Source(flakes.chosen(option), origin.load(store, name))
+    request = Request(store, settings, name, option, allow_qemu_args, allow_shares, notice, inputs)
+    found = Source(flakes.chosen(option, inputs), origin.load(store, name))
     applied = apply(request, plan(request, found))
     config = applied.config
     if applied.change.pending:
@@ -56,7 +62,7 @@ def _create_from_flake(
 
 
 @vm_task(
-    iterable=["qemu_arg", "forward"],
+    iterable=["qemu_arg", "forward", "override_input"],
     optional=["flake"],
     help={
         "name": NAME_HELP,
@@ -84,6 +90,7 @@ def _create_from_flake(
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
         "allow_shares": ALLOW_SHARES_HELP,
         "quiet": QUIET_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
     },
 )
 def create(
@@ -110,6 +117,7 @@ def create(
     host: str | None = None,
     allow_shares: bool = False,
     quiet: bool = False,
+    override_input: list[str] | None = None,
 ) -> None:
     """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks.clan import sync
@@ -117,9 +125,10 @@ def create(
     from clan_vm_tasks.vm.create import create as create_vm
 
     check_new_name(name)
+    inputs = overrides(override_input)
     show_progress(quiet)
     if flake:
-        _create_from_flake(flake, name, allow_qemu_args, allow_shares)
+        _create_from_flake(flake, name, allow_qemu_args, allow_shares, inputs)
         store, _ = open_store()
         sync.push(store, name, sync.clan_dir(clan_dir), notice)
         return
@@ -173,6 +182,7 @@ def _running(host: str | None, started: Started) -> str:
 
 
 @vm_task(
+    iterable=["override_input"],
     help={
         "name": NAME_HELP,
         "foreground": "run QEMU attached to this command and stream the console",
@@ -187,7 +197,8 @@ def _running(host: str | None, started: Started) -> str:
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
         "allow_shares": ALLOW_SHARES_HELP,
         "quiet": QUIET_HELP,
-    }
+        "override_input": OVERRIDE_INPUT_HELP,
+    },
 )
 def start(
     c: Context,
@@ -202,6 +213,7 @@ def start(
     wait_for_agent: bool = False,
     allow_shares: bool = False,
     quiet: bool = False,
+    override_input: list[str] | None = None,
     wait_for_ssh: bool = False,
 ) -> None:
     """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared, and with
@@ -213,6 +225,7 @@ def start(
 
     check_name(name)
     seconds = number(timeout, "timeout", 60, float)
+    inputs = overrides(override_input)
     show_progress(quiet)
     store, settings = open_store(accel)
     clan = sync.clan_dir(clan_dir)
@@ -232,7 +245,7 @@ def start(
             wait_for_ssh=wait_for_ssh,
         )
 
-    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice)
+    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice, inputs)
     started = launch.start(request, boot, wait_for=wait_for or None, follow=not foreground)
     if not foreground:
         sync.push(store, name, clan, notice)
@@ -266,6 +279,7 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
 
 
 @vm_task(
+    iterable=["override_input"],
     help={
         "name": NAME_HELP,
         "timeout": "seconds the guest gets to power off (default 30)",
@@ -274,7 +288,8 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
         "allow_shares": ALLOW_SHARES_HELP,
         "quiet": QUIET_HELP,
-    }
+        "override_input": OVERRIDE_INPUT_HELP,
+    },
 )
 def restart(
     c: Context,
@@ -285,6 +300,7 @@ def restart(
     allow_qemu_args: bool = False,
     allow_shares: bool = False,
     quiet: bool = False,
+    override_input: list[str] | None = None,
 ) -> None:
     """Stop a VM gracefully (if running) and start it again; a VM from a flake is evaluated
     and built first (like start), and its changed definition applied in between."""
@@ -295,10 +311,11 @@ def restart(
 
     check_name(name)
     seconds = number(timeout, "timeout", DEFAULT_STOP_TIMEOUT, float)
+    inputs = overrides(override_input)
     show_progress(quiet)
     store, settings = open_store()
     store.require(name)
-    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice)
+    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice, inputs)
     started = launch.restart(
         request,
         lambda before_start: restart_vm(
@@ -311,7 +328,9 @@ def restart(
         ),
         wait_for=wait_for or None,
     )
-    say(f"restarted VM '{name}'{_running(store.host_of(name), started)}")
+    # As start says it: when the ready text appeared.
+    how = f": {wait_for!r} appeared after {started.seconds:.1f}s" if wait_for else ""
+    say(f"restarted VM '{name}'{_running(store.host_of(name), started)}{how}")
 
 
 @vm_task(

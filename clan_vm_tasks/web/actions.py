@@ -93,7 +93,8 @@ def start(ctx: Context, name: str, body: Body, notify: Notify) -> dict[str, Any]
                 store, ctx.settings, name, wait_for=wait_for, timeout=timeout, notify=notify
             )
 
-    request = Request(store, ctx.settings, name, option, notify=notify)
+    inputs = ctx.flake.overrides if option is not None and ctx.flake is not None else ()
+    request = Request(store, ctx.settings, name, option, notify=notify, overrides=inputs)
     started = launch.start(request, boot, follow=False)
     sync.push(store, name, ctx.clan_dir, notify)
     how = f"{wait_for!r} appeared" if wait_for else "QMP answered"

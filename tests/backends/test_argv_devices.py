@@ -52,10 +52,19 @@ def test_extra_disks_carry_their_name_as_serial() -> None:
     ]  # fmt: skip
 
 
+def test_extra_disks_come_in_the_natural_order_of_their_names() -> None:
+    # NixOS' emptyDiskImages become empty0, empty1, ...: the guest sees them in the list's
+    # order (/dev/vdb, /dev/vdc, ...), the tenth after the ninth.
+    vm = config(extraDisks={f"empty{i}": {"size": 1} for i in range(12)} | {"a": {"size": 1}})
+    serials = [w.rsplit("=", 1)[1] for w in extra_disk_args(vm, VM_DIR) if "serial=" in w]
+    assert serials == ["a", *(f"empty{i}" for i in range(12))]
+
+
 def test_graphics_is_opt_in_and_served_on_a_private_socket() -> None:
     assert graphics_args(config(), Path("/run/c/spice.sock")) == []
     assert graphics_args(config(graphics=True), Path("/run/c/spice.sock")) == [
         "-device", "virtio-vga",
+        "-device", "virtio-keyboard-pci",
         "-device", "qemu-xhci,id=usb-graphics", "-device", "usb-tablet,bus=usb-graphics.0",
         "-spice", "unix=on,addr=/run/c/spice.sock,disable-ticketing=on",
     ]  # fmt: skip

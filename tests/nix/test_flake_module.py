@@ -66,6 +66,11 @@ PROBES: list[tuple[str, Any]] = [
     ("rootFilesystem", {"type": "ext4", "label": "nixos"}), ("rootFilesystem", {}),
     ("rootFilesystem", {"type": "btrfs"}), ("rootFilesystem", {"label": "seventeen-letters"}),
     ("graphics", True), ("graphics", "yes"),
+    ("name", "web-1"), ("name", "my_vm"), ("name", "-web"), ("name", "web-"), ("name", "a" * 63),
+    ("name", "a" * 64), ("name", ""), ("name", 3),
+    ("network.restrict", True), ("network.restrict", "yes"),
+    ("network.forwardPorts", [{"hostPort": 80, "guestPort": 80, "guestAddress": "10.0.2.9"}]),
+    ("network.forwardPorts", [{"hostPort": 80, "guestPort": 80, "guestAddress": "10.0.2"}]),
 ]  # fmt: skip
 # Files a flake names must be in the Nix store: the module refuses host paths at evaluation,
 # where the model (which also takes command-line definitions) leaves them to the trust check.
@@ -149,7 +154,8 @@ def copy_module(directory: Path) -> None:
     shutil.copy(ROOT / "flake-module.nix", directory)
     for source in (ROOT / "lib").glob("*.nix"):
         shutil.copy(source, directory / "lib")
-    shutil.copy(ROOT / "nixos-modules" / "vm-variant.nix", directory / "nixos-modules")
+    for name in ("vm-variant.nix", "vm-sshd.nix"):
+        shutil.copy(ROOT / "nixos-modules" / name, directory / "nixos-modules")
 
 
 def nix_eval(flake: Path, attribute: str, apply: str | None = None) -> Any:
