@@ -18,10 +18,11 @@ from clan_vm_tasks.state.kept import remove as remove_kept
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm.console import attach_console, console_log
+from clan_vm_tasks.vm.copying import copy_in, copy_out
 from clan_vm_tasks.vm.create import create, reconfigure
 from clan_vm_tasks.vm.delete import delete
 from clan_vm_tasks.vm.edit import Edit, set_vm
-from clan_vm_tasks.vm.guest import ExecResult, copy_in, copy_out, wait_for_agent
+from clan_vm_tasks.vm.guest import ExecResult, wait_for_agent
 from clan_vm_tasks.vm.guest import execute as _execute
 from clan_vm_tasks.vm.listing import list_vms
 from clan_vm_tasks.vm.pause import pause, resume

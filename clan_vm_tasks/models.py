@@ -157,6 +157,17 @@ class Share(_Model):
     read_only: StrictBool = True
     type: Literal["9p", "virtiofs"] = "9p"
     security_model: Literal["passthrough", "mapped-xattr", "mapped-file", "none"] = "mapped-xattr"
+    # DEV:INO of the directory SOURCE led to when it was checked (and allowed): the launch
+    # shares that directory or refuses. Set by the tool from a flake's definition, never
+    # taken from one (nix.trust).
+    identity: str | None = None
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9]+:[0-9]+|missing", value):
+            raise ValueError(f"{value!r} is not DEV:INO")
+        return value
 
     @field_validator("source")
     @classmethod

@@ -17,15 +17,18 @@ let
 
   # A file the VM boots from or lays its disk over: it must be in the Nix store, so a
   # flake cannot make the tool read a file of the host. A path literal (./vmlinuz) is
-  # copied to the store, a derivation is built.
+  # copied to the store, a derivation is built; a string must be a path in a store object,
+  # without '..' (/nix/store/../etc/shadow is not in the store). Where a store path leads
+  # (a link out of the store) is only known once it is built: the tool checks that too.
+  storePathString = x:
+    builtins.isString x
+    && builtins.match "${lib.escapeRegex builtins.storeDir}/[0-9a-z]{32}-[^/]+(/.*)?" x != null
+    && !(builtins.elem ".." (lib.splitString "/" x));
   storeFile = types.mkOptionType {
     name = "storeFile";
     description = "path in the flake (./vmlinuz), derivation or /nix/store path";
     descriptionClass = "noun";
-    check = x:
-      builtins.isPath x
-      || lib.isDerivation x
-      || (builtins.isString x && lib.hasPrefix "${builtins.storeDir}/" x);
+    check = x: builtins.isPath x || lib.isDerivation x || storePathString x;
     merge = lib.mergeEqualOption;
   };
 

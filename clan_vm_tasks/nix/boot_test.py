@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from clan_vm_tasks.backends.agent_wire import printable
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.nix.declared import declared as declared_vms
 from clan_vm_tasks.nix.flakes import Flake
@@ -25,11 +26,14 @@ from clan_vm_tasks.state import files
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import guest, machines, reconcile
+from clan_vm_tasks.vm.agent import session
 from clan_vm_tasks.vm.start import start
 from clan_vm_tasks.vm.stop import stop
 
 POWER_OFF_TIMEOUT = 15.0
 TAIL = 10  # lines of a failed check's output in the report
+TAIL_BYTES = 16 << 10  # of each stream, for those lines
+LINE = 300  # characters of one line
 # Console output carries control characters that XML 1.0 cannot hold.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -92,6 +96,16 @@ def _plan(
 
 
 def _boot(store: Store, settings: Settings, plan: Plan) -> Result:
+    """Boot PLAN's VM and check it; whatever happens, nothing it started is left running."""
+    try:
+        return _boot_and_check(store, settings, plan)
+    except (ClanVMError, OSError) as error:  # one VM's failure, not the run's
+        return Result(plan.name, False, None, str(error))
+    finally:
+        _power_off(store, plan.name)
+
+
+def _boot_and_check(store: Store, settings: Settings, plan: Plan) -> Result:
     offset = 0
     try:
         offset = store.read_state(plan.name).console_offset
@@ -133,15 +147,22 @@ def _run_checks(store: Store, plan: Plan, booted: float) -> tuple[Check, ...]:
         began = time.monotonic()
         remaining = max(deadline - began, 1.0)
         try:
-            with guest.session(store, plan.name, wait=remaining) as agent:
+            with session(store, plan.name, wait=remaining) as agent:
                 ran = guest.run(agent, ["/bin/sh", "-c", command], remaining)
         except ClanVMError as error:
             results.append(Check(command, None, str(error), time.monotonic() - began))
             continue
-        printed = (ran.stdout + ran.stderr).decode(errors="replace").strip().splitlines()
-        tail = "\n".join(printed[-TAIL:])
-        results.append(Check(command, ran.exit_code, tail, time.monotonic() - began))
+        results.append(
+            Check(command, ran.exit_code, _tail(ran.stdout, ran.stderr), time.monotonic() - began)
+        )
     return tuple(results)
+
+
+def _tail(*streams: bytes) -> str:
+    """The last TAIL lines of what a check printed, each cut to LINE characters: the report
+    and the JUnit file stay small whatever the guest printed."""
+    text = b"".join(s[-TAIL_BYTES:] for s in streams).decode(errors="replace").strip()
+    return "\n".join(printable(line, LINE) for line in text.splitlines()[-TAIL:])
 
 
 def _quiet(message: str) -> None:

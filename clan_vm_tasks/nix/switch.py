@@ -27,6 +27,7 @@ from clan_vm_tasks.nix.prepare import plan, source
 from clan_vm_tasks.nix.request import Request
 from clan_vm_tasks.state import history
 from clan_vm_tasks.vm import definition, guest, reconcile
+from clan_vm_tasks.vm.agent import session
 
 ACTION = "test"  # activate now; the next boot is the tool's (direct boot), not a boot loader's
 SWITCH = "bin/switch-to-configuration"
@@ -143,7 +144,7 @@ def switch(
         return Switched(system, changes, restarted=True)
     with (
         history.failures_recorded(store.history, name, "switch"),
-        guest.session(store, name) as agent,
+        session(store, name, guest.AGENT_WAIT) as agent,
     ):
         try:
             ran = guest.run(agent, [f"{system}/{SWITCH}", ACTION], timeout)

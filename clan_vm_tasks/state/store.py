@@ -12,6 +12,9 @@ Layout under the state dir (mode 0700)::
     tmp/                   files being written atomically (named after the writer's pid)
     pending/NAME.ACTION    an action on NAME under way (written ahead): if its command
                            dies, the next command records its event or repairs it
+    partials/PID.ID.json   a file being written outside the state directory (``copy`` out's
+                           partial), locked by its writer: removed by the next command if
+                           the writer died (``state.partials``)
     vms/.PURPOSE-NAME-PID  a VM being created or deleted (PURPOSE: creating, deleting,
                            keeping = deleting but keeping the disk)
     vms/NAME/next.json     a changed definition that waits for the VM's next start

@@ -13,10 +13,10 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from invoke.exceptions import Exit
-from invoke.tasks import task
+from invoke.tasks import Task, task
 
 from clan_vm_tasks.errors import ClanVMError, Interrupted, InvalidInput
 from clan_vm_tasks.state.settings import Settings
@@ -48,12 +48,30 @@ def reports_errors(body: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def vm_task(*, name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """An invoke task with our error handling and no auto-generated short flags."""
+class _Task(Task[Callable[..., Any]]):
+    """A task whose arguments get only the short flags it names (argument -> letter)."""
+
+    shortflags: ClassVar[dict[str, str]] = {}
+
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        short = self.shortflags.get(name)
+        if short is not None and short not in taken_names:
+            opts["names"] = [*opts["names"], short]
+        return opts
+
+
+def vm_task(
+    *, name: str | None = None, shortflags: dict[str, str] | None = None, **options: Any
+) -> Callable[[Callable[..., Any]], Any]:
+    """An invoke task with our error handling and no auto-generated short flags (only those
+    SHORTFLAGS gives: argument name -> letter)."""
 
     def decorate(body: Callable[..., Any]) -> Any:
         extra = {"name": name} if name else {}
-        return task(auto_shortflags=False, **extra, **options)(reports_errors(body))
+        made = task(auto_shortflags=False, klass=_Task, **extra, **options)(reports_errors(body))
+        made.shortflags = dict(shortflags or {})
+        return made
 
     return decorate
 
@@ -114,9 +132,12 @@ COMMAND_LINE: list[str] = []
 
 
 def after_double_dash() -> list[str]:
-    """The words after the first standalone "--" on the command line."""
+    """The words after the first standalone "--" on the command line (each valid UTF-8, as
+    every other argument must be)."""
     words = COMMAND_LINE or sys.argv
-    return words[words.index("--") + 1 :] if "--" in words else []
+    after = words[words.index("--") + 1 :] if "--" in words else []
+    _check_text([after])
+    return after
 
 
 def say(text: str) -> None:

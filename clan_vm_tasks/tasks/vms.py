@@ -187,6 +187,8 @@ def _running(host: str | None, started: Started) -> str:
         "name": NAME_HELP,
         "foreground": "run QEMU attached to this command and stream the console",
         "wait_for_agent": "return only after the guest agent answers (within --timeout)",
+        "wait_for_ssh": "return only after the guest's sshd answers with its pinned host key "
+        "and takes the VM's key (within --timeout; as for the ssh task)",
         "wait_for": "return only after this text appears on the serial console",
         "timeout": "seconds to wait for --wait-for (default 60)",
         "accel": "override the accelerator: kvm or tcg",
@@ -212,9 +214,10 @@ def start(
     allow_shares: bool = False,
     quiet: bool = False,
     override_input: list[str] | None = None,
+    wait_for_ssh: bool = False,
 ) -> None:
     """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared, and with
-    --wait-for-agent the guest agent answered)."""
+    --wait-for-agent the guest agent answered, with --wait-for-ssh its sshd)."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.nix import launch
     from clan_vm_tasks.nix.request import Request
@@ -239,6 +242,7 @@ def start(
             accel=accel,
             foreground=foreground,
             wait_for_agent=wait_for_agent,
+            wait_for_ssh=wait_for_ssh,
         )
 
     request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice, inputs)
@@ -246,7 +250,8 @@ def start(
     if not foreground:
         sync.push(store, name, clan, notice)
         what = [f"{wait_for!r} appeared"] if wait_for else []
-        what += ["the guest agent answered"] if wait_for_agent else []
+        what += ["the guest agent answered"] if wait_for_agent and not wait_for_ssh else []
+        what += ["its SSH server answered"] if wait_for_ssh else []
         how = f"{' and '.join(what) or 'QMP answered'} after {started.seconds:.1f}s"
         say(f"started VM '{name}'{_running(store.host_of(name), started)}: {how}")
 

@@ -171,9 +171,11 @@ def start(
     notify: Notify = notice,
     action: str = "start",
     wait_for_agent: bool = False,
+    wait_for_ssh: bool = False,
 ) -> Started:
     """Boot a VM and return once QMP answers (and WAIT_FOR appeared on the console, and with
-    WAIT_FOR_AGENT the guest agent answered)."""
+    WAIT_FOR_AGENT the guest agent answered, and with WAIT_FOR_SSH its sshd took the VM's
+    key with the pinned host key)."""
     if timeout <= 0:
         raise InvalidInput("--timeout must be positive")
     began = time.monotonic()
@@ -195,10 +197,15 @@ def start(
         notify("last console lines:\n" + ("\n".join(f"  | {line}" for line in tail) or "  (none)"))
         _record_failed_start(store, name, message)
         raise ClanVMError(message)
-    if wait_for_agent:
+    if wait_for_agent or wait_for_ssh:
+        from clan_vm_tasks.vm import ssh  # lazy: most starts wait for neither
+
         remaining = max(1.0, timeout - (time.monotonic() - began))
         try:
-            guest.wait_for_agent(store, name, remaining)
+            if wait_for_ssh:
+                ssh.wait_ready(store, name, remaining)
+            else:
+                guest.wait_for_agent(store, name, remaining)
         except ClanVMError as error:
             message = f"{error}; the VM is still running (clan-vm-manager stop {name})"
             _record_failed_start(store, name, message)

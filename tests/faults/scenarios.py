@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from tests.faults import guest_ops
 from tests.faults.invariants import (
     ACTIVE,
     INVARIANTS,
@@ -74,7 +75,10 @@ class GuestFiles(Protocol):
 
 # --- the operations ---------------------------------------------------------------------------
 
-Kind = Literal["create", "start", "stop", "delete", "resize", "snapshot", "set"]
+Kind = Literal[
+    "create", "start", "stop", "delete", "resize", "snapshot", "set", "exec", "copy-out", "ssh"
+]
+GUEST_KINDS = ("exec", "copy-out", "ssh")  # see guest_ops
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class Operation:
             return ["resize", name, "--disk", str(GROWN_MIB)]
         if self.kind == "set":
             return set_args(name)
+        if self.kind in GUEST_KINDS:
+            return guest_ops.argv(self.kind, name)
         return ["snapshot", name, SNAPSHOT]
 
 
@@ -117,6 +123,9 @@ OPERATIONS: dict[str, Operation] = {
         Operation("set", "set"),
         Operation("set-running", "set", running_before=True),
         Operation("start-after-set", "start", set_before=True),
+        Operation("exec", "exec", running_before=True),
+        Operation("copy-out", "copy-out", running_before=True),
+        Operation("ssh", "ssh", running_before=True),
     )
 }
 
@@ -186,6 +195,14 @@ def setup(runner: Runner, op: Operation, guest: GuestFiles, name: str = NAME) ->
     """The state OP starts from: nothing, a stopped VM with marked disk, it running, or
     stopped with a change set while it ran."""
     if not op.exists_before:
+        return
+    if op.kind in GUEST_KINDS:
+
+        def create() -> None:
+            runner.ok(*create_args(name, guest))
+            write_marker(runner.state_dir / "vms" / name / "disk.qcow2")
+
+        guest_ops.setup(runner, op.kind, name, create)
         return
     runner.ok(*create_args(name, guest))
     write_marker(runner.state_dir / "vms" / name / "disk.qcow2")
@@ -406,6 +423,9 @@ def _follow_up(
         # What the delete left stays until the name is created again, if ever: look now.
         check.add(4, check_leftovers(state_dir, [name]))
         check.must(*create_args(name, guest))
+    elif op.kind in GUEST_KINDS:
+        check.add(4, guest_ops.check_after(check.runner, op.kind, name))  # after list --json
+        guest_ops.follow_up(check.must, op.kind, name)
     elif op.kind == "resize":
         check.must("resize", name, "--disk", str(GROWN_MIB))
     elif op.kind == "set":
@@ -463,7 +483,7 @@ def run_scenario(
     check.add(1, check_untracked_qemu(state_dir, listed))
     effects = _effects(state_dir, name, op, was_running)
     check.add(6, check_history(runner, name, len(before), effects))
-    if op.exists_before:
+    if op.exists_before and op.kind != "ssh":  # the Debian guest's disk is its root fs
         check.add(5, check_disk_data(state_dir, name, keeps_disk=op.keeps_disk))
     if op.kind == "set" or op.set_before:
         check.add(7, check_set_whole(state_dir, name))

@@ -66,6 +66,10 @@ QMP = r"qmp\.sock"
 ONTO_NEXT = r'"\$STATE/vms/fz/next\.json"\)'
 
 PID_RECORDED = KillPoint("start", ("connect",), match=QMP, after=PID_RECORD, label="pid-recorded")
+EXEC_STATUS = KillPoint(
+    "exec", ("sendto",), match="guest-exec-status", label="waiting-for-the-command"
+)
+PARTIAL = r"\.copied\.bin\.[0-9a-f]+\.partial"
 
 POINTS = [
     # create: while qemu-img runs (sh starts its helper threads right after the fork:
@@ -132,6 +136,21 @@ POINTS = [
     KillPoint("start-after-set", RENAMES, match=ONTO_CONFIG, label="rename-config"),
     KillPoint("start-after-set", ("unlink",), match=r"vms/fz/next\.json", label="remove-next"),
     KillPoint("start-after-set", ("write",), match=HISTORY, label="write-set-history"),
+    # exec: waiting for the command in the guest (the agent then has an answer nobody reads)
+    EXEC_STATUS,
+    replace(EXEC_STATUS, signal="SIGINT"),
+    # copy out: its partial file half written (killed, and interrupted: removed by itself),
+    # its record not yet in place, the rename into place
+    KillPoint("copy-out", ("write",), "middle", match=PARTIAL, label="writing-partial"),
+    KillPoint(
+        "copy-out", ("write",), "middle", match=PARTIAL, signal="SIGTERM", label="writing-partial"
+    ),
+    KillPoint("copy-out", RENAMES, match=r"partials/\d+\.\w+\.new", label="record-partial"),
+    KillPoint("copy-out", RENAMES, match=PARTIAL + r'", "copied\.bin"', label="rename-into-place"),
+    # ssh (the Debian guest, which boots slowly: two points): between the two renames of the
+    # key pair, while the agent installs the key (the host key is pinned by an atomic write)
+    KillPoint("ssh", RENAMES, "last", match=r"id_ed25519", label="key-pair"),
+    KillPoint("ssh", ("sendto",), match=r'guest-exec\\"', label="installing-key"),
 ]
 
 

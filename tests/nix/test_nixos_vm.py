@@ -348,9 +348,13 @@ def test_a_nixos_vm_is_built_rooted_created_with_its_file_system_and_booted(
     assert (Path(shown["directory"]) / "shares" / "xchg").is_dir()
     # QEMU takes the 9p shares (the store read-only); the stand-in system boots the test guest.
     ncli.ok("start", "web", "--wait-for", READY, "--timeout", "120")
-    argv = Path(f"/proc/{json.loads(ncli.ok('status', 'web', '--json').out)['pid']}/cmdline")
-    words = argv.read_bytes().decode().split("\0")
-    assert "local,id=fs-nix-store,path=/nix/store,security_model=none,readonly=on" in words
+    pid = json.loads(ncli.ok("status", "web", "--json").out)["pid"]
+    words = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    # The store as the launch opened it (QEMU looks up no name of a shared directory).
+    store = next(w for w in words if w.startswith("local,id=fs-nix-store,path=/proc/self/fd/"))
+    assert store.endswith(",security_model=none,readonly=on")
+    fd = store.split("/proc/self/fd/")[1].split(",")[0]
+    assert os.path.realpath(f"/proc/{pid}/fd/{fd}") == os.path.realpath("/nix/store")
     # As qemu-vm.nix: the root drive's serial, a random number generator, restrict=on.
     assert "virtio-blk-pci,drive=disk0,serial=root,bootindex=1" in words
     assert "virtio-rng-pci,id=rng0" in words
