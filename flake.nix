@@ -46,6 +46,7 @@
               for f in ${./flake-module.nix} ${./lib/apps.nix} ${./lib/per-system.nix} \
                        ${./lib/vm-options.nix} ${./lib/from-nixos.nix} ${./lib/nixos-to-vm.nix} \
                        ${./nixos-modules/guest.nix} ${./nixos-modules/vm-variant.nix} \
+                       ${./nixos-modules/vm-sshd.nix} ${./lib/qemu-vm-options.nix} \
                        ${./nixos-modules/host.nix} ${./templates/default/flake.nix} \
                        ${./templates/default/configuration.nix}; do
                 nix-instantiate --parse "$f" > /dev/null

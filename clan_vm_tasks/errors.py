@@ -54,6 +54,26 @@ class AgentError(ClanVMError):
     """The guest agent answered a command with an error."""
 
 
+class AgentInvalidReply(ClanVMError):
+    """The guest agent sent something that is not a valid reply (too big, too deep, not JSON,
+    not the shape the command answers with). The guest is not trusted: this is an error about
+    the guest, never ours. DETAIL says what was wrong, without the VM."""
+
+    def __init__(self, detail: str, name: str | None = None) -> None:
+        who = f" of VM '{name}'" if name else ""
+        super().__init__(f"the guest agent{who} sent an invalid reply: {detail}")
+        self.detail = detail
+
+
+class GuestCommandFailed(ClanVMError):
+    """A command run in the guest could not be started (127: not found, 126: not runnable),
+    exiting as a shell would."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class StateConflict(ClanVMError):
     """The operation makes no sense in the VM's current state (e.g. stop a stopped VM)."""
 

@@ -13,12 +13,16 @@ The functions raise ``ClanVMError`` subclasses and print nothing but notices.
 from __future__ import annotations
 
 from clan_vm_tasks.models import VMConfig
+from clan_vm_tasks.state.kept import KeptDisk, list_kept
+from clan_vm_tasks.state.kept import remove as remove_kept
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm.console import attach_console, console_log
+from clan_vm_tasks.vm.copying import copy_in, copy_out
 from clan_vm_tasks.vm.create import create, reconfigure
 from clan_vm_tasks.vm.delete import delete
-from clan_vm_tasks.vm.guest import ExecResult, copy_in, copy_out, wait_for_agent
+from clan_vm_tasks.vm.edit import Edit, set_vm
+from clan_vm_tasks.vm.guest import ExecResult, wait_for_agent
 from clan_vm_tasks.vm.guest import execute as _execute
 from clan_vm_tasks.vm.listing import list_vms
 from clan_vm_tasks.vm.pause import pause, resume
@@ -34,7 +38,9 @@ from clan_vm_tasks.vm.stop import DEFAULT_STOP_TIMEOUT, Stopped, stop
 
 __all__ = [
     "DEFAULT_STOP_TIMEOUT",
+    "Edit",
     "ExecResult",
+    "KeptDisk",
     "Settings",
     "Started",
     "Stopped",
@@ -47,15 +53,18 @@ __all__ = [
     "delete",
     "delete_snapshot",
     "exec",
+    "list_kept",
     "list_snapshots",
     "list_vms",
     "open_store",
     "pause",
     "reconfigure",
+    "remove_kept",
     "resize",
     "restart",
     "resume",
     "revert",
+    "set_vm",
     "show",
     "snapshot",
     "start",

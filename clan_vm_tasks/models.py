@@ -30,6 +30,8 @@ Accel = Literal["auto", "kvm", "tcg"]
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _DIGITS = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() also takes "²" and "٢"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(\.{_OCTET}){{3}}")
 M = TypeVar("M", bound="BaseModel")
 
 
@@ -42,12 +44,21 @@ class _Model(BaseModel):
 class PortForward(_Model):
     """A host port on 127.0.0.1 forwarded to a guest port (user-mode networking).
 
-    ``host_port`` "auto" is a free port chosen at each start (see ``hostnet``).
+    ``host_port`` "auto" is a free port chosen at each start (see ``hostnet``);
+    ``guest_address`` None is the guest's own address (QEMU's default).
     """
 
     protocol: Literal["tcp", "udp"] = "tcp"
     host_port: Annotated[int, Field(ge=1, le=65535)] | Literal["auto"]
     guest_port: Annotated[int, Field(ge=1, le=65535)]
+    guest_address: str | None = None
+
+    @field_validator("guest_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not _IPV4.fullmatch(value):
+            raise ValueError(f"{value!r} is not an IPv4 address")
+        return value
 
     @classmethod
     def parse(cls, spec: str) -> PortForward:
@@ -67,7 +78,8 @@ class PortForward(_Model):
         )
 
     def __str__(self) -> str:
-        return f"{self.protocol}:127.0.0.1:{self.host_port}->{self.guest_port}"
+        guest = f"{self.guest_address}:{self.guest_port}" if self.guest_address else self.guest_port
+        return f"{self.protocol}:127.0.0.1:{self.host_port}->{guest}"
 
 
 class NetworkConfig(_Model):
@@ -75,6 +87,7 @@ class NetworkConfig(_Model):
     bridge: str | None = None
     tap: str | None = None  # a tap device made by the user, for mode "tap"
     mac: str | None = None
+    restrict: StrictBool = False  # user mode: the guest reaches neither host nor outside
     forward_ports: list[PortForward] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -87,6 +100,8 @@ class NetworkConfig(_Model):
             raise ValueError("a bridge (--bridge) needs network mode bridge")
         if self.forward_ports and self.mode not in ("user", "nat"):
             raise ValueError("port forwards need user-mode networking (--network user)")
+        if self.restrict and self.mode not in ("user", "nat"):
+            raise ValueError("restrict needs user-mode networking (--network user)")
         seen: set[tuple[str, int | str]] = set()
         for forward in self.forward_ports:
             key = (forward.protocol, forward.host_port)
@@ -142,6 +157,17 @@ class Share(_Model):
     read_only: StrictBool = True
     type: Literal["9p", "virtiofs"] = "9p"
     security_model: Literal["passthrough", "mapped-xattr", "mapped-file", "none"] = "mapped-xattr"
+    # DEV:INO of the directory SOURCE led to when it was checked (and allowed): the launch
+    # shares that directory or refuses. Set by the tool from a flake's definition, never
+    # taken from one (nix.trust).
+    identity: str | None = None
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9]+:[0-9]+|missing", value):
+            raise ValueError(f"{value!r} is not DEV:INO")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -162,6 +188,15 @@ class Share(_Model):
 
 class ExtraDisk(_Model):
     size: Annotated[int, Field(ge=1, le=64 * 1024 * 1024, description="MiB")]
+
+
+ROOT_SERIAL = "root"  # the root disk's serial (/dev/disk/by-id/virtio-root), as in qemu-vm.nix
+
+
+def disk_order(name: str) -> list[Any]:
+    """Extra disks are attached in the natural order of their names (empty2 before empty10),
+    so that NixOS' emptyDiskImages keep their list's order (/dev/vdb, /dev/vdc, ...)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", name)]
 
 
 class RootFilesystem(_Model):
@@ -211,6 +246,8 @@ class VMConfig(_Model):
         for key in value:
             if not pattern.fullmatch(key):
                 raise ValueError(f"{key!r} is not a valid {what} name")
+            if info.field_name == "extra_disks" and key == ROOT_SERIAL:
+                raise ValueError(f"{key!r} is the root disk's serial; choose another disk name")
         return value
 
     @model_validator(mode="after")

@@ -7,16 +7,19 @@ let
   inherit (lib) mkOption types literalExpression;
   fromNixos = import ./from-nixos.nix { inherit lib; };
   nixosConfigurations = self.nixosConfigurations or { };
-  nixos = name: { sshd ? false }:
-    if nixosConfigurations ? ${name} then
+  hasNixos = name: nixosConfigurations ? ${name};
+  # What clanVms.<name> sets that changes the guest: sshd, and graphics (the consoles).
+  nixos = name: { sshd ? false, graphics ? null }:
+    if hasNixos name then
       fromNixos {
         configuration = nixosConfigurations.${name};
         inherit name;
-        modules = lib.optional sshd { clanVm.sshd = true; };
+        modules = lib.optional sshd { clanVm.sshd = true; }
+          ++ lib.optional (graphics != null) { virtualisation.graphics = lib.mkForce graphics; };
       }
     else
       throw "nixosConfiguration = \"${name}\": the flake has no nixosConfigurations.${name}";
-  vmModule = import ./vm-options.nix { inherit lib nixos; };
+  vmModule = import ./vm-options.nix { inherit lib nixos hasNixos; };
 
   # The configurations for this system (a clan's machines among them).
   systemOf = configuration:

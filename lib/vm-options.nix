@@ -2,24 +2,33 @@
 # clan_vm_tasks/models.py (VMConfig); tests/nix/test_flake_module.py compares the two, and
 # docs/options.md is generated from these declarations (python -m tests.nix.options_doc).
 #
-# NIXOS name { sshd }: the clanVms definition derived from nixosConfigurations.<name>, used
-# for the defaults of a VM that sets nixosConfiguration (see lib/from-nixos.nix).
-{ lib, nixos ? name: _: throw "nixosConfiguration needs the flake module (clan-vm-tasks.flakeModules.default)" }:
-{ name, config, ... }:
+# NIXOS name { sshd, graphics }: the clanVms definition derived from
+# nixosConfigurations.<name> (its VM variant with clanVm.sshd, and virtualisation.graphics
+# unless null), used for the defaults of a VM that sets nixosConfiguration (see
+# lib/from-nixos.nix); HASNIXOS name: whether the flake has that configuration.
+{
+  lib,
+  nixos ? name: _: throw "nixosConfiguration needs the flake module (clan-vm-tasks.flakeModules.default)",
+  hasNixos ? _: true,
+}:
+{ name, config, options, ... }:
 let
   inherit (lib) mkOption mkDefault types literalExpression;
 
   # A file the VM boots from or lays its disk over: it must be in the Nix store, so a
   # flake cannot make the tool read a file of the host. A path literal (./vmlinuz) is
-  # copied to the store, a derivation is built.
+  # copied to the store, a derivation is built; a string must be a path in a store object,
+  # without '..' (/nix/store/../etc/shadow is not in the store). Where a store path leads
+  # (a link out of the store) is only known once it is built: the tool checks that too.
+  storePathString = x:
+    builtins.isString x
+    && builtins.match "${lib.escapeRegex builtins.storeDir}/[0-9a-z]{32}-[^/]+(/.*)?" x != null
+    && !(builtins.elem ".." (lib.splitString "/" x));
   storeFile = types.mkOptionType {
     name = "storeFile";
     description = "path in the flake (./vmlinuz), derivation or /nix/store path";
     descriptionClass = "noun";
-    check = x:
-      builtins.isPath x
-      || lib.isDerivation x
-      || (builtins.isString x && lib.hasPrefix "${builtins.storeDir}/" x);
+    check = x: builtins.isPath x || lib.isDerivation x || storePathString x;
     merge = lib.mergeEqualOption;
   };
 
@@ -51,6 +60,15 @@ let
         type = types.ints.between 1 65535;
         example = 22;
         description = "Port in the guest.";
+      };
+      guestAddress = mkOption {
+        type = types.nullOr (types.strMatching "([0-9]{1,3}[.]){3}[0-9]{1,3}");
+        default = null;
+        example = "10.0.2.15";
+        description = ''
+          IPv4 address in the guest's user network the port is forwarded to; `null`: the
+          guest's own (as nixpkgs' `forwardPorts.*.guest.address` "").
+        '';
       };
     };
   };
@@ -137,7 +155,13 @@ let
     };
   };
 
-  derived = nixos config.nixosConfiguration { inherit (config) sshd; };
+  # graphics set here reaches the VM variant (its consoles follow from it, as in qemu-vm.nix);
+  # otherwise the variant says.
+  graphicsSet = options.graphics.highestPrio < 1000;
+  derived = nixos config.nixosConfiguration {
+    inherit (config) sshd;
+    graphics = if graphicsSet then config.graphics else null;
+  };
   # With sshd, guest port 22 is forwarded unless the variant forwards it already.
   sshForward = lib.optional
     (config.sshd && !lib.any (f: f.guestPort == 22) derived.network.forwardPorts)
@@ -147,23 +171,33 @@ in
 {
   options = {
     name = mkOption {
-      type = types.str;
+      # clan's machine-name rule: the name is also the guest's hostname.
+      type = types.strMatching "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
       default = name;
       defaultText = literalExpression "<name>";
       example = "web";
-      description = "Name of the VM (and its hostname): 1 to 63 letters, digits and `-`.";
+      description = ''
+        Name of the VM (and its hostname, and its name as a clan machine): 1 to 63 letters,
+        digits and `-`, not starting or ending with `-`.
+      '';
     };
     nixosConfiguration = mkOption {
       type = types.nullOr types.str;
+      apply = n:
+        if n == null || hasNixos n then n
+        else throw "clanVms.${name}.nixosConfiguration = \"${n}\": the flake has no nixosConfigurations.${n}";
       default = null;
       example = "web";
       description = ''
         Boot `nixosConfigurations.<this>` of the flake as this VM, through a VM variant of it
         (`extendModules`, as `virtualisation.vmVariant`): its file systems and boot loader
-        stay as they are. Every other option of the VM defaults to what the variant says
-        (`virtualisation.vmVariant.virtualisation.{cores,memorySize,diskSize,forwardPorts,
-        sharedDirectories,graphics}` included); what is set here wins. In a clan, the VM is
-        that clan machine.
+        stay as they are. Every other option of the VM defaults to what the variant says:
+        its `virtualisation.*` settings (`virtualisation.vmVariant.virtualisation.*`
+        included: cores, memorySize, diskSize, forwardPorts, restrictNetwork,
+        sharedDirectories, emptyDiskImages, graphics, qemu.options, qemu.guestAgent.enable,
+        ...), each honoured or refused as the table of qemu-vm.nix's options below says;
+        what is set here wins (`graphics` and `sshd` reach the variant). In a clan, the VM
+        is that clan machine, without clan's vars and secrets (see docs/nix.md).
       '';
     };
     cpus = mkOption {
@@ -271,6 +305,16 @@ in
         example = "02:00:00:00:00:01";
         description = "MAC address (unicast; default: derived from the name).";
       };
+      restrict = mkOption {
+        type = types.bool;
+        default = false;
+        example = true;
+        description = ''
+          Isolate the guest (mode `user` only, QEMU's `restrict=on`): it reaches neither
+          the host nor the outside; the forwards still work (nixpkgs'
+          `virtualisation.restrictNetwork`).
+        '';
+      };
       forwardPorts = mkOption {
         type = types.listOf portForward;
         default = [ ];
@@ -308,7 +352,10 @@ in
         type = types.nullOr types.str;
         default = null;
         example = "login:";
-        description = "What `boot-test` waits for on the serial console.";
+        description = ''
+          What `boot-test` waits for on the serial console. A VM of a NixOS configuration
+          (`nixosConfiguration`) waits for `"login:"` unless this is set.
+        '';
       };
       timeout = mkOption {
         type = types.ints.between 1 86400;
@@ -359,6 +406,9 @@ in
     append = fromNixos "append";
     rootFilesystem = fromNixos "rootFilesystem";
     graphics = fromNixos "graphics";
+    agent = fromNixos "agent";
+    qemuArgs = fromNixos "qemuArgs";
+    network.restrict = mkDefault derived.network.restrict;
     network.forwardPorts = mkDefault (derived.network.forwardPorts ++ sshForward);
     shares = lib.mapAttrs (_: lib.mapAttrs (_: mkDefault)) derived.shares;
     extraDisks = lib.mapAttrs (_: lib.mapAttrs (_: mkDefault)) derived.extraDisks;

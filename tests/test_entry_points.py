@@ -28,6 +28,7 @@ TASKS = sorted(
         "exec",
         "history",
         "inventory",
+        "kept-disks",
         "list",
         "pause",
         "resize",
@@ -35,6 +36,7 @@ TASKS = sorted(
         "resume",
         "revert",
         "serve",
+        "set",
         "show",
         "snapshot",
         "snapshots",
@@ -42,6 +44,7 @@ TASKS = sorted(
         "start",
         "status",
         "stop",
+        "switch",
     ]
 )
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import CLI
+from tests.conftest import CLI, Result
+
+# A real public key (its private half thrown away), for guests that must offer one.
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0dlvkB9Bml7svmZHUnXWVtgixB999p9exgfDNZUH4y"
 
 
 def console_log(cli: CLI, name: str) -> str:
@@ -47,3 +52,32 @@ def history_actions(cli: CLI, name: str) -> list[str]:
 
 def disk_of(cli: CLI, name: str) -> Path:
     return cli.state_dir / "vms" / name / "disk.qcow2"
+
+
+def one_error(result: Result, code: int = 1) -> str:
+    """The single error line of RESULT (exit CODE), with no trace of a crash of ours."""
+    lines = [line for line in result.err.strip().splitlines() if not line.startswith("notice:")]
+    assert result.code == code, result
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert "internal error" not in result.err and "Traceback" not in result.err
+    return lines[0]
+
+
+def peak(cli: CLI, *args: str, timeout: float = 120) -> tuple[Result, int]:
+    """Run the CLI in a process of its own; its result and peak RSS in MiB."""
+    wrapper = (
+        "import resource, subprocess, sys, json\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024\n"
+        "print(json.dumps([p.returncode, p.stdout, p.stderr, rss]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, *cli.command(), *args],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        timeout=timeout,
+        check=True,
+    )
+    code, out, err, rss = json.loads(proc.stdout)
+    return Result(code, out, err), rss

@@ -83,7 +83,13 @@ class Snapshot:
 
 class GuestAgent(Protocol):
     """A session with the QEMU guest agent of a running VM: synchronised, one command at a
-    time. Failures are AgentUnavailable (no answer in time) or AgentError (an error reply)."""
+    time. Failures are AgentUnavailable (no answer in time), AgentError (an error reply) or
+    AgentInvalidReply (something that is no reply: too large, too deep, not JSON)."""
+
+    # Bytes of file data a guest-file-read may ask for and a guest-file-write (or a command's
+    # input) may carry on the way to this agent.
+    read_chunk: int
+    write_chunk: int
 
     def execute(
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
@@ -163,7 +169,8 @@ class Machine(Protocol):
     # --- what show tells of it
     def details(self, config: VMConfig) -> dict[str, Any]:
         """``show``'s fields of this backend: ``disks`` (the root disk first: ``path``,
-        ``format``, ``virtual_size``, ``actual_size``, ``backing_file``, ``backing_format``),
+        ``format``, ``virtual_size`` and ``actual_size`` in MiB, ``backing_file``,
+        ``backing_format``),
         ``console_log``, ``qmp_socket``, ``serial_socket``, ``spice_socket`` (None where
         there is none), and for a VM on a libvirt host ``uri`` and ``domain``."""
 

@@ -105,13 +105,14 @@ def info(path: Path) -> dict[str, Any]:
 
 
 def described(path: Path, *, backing: bool = False) -> dict[str, Any]:
-    """One of our disks as ``show`` lists it; what cannot be known (no image) is None."""
+    """One of our disks as ``show`` lists it, sizes in MiB (rounded up) like every size the
+    tool shows; what cannot be known (no image) is None."""
     disk = info(path) if path.exists() else {}
     return {
         "path": disk.get("filename", str(path)),
         "format": disk.get("format"),
-        "virtual_size": disk.get("virtual-size"),
-        "actual_size": disk.get("actual-size"),
+        "virtual_size": _mib(disk.get("virtual-size")),
+        "actual_size": _mib(disk.get("actual-size")),
         "backing_file": disk.get("full-backing-filename", disk.get("backing-filename"))
         if backing
         else None,
@@ -181,6 +182,10 @@ def create_overlay(path: Path, base: Path, size_mib: int) -> None:
 
 def mib_ceil(size: int) -> int:
     return -(-size // (1 << 20))
+
+
+def _mib(size: Any) -> int | None:
+    return mib_ceil(size) if isinstance(size, int) else None
 
 
 def size_mib_ceil(path: Path) -> int:

@@ -9,20 +9,17 @@ An entry is "ours" when it carries the ``vm`` tag; anything else belongs to the 
 clan and is only replaced or removed with ``force``.
 """
 
-import fcntl
 import json
 import os
 import re
-import secrets
-import stat
 import subprocess
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clan_vm_tasks.clan.clanfiles import InventoryError, flocked, write_atomic
 from clan_vm_tasks.clan.nixstore import in_store
-from clan_vm_tasks.errors import ClanVMError, InvalidInput
+from clan_vm_tasks.errors import InvalidInput
 
 __all__ = [
     "DESCRIPTION",
@@ -51,10 +48,6 @@ _MACHINE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ADDRESS = re.compile(r"[A-Za-z0-9._:-]{1,253}")  # where targetHost reaches the VM's SSH port
 
 JsonObject = dict[str, Any]
-
-
-class InventoryError(ClanVMError):
-    """A problem with inventory.json or committing it; the message is one readable line."""
 
 
 class InvalidInventoryInput(InventoryError, InvalidInput):
@@ -258,19 +251,6 @@ def upsert_machine(
     return True
 
 
-@contextmanager
-def _flocked(lock_path: Path) -> Iterator[None]:
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise InventoryError(f"cannot open lock file {lock_path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor drops the flock
-
-
 def _load(path: Path) -> tuple[JsonObject, str] | None:
     try:
         raw = path.read_bytes()
@@ -283,37 +263,6 @@ def _load(path: Path) -> tuple[JsonObject, str] | None:
     except UnicodeDecodeError as exc:
         raise InventoryError(f"{INVENTORY_FILE} at {path} is not valid UTF-8: {exc}") from exc
     return parse_inventory(text, path), text
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Replace a symlink's target, not the link (clan's open("w") follows links too).
-    if path.is_symlink():
-        path = path.resolve()
-    directory = path.parent
-    try:
-        mode: int | None = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = None
-    tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        # A new file gets 0o666 minus umask, like any file created with open().
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            if mode is not None:
-                os.fchmod(f.fileno(), mode)  # the umask must not narrow the user's chosen mode
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)  # atomic rename over the old file
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        with suppress(OSError):
-            tmp.unlink()
-        raise InventoryError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _last_line(text: str) -> str:
@@ -354,7 +303,7 @@ def commit_inventory(clan_dir: Path, git_dir: Path, message: str) -> None:
     reject a machine-written file (hooks it cannot skip, e.g. prepare-commit-msg, still run).
     """
     # clan-cli serialises its own commits on this lock; share it to avoid index.lock races.
-    with _flocked(git_dir / "clan.lock"):
+    with flocked(git_dir / "clan.lock"):
         # A new file must be known to git for `commit --only`; -N stages no content.
         _git_ok(clan_dir, "add", "--intent-to-add", "--", INVENTORY_FILE)
         if os.environ.get("CLAN_NO_COMMIT"):
@@ -390,7 +339,7 @@ def push(
         validate_address(address)
     _check_clan_dir(clan_dir)
     path = clan_dir / INVENTORY_FILE
-    with _flocked(clan_dir / LOCK_FILE):
+    with flocked(clan_dir / LOCK_FILE):
         # Resolved up front so that "not a git repository" fails before anything is written.
         git_dir = git_dir_of(clan_dir) if commit else None
         loaded = _load(path)
@@ -407,7 +356,7 @@ def push(
         after = render_inventory(data, trailing_newline=trailing_newline)
         if loaded is not None and after == before:
             return False
-        _write_atomic(path, after)
+        write_atomic(path, after)
         if git_dir is not None:
             verb = "update" if existed else "add"
             commit_inventory(clan_dir, git_dir, f"{INVENTORY_FILE}: {verb} machine {name}")
@@ -422,7 +371,7 @@ def remove(clan_dir: Path, name: str, *, force: bool = False, commit: bool = Fal
     if not path.exists():
         return False
     _check_writable(clan_dir)
-    with _flocked(clan_dir / LOCK_FILE):
+    with flocked(clan_dir / LOCK_FILE):
         git_dir = git_dir_of(clan_dir) if commit else None
         loaded = _load(path)
         if loaded is None:
@@ -434,7 +383,7 @@ def remove(clan_dir: Path, name: str, *, force: bool = False, commit: bool = Fal
         if not _is_ours(machines[name], name, path) and not force:
             raise _foreign_error(name, path)
         del machines[name]
-        _write_atomic(path, render_inventory(data, trailing_newline=old_text.endswith("\n")))
+        write_atomic(path, render_inventory(data, trailing_newline=old_text.endswith("\n")))
         if git_dir is not None:
             commit_inventory(clan_dir, git_dir, f"{INVENTORY_FILE}: remove machine {name}")
         return True

@@ -12,9 +12,10 @@ answer does), and falls back to ``clan-vm-manager`` when that interpreter is gon
 
 Table: one line per task, tab-separated: the task's name, then ``@KIND`` for each
 positional in order, ``*KIND`` when further bare words are names, ``--`` when the task
-reads the words after ``--``, and each option as ``--flag`` (a flag), ``--flag=KIND``
-(takes a value), ``--flag?=KIND`` (the value may be left out) or ``--flag+=KIND``
-(repeatable). KIND: vm, snapshot, host, file, dir, remote (a file or ``NAME:``), none,
+reads the words after ``--``, and each option as ``--flag`` (a flag; ``-f`` when it has a
+letter too), ``--flag=KIND`` (takes a value), ``--flag?=KIND`` (the value may be left out)
+or ``--flag+=KIND`` (repeatable), ``%`` before ``=`` when the value NAME=VALUE may be two
+words. KIND: vm, snapshot, host, file, dir, remote (a file or ``NAME:``), none,
 or choices as ``a|b|c``.
 """
 
@@ -72,9 +73,10 @@ def table() -> str:
             if o.positional:  # given as a bare word (--name works too, but is noise here)
                 continue
             if o.kind == "bool":
-                fields.append(o.flag)
+                fields += [o.flag, *([o.short] if o.short else [])]
             else:
                 mark = "?" if o.optional else "+" if o.kind == "list" else ""
+                mark += "%" if o.pair else ""
                 fields.append(f"{o.flag}{mark}={kinds.get(o.name, 'none')}")
         lines.append("\t".join(fields))
     return "\n".join(lines)
@@ -259,7 +261,7 @@ def candidates(shape: dict[str, list[str]], before: list[str], current: str) -> 
     after_task = before[before.index(task) + 1 :]
     if "--" in after_task and "--" in fields:
         return []  # the guest's command: nothing of ours
-    options = {f.split("=")[0].rstrip("?+"): f for f in fields if f.startswith("--") and f != "--"}
+    options = {f.split("=")[0].rstrip("?+%"): f for f in fields if f.startswith("-") and f != "--"}
     flag, eq, value = current.partition("=")
     if current.startswith("--") and eq and flag in options:
         return [f"{flag}={c}" for c in _values(options[flag], value, after_task, shape)]
@@ -268,7 +270,7 @@ def candidates(shape: dict[str, list[str]], before: list[str], current: str) -> 
         return _values(previous, current, after_task[:-1], shape)
     if current.startswith("-"):
         given = set(after_task)
-        offered = [o for o, f in options.items() if o not in given or "+=" in f]
+        offered = [o for o, f in options.items() if o not in given or "+" in f.split("=")[0]]
         return _matching([*offered, "--help"], current)
     count = _bare_words(after_task, options)
     positionals = [f[1:] for f in fields if f.startswith("@")]
@@ -287,6 +289,8 @@ def _bare_words(words: list[str], options: dict[str, str]) -> int:
             spec = options.get(word)
             if spec is not None and "=" in spec and "?=" not in spec:
                 i += 1  # its value
+                if "%=" in spec and i < len(words) and "=" not in words[i]:
+                    i += 1  # the second word of NAME VALUE
         else:
             count += 1
         i += 1

@@ -73,7 +73,9 @@ def overview(version: str) -> str:
     return "\n".join(lines)
 
 
-def _option_words(option: Option) -> str:
+def _option_words(option: Option, usage: bool = False) -> str:
+    if option.kind == "bool" and option.short:
+        return option.short if usage else f"{option.short}, {option.flag}"
     if option.kind == "bool":
         return option.flag
     if option.optional:
@@ -89,7 +91,7 @@ def usage(spec: TaskSpec) -> str:
     for option in opts:
         if not option.positional:
             repeat = "..." if option.kind == "list" else ""
-            words.append(f"[{_option_words(option)}]{repeat}")
+            words.append(f"[{_option_words(option, usage=True)}]{repeat}")
     if spec.after_dashes is not None:
         words.append(spec.after_dashes)
     first = f"Usage: {PROGRAM} {spec.name} "

@@ -5,7 +5,8 @@ function's signature by invoke's own rules, so ``clan-vm-manager TASK`` and
 invoke's rules: the parameters after the context are the options, named ``--like-this``;
 those without a default are positional unless the task names its positionals; an
 iterable one gathers a list; a bool default makes a flag (``--no-X`` too when it
-defaults to True), unless its value is optional; anything else takes a string.
+defaults to True), unless its value is optional; anything else takes a string. A
+one-letter flag exists only where the task names one (``copy -r``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class Option(NamedTuple):
     positional: bool  # also given as a bare word, in order (start NAME)
     default: Any
     help: str
+    short: str | None  # its one-letter flag (-r), if the task names one
+    pair: bool  # NAME=VALUE may be given as two words: --override-input NAME REF
 
     @property
     def inverse(self) -> str | None:
@@ -50,6 +53,10 @@ METAVARS = {
     "kernel": "PATH",
     "limit": "N",
     "memory": "MIB",
+    "max_size": "SIZE",
+    "no_forward": "SPEC",
+    "older_than": "DAYS",
+    "override_input": "NAME REF",
     "qemu_arg": "ARG",
     "source": "SRC",
     "tap": "IF",
@@ -92,6 +99,8 @@ def options(spec: TaskSpec) -> list[Option]:
                 positional=param.name in positional,
                 default=default,
                 help=spec.help.get(flag[2:], spec.help.get(param.name, "")),
+                short=f"-{spec.shortflags[param.name]}" if param.name in spec.shortflags else None,
+                pair=param.name in spec.pairs,
             )
         )
     order = {name: i for i, name in enumerate(positional)}

@@ -3,10 +3,11 @@
 
 As with invoke: ``--opt VALUE`` and ``--opt=VALUE``; a value may start with ``-`` unless it
 is one of the task's own options; a repeatable option gathers a list; a bare optional
-option (``--flake``) is True. Stricter than invoke, as a user expects: one task per
-command (a word left over is an error, not a second task), an option given twice is an
-error, and ``--`` ends the options (``delete -- -odd-name``), except for a task that
-takes what follows it (``exec NAME -- CMD``), which reads those words itself.
+option (``--flake``) is True. An option whose value is NAME=VALUE may take it as two words,
+as nix does (``--override-input nixpkgs ../nixpkgs``). Stricter than invoke, as a user
+expects: one task per command (a word left over is an error, not a second task), an option
+given twice is an error, and ``--`` ends the options (``delete -- -odd-name``), except for a
+task that takes what follows it (``exec NAME -- CMD``), which reads those words itself.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def parse(spec: TaskSpec, words: list[str]) -> dict[str, Any]:
     opts = options(spec)
     flags: dict[str, tuple[Option, bool]] = {o.flag: (o, True) for o in opts}
     flags.update({o.inverse: (o, False) for o in opts if o.inverse})
+    flags.update({o.short: (o, True) for o in opts if o.short})
     values: dict[str, Any] = {}
 
     def store(option: Option, value: Any) -> None:
@@ -98,6 +100,13 @@ def parse(spec: TaskSpec, words: list[str]) -> dict[str, Any]:
                 f"{flag} {following!r} is ambiguous: write {flag}={following}, or give "
                 f"{metavar(waiting()[0])} first"
             )
+        second = words[i + 1] if i + 1 < len(words) else None
+        if option.pair and "=" not in following and second is not None:
+            if second in flags or second == "--":
+                raise UsageError(f"{flag} needs two words ({flag} {metavar(option)})")
+            store(option, f"{following}={second}")  # as nix takes it: --override-input N REF
+            i += 2
+            continue
         store(option, following)
         i += 1
     if waiting():

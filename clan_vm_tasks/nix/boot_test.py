@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from clan_vm_tasks.backends.agent_wire import printable
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.nix.declared import declared as declared_vms
 from clan_vm_tasks.nix.flakes import Flake
@@ -25,11 +26,14 @@ from clan_vm_tasks.state import files
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import guest, machines, reconcile
+from clan_vm_tasks.vm.agent import session
 from clan_vm_tasks.vm.start import start
 from clan_vm_tasks.vm.stop import stop
 
 POWER_OFF_TIMEOUT = 15.0
 TAIL = 10  # lines of a failed check's output in the report
+TAIL_BYTES = 16 << 10  # of each stream, for those lines
+LINE = 300  # characters of one line
 # Console output carries control characters that XML 1.0 cannot hold.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -43,6 +47,7 @@ class Check:
     command: str  # run by the guest's /bin/sh
     exit_code: int | None  # None: it could not be run
     output: str  # the tail of what it printed, or why it could not run
+    seconds: float = 0.0  # how long it ran
 
     @property
     def passed(self) -> bool:
@@ -54,8 +59,8 @@ class Result:
     name: str
     passed: bool
     seconds: float | None  # until the ready text appeared
-    message: str
-    console: str = ""  # last console lines, for the failure report
+    message: str  # one line
+    console: str = ""  # last console lines, or the rest of a build's error, for the report
     checks: tuple[Check, ...] = ()
 
 
@@ -80,8 +85,9 @@ def _plan(
         if reconcile.current(request.store, name).status in reconcile.ACTIVE:
             return Result(name, False, None, "already running; stop it before a boot test")
         config = prepare(request, flake)
-    except ClanVMError as error:
-        return Result(name, False, None, str(error))
+    except ClanVMError as error:  # a failed build: its builder's last lines follow
+        message, _, rest = str(error).partition("\n")
+        return Result(name, False, None, message, rest)
     text = expect or config.boot_test.expect
     if not text:
         return Result(name, False, None, "no bootTest.expect declared and no --expect given")
@@ -90,6 +96,16 @@ def _plan(
 
 
 def _boot(store: Store, settings: Settings, plan: Plan) -> Result:
+    """Boot PLAN's VM and check it; whatever happens, nothing it started is left running."""
+    try:
+        return _boot_and_check(store, settings, plan)
+    except (ClanVMError, OSError) as error:  # one VM's failure, not the run's
+        return Result(plan.name, False, None, str(error))
+    finally:
+        _power_off(store, plan.name)
+
+
+def _boot_and_check(store: Store, settings: Settings, plan: Plan) -> Result:
     offset = 0
     try:
         offset = store.read_state(plan.name).console_offset
@@ -115,7 +131,7 @@ def _boot(store: Store, settings: Settings, plan: Plan) -> Result:
         last = first.output.splitlines()[-1] if first.output else "no output"
         message = f"check {first.command!r} {code}: {last}"
         return Result(plan.name, False, started.seconds, message, first.output, checked)
-    ran = f", {len(checked)} checks passed" if checked else ""
+    ran = f", {len(checked)} check{'s' if len(checked) != 1 else ''} passed" if checked else ""
     return Result(
         plan.name, True, started.seconds, f"{plan.expect!r} seen{ran}; {stopped.words}", "", checked
     )
@@ -128,16 +144,25 @@ def _run_checks(store: Store, plan: Plan, booted: float) -> tuple[Check, ...]:
     deadline = time.monotonic() + max(plan.timeout - booted, 10.0)
     results = []
     for command in plan.checks:
-        remaining = max(deadline - time.monotonic(), 1.0)
+        began = time.monotonic()
+        remaining = max(deadline - began, 1.0)
         try:
-            with guest.session(store, plan.name, wait=remaining) as agent:
+            with session(store, plan.name, wait=remaining) as agent:
                 ran = guest.run(agent, ["/bin/sh", "-c", command], remaining)
         except ClanVMError as error:
-            results.append(Check(command, None, str(error)))
+            results.append(Check(command, None, str(error), time.monotonic() - began))
             continue
-        printed = (ran.stdout + ran.stderr).decode(errors="replace").strip().splitlines()
-        results.append(Check(command, ran.exit_code, "\n".join(printed[-TAIL:])))
+        results.append(
+            Check(command, ran.exit_code, _tail(ran.stdout, ran.stderr), time.monotonic() - began)
+        )
     return tuple(results)
+
+
+def _tail(*streams: bytes) -> str:
+    """The last TAIL lines of what a check printed, each cut to LINE characters: the report
+    and the JUnit file stay small whatever the guest printed."""
+    text = b"".join(s[-TAIL_BYTES:] for s in streams).decode(errors="replace").strip()
+    return "\n".join(printable(line, LINE) for line in text.splitlines()[-TAIL:])
 
 
 def _quiet(message: str) -> None:
@@ -176,14 +201,15 @@ def run(
 
 
 def junit(results: list[Result], path: Path, suite: str) -> None:
-    """One testcase per VM (it booted) and one per check run in it."""
-    total = sum(r.seconds or 0.0 for r in results)
+    """One testcase per VM (it booted, in the seconds until its ready text) and one per check
+    run in it (in the seconds it ran)."""
     cases = [(r.name, r.seconds, r.passed or bool(r.checks), r.message, r.console) for r in results]
     cases += [
-        (f"{r.name}: {c.command}", 0.0, c.passed, f"exit code {c.exit_code}", c.output)
+        (f"{r.name}: {c.command}", c.seconds, c.passed, f"exit code {c.exit_code}", c.output)
         for r in results
         for c in r.checks
     ]
+    total = sum(seconds or 0.0 for _, seconds, _, _, _ in cases)
     root = ET.Element(
         "testsuite",
         name=suite,

@@ -20,6 +20,7 @@ from typing import Any
 
 from clan_vm_tasks.nix import command as nix
 from clan_vm_tasks.nix.evaluate import APPLY
+from clan_vm_tasks.nix.flakes import local_directory
 from clan_vm_tasks.state import files
 
 FORMAT = 1
@@ -86,8 +87,17 @@ def flake_identity(ref: str, directory: Path | None) -> str:
     return "locked:" + json.dumps([meta.get("locked"), meta.get("locks")], sort_keys=True)
 
 
-def key(ref: str, directory: Path | None, system: str) -> str:
-    material = [FORMAT, flake_identity(ref, directory), ref, system, APPLY]
+def key(
+    ref: str,
+    directory: Path | None,
+    system: str,
+    overrides: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """The cache key of REF's evaluation for SYSTEM, with its inputs OVERRIDES (each known by
+    its contents, like the flake)."""
+    material: list[object] = [FORMAT, flake_identity(ref, directory), ref, system, APPLY]
+    for name, target in overrides:
+        material += [name, target, flake_identity(target, local_directory(target))]
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:32]
 
 

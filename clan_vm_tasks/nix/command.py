@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,8 +190,25 @@ def read_only_flags(flake: str) -> list[str]:
     return ["--no-write-lock-file"] if flake.startswith(STORE_DIR + "/") else []
 
 
-def eval_json(flake: str, path: str, *, apply: str | None = None, what: str) -> Any:
-    args = ["eval", "--json", *read_only_flags(flake), f"{flake}#{path}"]
+@dataclass(frozen=True)
+class FlakeRef:
+    """A flake as Nix is asked about it: its reference, and inputs given another reference
+    (``--override-input NAME REF``; Nix then leaves the lock file as it is)."""
+
+    ref: str
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def args(self, path: str) -> list[str]:
+        """The arguments naming attribute PATH of the flake."""
+        found = [f"{self.ref}#{path}", *read_only_flags(self.ref)]
+        for name, ref in self.overrides:
+            found += ["--override-input", name, ref]
+        return found
+
+
+def eval_json(flake: FlakeRef | str, path: str, *, apply: str | None = None, what: str) -> Any:
+    target = flake if isinstance(flake, FlakeRef) else FlakeRef(flake)
+    args = ["eval", "--json", *target.args(path)]
     if apply:
         args += ["--apply", apply]
     return _json(run(args, what=what), what)
@@ -226,6 +244,9 @@ def realise(
     finally:
         progress.done()
     if code != 0:
+        builders = log.failed_builders()
+        if builders is not None:  # what the builder said, not only that it failed
+            raise NixError(f"{what} failed: {builders}")
         message, _, location = describe_failure(log.stderr()).partition("\n")
         raise NixError(f"{what} failed: {message}{_hint(log.stderr())}" + _sep(location))
     results = _json(stdout, what)

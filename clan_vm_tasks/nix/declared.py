@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def declared(store: Store, flake: Flake) -> dict[str, evaluate.Evaluated]:
     """Every VM the flake declares for this system; from the cache when the flake is unchanged."""
     system = current_system()
-    key = evalcache.key(flake.ref, flake.directory, system)
+    key = evalcache.key(flake.ref, flake.directory, system, flake.target.overrides)
     cached = evalcache.load(store.root, key)
     if cached is not None:
         return {name: evaluate.Evaluated(**value) for name, value in cached.items()}
@@ -31,13 +31,13 @@ def declared(store: Store, flake: Flake) -> dict[str, evaluate.Evaluated]:
     progress.phase(f"evaluating clanVms.{system} of {flake.label}")
     try:
         if evaluate.have_eval_jobs():
-            for job in evaluate.eval_jobs(flake.ref, system):
+            for job in evaluate.eval_jobs(flake.target, system):
                 if job.error and job.attr_path:
                     path = command.attr("clanVms", system, *job.attr_path)
                     known.setdefault(
                         job.attr_path[0], f"nix evaluation of {path} failed: {job.error}"
                     )
-        vms = evaluate.evaluate(flake.ref, system, known)
+        vms = evaluate.evaluate(flake.target, system, known)
     except command.NixError as error:
         raise command.NixError(diagnose.explain(str(error), flake)) from None
     finally:
@@ -148,13 +148,29 @@ def list_rows(
                     "memory": definition.get("memory"),
                     "disk_size": definition.get("diskSize"),
                     "network": network.get("mode") if isinstance(network, dict) else None,
-                    "forwards": [],
+                    "forwards": _forwards(network),
                     "declared": True,
                     "error": None,
                     "eval_error": problem,
                 }
             )
     return sorted(rows, key=lambda v: str(v["name"]))
+
+
+def _forwards(network: Any) -> list[str]:
+    """The forwards a VM not created yet declares, as ``list`` shows them ("auto" ports are
+    chosen when it starts)."""
+    from pydantic import ValidationError
+
+    from clan_vm_tasks.models import PortForward
+
+    shown = []
+    for forward in network.get("forwardPorts") or [] if isinstance(network, dict) else []:
+        try:
+            shown.append(str(PortForward.model_validate(forward)))
+        except ValidationError:
+            continue  # the definition's problem is in eval_error
+    return shown
 
 
 def _problem(name: str, found: dict[str, evaluate.Evaluated]) -> str | None:
@@ -171,9 +187,11 @@ def _problem(name: str, found: dict[str, evaluate.Evaluated]) -> str | None:
     return None
 
 
-def definition_for_show(store: Store, option: str, name: str) -> dict[str, Any] | None:
-    """show NAME --flake REF: the flake's definition of NAME."""
-    flake = flakes.chosen(option)
+def definition_for_show(
+    store: Store, option: str, name: str, overrides: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any] | None:
+    """show NAME --flake REF: the flake's definition of NAME (its inputs OVERRIDES)."""
+    flake = flakes.chosen(option, overrides)
     vms = declared(store, flake)
     if name not in vms:
         if flake.explicit and not store.exists(name):

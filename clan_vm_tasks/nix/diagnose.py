@@ -1,6 +1,7 @@
 """Nix's errors made to point at the user's files: paths in the flake's store copy become
 paths in the checkout, and a few common mistakes get a hint (a flake without clanVms, a file
-git does not track, so Nix does not see it, a Nix that cannot read git checkouts in a chroot)."""
+git does not track, so Nix does not see it, a Nix that cannot read git checkouts in a chroot,
+an input that cannot be fetched offline)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ def hint(text: str, flake: Flake) -> str:
         return (
             "; this Nix, run by root in a chroot, runs git outside the chroot (NixOS/nix#7602, "
             "fixed in Nix 2.17): run it outside the chroot, or as a normal user"
+        )
+    if "unable to download" in text or "Couldn't resolve host" in text:
+        return (
+            "; an input of the flake could not be fetched: give it from a local checkout with "
+            "--override-input NAME git+file:///PATH (the lock file stays as it is)"
         )
     if "does not provide attribute" in text and "clanVms" in text:
         return (

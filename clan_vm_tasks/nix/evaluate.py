@@ -17,6 +17,7 @@ from typing import Any
 from clan_vm_tasks.nix.command import (
     FEATURES,
     STORE_DIR,
+    FlakeRef,
     NixError,
     attr,
     eval_json,
@@ -70,7 +71,9 @@ def _evaluated(raw: Any, prefix: str) -> Evaluated:
     return Evaluated(definition=definition, installables={k: v for k, v in needed.items() if v})
 
 
-def evaluate(flake: str, system: str, known: dict[str, str] | None = None) -> dict[str, Evaluated]:
+def evaluate(
+    flake: FlakeRef, system: str, known: dict[str, str] | None = None
+) -> dict[str, Evaluated]:
     """Every VM of ``clanVms.SYSTEM``; a VM that fails to evaluate carries its error.
 
     One ``nix eval`` normally; only when it fails is each VM (and then each of the
@@ -98,7 +101,7 @@ def evaluate(flake: str, system: str, known: dict[str, str] | None = None) -> di
                 vms[name] = _evaluate_one(flake, system, name)
         return {name: vms[name] for name in names}
     if not isinstance(raw, dict):
-        raise NixError(f"{base} in {flake} is not an attribute set of VMs")
+        raise NixError(f"{base} in {flake.ref} is not an attribute set of VMs")
     vms = {name: _evaluated(value, f"{base}.{name}") for name, value in raw.items()}
     for name, error in (known or {}).items():
         if name in vms:
@@ -114,7 +117,7 @@ _FAILING = (
 )
 
 
-def _failing(flake: str, path: str) -> list[str] | None:
+def _failing(flake: FlakeRef, path: str) -> list[str] | None:
     try:
         found = eval_json(flake, path, apply=_FAILING, what="")
     except NixError:
@@ -122,7 +125,7 @@ def _failing(flake: str, path: str) -> list[str] | None:
     return [str(n) for n in found] if isinstance(found, list) else None
 
 
-def _evaluate_some(flake: str, base: str, names: list[str]) -> dict[str, Evaluated]:
+def _evaluate_some(flake: FlakeRef, base: str, names: list[str]) -> dict[str, Evaluated]:
     try:
         raw = eval_json(flake, base, apply=f"vms: ({APPLY}) ({_only(names)} vms)", what="")
     except NixError:
@@ -132,7 +135,7 @@ def _evaluate_some(flake: str, base: str, names: list[str]) -> dict[str, Evaluat
     return {name: _evaluated(value, f"{base}.{attr(name)}") for name, value in raw.items()}
 
 
-def _evaluate_one(flake: str, system: str, name: str) -> Evaluated:
+def _evaluate_one(flake: FlakeRef, system: str, name: str) -> Evaluated:
     path = attr("clanVms", system, name)
     try:
         raw = eval_json(
@@ -146,15 +149,26 @@ def _evaluate_one(flake: str, system: str, name: str) -> Evaluated:
         return Evaluated(error=_narrow(flake, path, error))
 
 
-def _narrow(flake: str, path: str, error: NixError) -> str:
+# The attribute the others of a NixOS machine's VM derive from: when it fails, it is named.
+_SOURCE = "nixosConfiguration"
+
+
+def _narrow(flake: FlakeRef, path: str, error: NixError) -> str:
     """Name the first attribute of the VM whose evaluation fails, when one does alone: the
-    failing ones found in one call when tryEval can catch the error, else by halving."""
+    failing ones found in one call when tryEval can catch the error, else by halving.
+    ``nixosConfiguration`` comes first; when several attributes fail for one reason (a NixOS
+    configuration whose VM variant is refused), the VM is named, not one of them."""
     fields = _failing(flake, path)
+    if fields is not None and len(fields) > 1 and _SOURCE not in fields:
+        first, second = (_error_of(flake, f"{path}.{attr(name)}") for name in fields[:2])
+        if first is not None and first == second:
+            return f"nix evaluation of {path} failed: {first}"
     if fields is None:
         try:
             fields = eval_json(flake, path, apply="builtins.attrNames", what="")
         except NixError:
             return str(error)
+    fields = sorted(fields, key=lambda name: name != _SOURCE)
     while len(fields) > 1:  # halving: the first half that fails, else the second
         half = fields[: len(fields) // 2]
         try:
@@ -169,6 +183,15 @@ def _narrow(flake: str, path: str, error: NixError) -> str:
         except NixError as narrower:
             return str(narrower)
     return str(error)
+
+
+def _error_of(flake: FlakeRef, where: str) -> str | None:
+    """Why WHERE does not evaluate (without naming it), or None when it does."""
+    try:
+        eval_json(flake, where, what="")
+    except NixError as failed:
+        return str(failed).removeprefix(" failed: ")
+    return None
 
 
 def _only(names: list[str]) -> str:
@@ -229,7 +252,7 @@ def have_eval_jobs() -> bool:
     return shutil.which("nix-eval-jobs") is not None
 
 
-def eval_jobs(flake: str, system: str) -> list[Job]:
+def eval_jobs(flake: FlakeRef, system: str) -> list[Job]:
     """The derivations under ``clanVms.SYSTEM``, evaluated by parallel nix-eval-jobs workers."""
     workers = max(1, min(os.cpu_count() or 1, 8))
     argv = [
@@ -240,7 +263,7 @@ def eval_jobs(flake: str, system: str) -> list[Job]:
         "--workers",
         str(workers),
         "--flake",
-        f"{flake}#{attr('clanVms', system)}",
+        *flake.args(attr("clanVms", system)),
     ]
     began = time.monotonic()
     try:

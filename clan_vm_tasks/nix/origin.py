@@ -33,6 +33,7 @@ class HostRoots:
 @dataclass(frozen=True)
 class Origin:
     flake: str | None = None  # the reference it was evaluated from; None: not from a flake
+    overrides: list[list[str]] | None = None  # [input, reference]: --override-input given
     system: str | None = None
     roots: dict[str, list[str]] = field(default_factory=dict)  # installable -> built paths
     host_roots: HostRoots | None = None
@@ -45,6 +46,7 @@ class Origin:
             return cls()
         return cls(
             flake=_text(data.get("flake")),
+            overrides=_pairs(data.get("overrides")),
             system=_text(data.get("system")),
             roots=_roots(data.get("roots")),
             host_roots=_host_roots(data.get("host_roots")),
@@ -67,6 +69,14 @@ def _text(value: Any) -> str | None:
 def _words(value: Any) -> list[str] | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
+    return None
+
+
+def _pairs(value: Any) -> list[list[str]] | None:
+    if isinstance(value, list) and all(
+        isinstance(v, list) and len(v) == 2 and _words(v) is not None for v in value
+    ):
+        return [list(v) for v in value]
     return None
 
 

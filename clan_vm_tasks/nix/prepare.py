@@ -6,6 +6,7 @@ changed before everything that can fail without changing anything has succeeded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 from clan_vm_tasks import render
 from clan_vm_tasks.errors import (
@@ -63,12 +64,16 @@ def source(request: Request) -> Source | None:
     store, name = request.store, request.name
     record = origin.load(store, name)
     if request.flake or not store.exists(name):
-        found = flakes.resolve(request.flake or None)
+        found = flakes.resolve(request.flake or None, overrides=request.overrides)
+        if found is not None and not request.overrides and found.ref == record.flake:
+            found = found.with_overrides(record.overrides)  # as it was last evaluated
         return Source(found, record) if found is not None else None
     if record.flake is None:
         return None
     try:
-        found = flakes.resolve(record.flake)
+        found = flakes.resolve(record.flake, overrides=request.overrides)
+        if not request.overrides:  # the inputs it was last evaluated with
+            found = found.with_overrides(record.overrides) if found else None
     except InvalidInput as error:
         raise InvalidInput(
             f"VM '{name}' was created from the flake {record.flake}, which is gone ({error}); "
@@ -82,20 +87,35 @@ def plan(request: Request, found: Source) -> Planned:
     store, name, flake = request.store, request.name, found.flake
     evaluated = require(declared(store, flake), flake, name)
     config = to_config(name, evaluated)
-    allowed = _check(request, flake, config, found.origin)  # before building what is refused
+    try:
+        allowed = _check(request, flake, config, found.origin)  # before building it
+    except trust.StoreFileRefused as error:
+        _refused(request, error)
     record = allowed.remembered(found.origin)
     try:
         record = realise(store, flake, name, evaluated, record)
     except NixError as error:
         raise NixError(diagnose.explain(str(error), flake)) from None
     # Again, now that the store paths exist: one may be a link to a directory of this host.
-    again = _check(request, flake, config, record)
-    if again != allowed:  # consented to as well: remembered with the rest
+    try:
+        again = _check(request, flake, config, record)
+    except trust.StoreFileRefused as error:
+        _refused(request, error)
+    if again.remembered(record) != record:  # consented to as well: remembered with the rest
         record = again.remembered(record)
         origin.save(store, name, record)
     if config.host is not None:
         _send_to_host(request, config, evaluated, record)
-    return Planned(flake, config)
+    return Planned(flake, trust.pinned(config, again))
+
+
+def _refused(request: Request, error: trust.StoreFileRefused) -> NoReturn:
+    """A definition that names a file of the host: refused, and the attempt recorded."""
+    from clan_vm_tasks.state import history
+
+    action = "start" if request.store.exists(request.name) else "create"
+    history.record(request.store.history, request.name, action, str(error), "failed")
+    raise error
 
 
 def _check(request: Request, flake: Flake, config: VMConfig, record: Origin) -> trust.Allowed:

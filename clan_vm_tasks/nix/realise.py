@@ -62,7 +62,10 @@ def realise(
         if isinstance(value, str) and not os.path.exists(value):
             raise ClanVMError(f"{where(name)}.{field}: {value} does not exist after building it")
     # Host roots are kept until the next copy replaces them.
-    written = origin.replace(flake=flake.ref, system=current_system(), roots=built)
+    overrides = [list(pair) for pair in flake.overrides] or None
+    written = origin.replace(
+        flake=flake.ref, overrides=overrides, system=current_system(), roots=built
+    )
     save(store, name, written)
     return written
 

@@ -21,3 +21,5 @@ class Request:
     allow_qemu_args: bool = False  # --allow-qemu-args: the flake's qemuArgs, this once
     allow_shares: bool = False  # --allow-shares: the host directories it shares, this once
     notify: Notify = notice
+    # --override-input NAME REF, in order (none: those the VM's flake was last evaluated with)
+    overrides: tuple[tuple[str, str], ...] = ()

@@ -39,21 +39,30 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, tmp_dir: Path | Non
     """Replace PATH with DATA so that readers see the old or the new file, never a mix.
 
     The temporary file goes to TMP_DIR (same file system) when given, so that what a
-    killed writer leaves behind is found in one place; it is named after our pid.
+    killed writer leaves behind is found in one place; it is named after our pid. It is
+    made exclusively (never through a link someone planted, which might be the case in a
+    directory that is not ours, such as where ``boot-test --junit`` writes) and renamed
+    only while it is still the file made.
     """
     if tmp_dir is not None:
         tmp = tmp_dir / f"{os.getpid()}.{os.urandom(4).hex()}.tmp"
     else:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    made = os.fstat(fd)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
+        now = os.lstat(tmp)
+        if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
+            raise ClanVMError(f"{tmp} was replaced while it was written; {path} is unchanged")
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if os.lstat(tmp).st_ino == made.st_ino:
+                os.unlink(tmp)
         raise
     fsync_dir(path.parent)
 

@@ -12,8 +12,14 @@ Layout under the state dir (mode 0700)::
     tmp/                   files being written atomically (named after the writer's pid)
     pending/NAME.ACTION    an action on NAME under way (written ahead): if its command
                            dies, the next command records its event or repairs it
+    partials/PID.ID.json   a file being written outside the state directory (``copy`` out's
+                           partial), locked by its writer: removed by the next command if
+                           the writer died (``state.partials``)
     vms/.PURPOSE-NAME-PID  a VM being created or deleted (PURPOSE: creating, deleting,
                            keeping = deleting but keeping the disk)
+    vms/NAME/next.json     a changed definition that waits for the VM's next start
+    unlisting/NAME         the clans a VM being deleted is to be taken out of (written
+                           ahead; finished by the next command if its delete was killed)
 
 Sockets live in a short runtime directory because unix socket paths are limited
 to 108 bytes.
@@ -60,6 +66,8 @@ class VMState:
     console_offset: int = 0  # console.log size when the current boot began
     tap: str | None = None  # a tap device we made for this boot; removed when it ends
     forwards: list[str] = dataclasses.field(default_factory=list)  # as chosen at start
+    # The clan directories whose inventory.json lists the VM (absolute): delete takes it out.
+    clans: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: bytes) -> VMState:
@@ -93,8 +101,9 @@ class VMState:
 
 
 _INT_FIELDS = ("pid", "pid_start", "console_offset")
+_LIST_FIELDS = ("forwards", "clans")
 _FIELD_TYPES: dict[str, type] = {
-    f.name: int if f.name in _INT_FIELDS else list if f.name == "forwards" else str
+    f.name: int if f.name in _INT_FIELDS else list if f.name in _LIST_FIELDS else str
     for f in dataclasses.fields(VMState)
 }
 
@@ -200,6 +209,7 @@ class Store:
         self.tmp = root / "tmp"
         self.kept = root / "kept-disks"
         self.pending = root / "pending"
+        self.unlisting = root / "unlisting"
         self._paths: dict[str, VMPaths] = {}
         self._tmp_ready = False
 
@@ -309,6 +319,13 @@ class Store:
             if dot:
                 found.append((name, action, self.pending / entry))
         return found
+
+    def unlisting_work(self) -> bool:
+        """Whether a deleted VM is still to be taken out of a clan (a killed delete)."""
+        try:
+            return bool(os.listdir(self.unlisting))
+        except FileNotFoundError:
+            return False
 
     def staging_dir(self, name: str, purpose: str) -> Path:
         """A hidden sibling of the VM directory, for building or tearing one down atomically."""

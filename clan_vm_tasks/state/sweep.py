@@ -1,19 +1,21 @@
 """Clearing what killed commands left in the state directory, at the start of the next
-command of any name: temporary files of dead writers and lock files of VMs that do not
-exist (half-created and half-deleted VMs are ``vm.leftovers``'s)."""
+command of any name: temporary files of dead writers, lock files of VMs that do not exist,
+and the partial files a killed ``copy`` left outside the state directory (``partials``).
+Half-created and half-deleted VMs are ``vm.leftovers``'s."""
 
 from __future__ import annotations
 
 import os
 
 from clan_vm_tasks.render import Notify, notice
-from clan_vm_tasks.state import files
+from clan_vm_tasks.state import files, partials
 from clan_vm_tasks.state.store import Store
 
 
 def sweep(store: Store, warn: Notify = notice) -> None:
     _sweep_tmp(store)
     _sweep_locks(store)
+    partials.sweep(store.root)
 
 
 def _sweep_tmp(store: Store) -> None:

@@ -9,9 +9,19 @@ with the same declarations itself, never imports invoke. Task modules import onl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from clan_vm_tasks.tasks import clan, disks, guest, nix, views, vms, web  # noqa: F401 (registers)
+from clan_vm_tasks.tasks import (  # noqa: F401 (each registers its tasks)
+    clan,
+    configure,
+    disks,
+    guest,
+    nix,
+    views,
+    vms,
+    web,
+)
 from clan_vm_tasks.tasks.common import TASKS
 
 if TYPE_CHECKING:
@@ -21,20 +31,33 @@ if TYPE_CHECKING:
 def collection() -> Collection:
     """invoke's collection of every task, from the declarations ``vm_task`` recorded."""
     from invoke.collection import Collection
-    from invoke.tasks import task
+    from invoke.tasks import Task
+
+    class _Task(Task[Callable[..., Any]]):
+        """A task whose arguments get only the short flags it names (argument -> letter)."""
+
+        shortflags: Mapping[str, str] = {}
+
+        def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+            opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+            short = self.shortflags.get(name)
+            if short is not None and short not in taken_names:
+                opts["names"] = [*opts["names"], short]
+            return opts
 
     made = Collection()
     for spec in TASKS.values():
-        made.add_task(
-            task(
-                auto_shortflags=False,
-                name=spec.name,
-                positional=None if spec.positional is None else list(spec.positional),
-                optional=list(spec.optional),
-                iterable=list(spec.iterable),
-                help=dict(spec.help),
-            )(spec.body)
+        task = _Task(
+            spec.body,
+            name=spec.name,
+            auto_shortflags=False,
+            positional=None if spec.positional is None else list(spec.positional),
+            optional=list(spec.optional),
+            iterable=list(spec.iterable),
+            help=dict(spec.help),
         )
+        task.shortflags = spec.shortflags
+        made.add_task(task)
     return made
 
 

@@ -52,8 +52,7 @@ def inventory(
         if machine is not None:
             raise InvalidInput(
                 f"VM '{name}' is the VM of the clan machine {machine} (its nixosConfiguration), "
-                f"which needs no inventory entry of its own; deploy to it with "
-                f"{sync.deploy_hint(store, name, machine)}"
+                f"which needs no inventory entry of its own; {sync.update_hint(name, machine)}"
             )
         port, address = sync.ssh_target(store, name) or (None, "127.0.0.1")
         changed = inv.push(
@@ -65,9 +64,17 @@ def inventory(
             force=force,
             commit=commit,
         )
+        with store.lock(name):  # delete takes it out of this clan again
+            if store.exists(name):
+                sync.remember(store, name, directory)
         say(f"{'updated' if changed else 'unchanged:'} machine '{name}' in {path}")
     elif action == "remove":
         changed = inv.remove(directory, name, force=force, commit=commit)
+        store, _ = open_store()
+        if store.exists(name):
+            with store.lock(name):
+                if store.exists(name):
+                    sync.remember(store, name, directory, keep=False)
         say(f"{'removed' if changed else 'nothing to remove:'} machine '{name}' from {path}")
     else:
         raise InvalidInput(f"unknown inventory action {action!r}: use push or remove")

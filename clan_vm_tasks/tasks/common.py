@@ -42,6 +42,8 @@ class TaskSpec(NamedTuple):
     optional: tuple[str, ...]  # options whose value may be left out (bare --flake)
     iterable: tuple[str, ...]  # repeatable options, gathered into a list
     names: str | None  # the iterable option that bare words fill too (build web db)
+    pairs: tuple[str, ...]  # options whose value NAME=VALUE may be two words (NAME VALUE)
+    shortflags: Mapping[str, str]  # parameter -> the one-letter flag it also has (-r)
     after_dashes: str | None  # the task reads the words after "--"; their usage ("-- CMD")
     examples: tuple[str, ...]  # command lines for the help, without the program name
 
@@ -96,11 +98,15 @@ def vm_task(
     optional: list[str] | None = None,
     iterable: list[str] | None = None,
     names: str | None = None,
+    pairs: list[str] | None = None,
+    shortflags: Mapping[str, str] | None = None,
     after_dashes: str | None = None,
     examples: list[str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A task with our error handling, registered under NAME (default: the function's name,
     dashed). NAMES: an iterable option whose values may also be given as bare words;
+    PAIRS: options whose NAME=VALUE may be written as two words (as nix takes
+    --override-input); SHORTFLAGS: parameter -> a one-letter flag (no others are made);
     AFTER_DASHES: how the usage shows the words the task reads after "--" (it reads them
     itself); EXAMPLES: command lines for its help."""
 
@@ -115,6 +121,8 @@ def vm_task(
             optional=tuple(optional or ()),
             iterable=tuple(iterable or ()),
             names=names,
+            pairs=tuple(pairs or ()),
+            shortflags=dict(shortflags or {}),
             after_dashes=after_dashes,
             examples=tuple(examples or ()),
         )
@@ -165,6 +173,11 @@ def open_store(accel: str | None = None, *, create: bool = True) -> tuple[Store,
         store.ensure()
     if store.root.is_dir():
         recover(store)
+        if store.unlisting_work():  # a killed delete: its VM still in a clan's inventory
+            from clan_vm_tasks.clan import sync
+            from clan_vm_tasks.render import notice
+
+            sync.finish(store, notice)
     return store, settings
 
 
@@ -174,9 +187,12 @@ COMMAND_LINE: list[str] = []
 
 
 def after_double_dash() -> list[str]:
-    """The words after the first standalone "--" on the command line."""
+    """The words after the first standalone "--" on the command line (each valid UTF-8, as
+    every other argument must be)."""
     words = COMMAND_LINE or sys.argv
-    return words[words.index("--") + 1 :] if "--" in words else []
+    after = words[words.index("--") + 1 :] if "--" in words else []
+    _check_text([after])
+    return after
 
 
 def say(text: str) -> None:
@@ -194,3 +210,16 @@ ALLOW_QEMU_ARGS_HELP = "let the flake's qemuArgs for this VM through (they can r
 ALLOW_SHARES_HELP = "let the flake's shares for this VM through (the guest sees host directories)"
 QUIET_HELP = "show no progress (on a terminal: evaluating, building, creating, booting)"
 FLAKE_HELP = "flake declaring clanVms (default: $CLAN_VM_FLAKE, else the flake around the cwd)"
+OVERRIDE_INPUT_HELP = (
+    "NAME REF: evaluate the flake with its input NAME taken from the flake REF, such as a "
+    "local checkout git+file:///src/nixpkgs (repeatable; the lock file is not changed)"
+)
+
+
+def overrides(given: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """--override-input NAME REF (joined as NAME=REF by the command line), checked."""
+    if not given:
+        return ()
+    from clan_vm_tasks.nix.flakes import parse_overrides
+
+    return parse_overrides(given)

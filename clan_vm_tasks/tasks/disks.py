@@ -1,7 +1,8 @@
-"""The disk tasks: snapshot, revert, snapshots, resize."""
+"""The disk tasks: snapshot, revert, snapshots, resize, kept-disks."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from clan_vm_tasks import render
@@ -103,3 +104,61 @@ def resize(c: Context, name: str, disk: str | None = None) -> None:
         say(f"the disk of VM '{name}' already is {new} MiB")
     else:
         say(f"grew the disk of VM '{name}' from {old} MiB to {new} MiB")
+
+
+@vm_task(
+    name="kept-disks",
+    iterable=["remove"],
+    examples=["kept-disks", "kept-disks --older-than 30"],
+    help={
+        "json": "print a JSON array",
+        "remove": "remove this kept disk (a path as listed; repeatable)",
+        "older_than": "remove the kept disks kept more than this many days ago (0: all)",
+    },
+)
+def kept_disks(
+    c: Context, json: bool = False, remove: list[str] | None = None, older_than: str | None = None
+) -> None:
+    """List or remove the disks kept from deleted VMs.
+
+    List the disks kept from deleted VMs (VM, size on disk, when kept, path), or remove them."""
+    from clan_vm_tasks.state import history, kept
+
+    days = None
+    if older_than is not None:
+        zero = re.fullmatch(r"0+(\.0*)?", older_than) is not None  # 0: every kept disk
+        days = 0.0 if zero else number(older_than, "older-than", 0, float)
+    store, _ = open_store(create=bool(remove) or days is not None)
+    if not remove and days is None:
+        found = kept.list_kept(store)
+        if json:
+            say(render.as_json([d.as_dict() for d in found]))
+        elif not found:
+            say("no kept disks (delete keeps a VM's disk unless --force)")
+        else:
+            rows = [d.as_dict() for d in found]
+            say(
+                render.table(
+                    ["VM", "SIZE ON DISK", "KEPT", "PATH"],
+                    [[r["vm"], f"{r['size_on_disk']} MiB", r["kept_at"], r["path"]] for r in rows],
+                )
+            )
+        return
+    # Everything named is checked before anything is removed.
+    chosen = [kept.resolve(store, given) for given in remove or []]
+    if days is not None:
+        chosen += [d for d in kept.older_than(store, days) if d not in chosen]
+    removed = []
+    for disk in chosen:
+        if kept.remove(store, disk):
+            removed.append(disk)
+            history.record(store.history, disk.vm, "remove-kept-disk", str(disk.path))
+    if json:
+        say(render.as_json([d.as_dict() for d in removed]))
+        return
+    for disk in removed:
+        say(f"removed kept disk {disk.path} (VM '{disk.vm}', {disk.as_dict()['size_on_disk']} MiB)")
+    if not removed:
+        say(
+            f"no kept disks older than {older_than} days" if days is not None else "nothing removed"
+        )

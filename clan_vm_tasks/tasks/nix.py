@@ -1,4 +1,4 @@
-"""The Nix tasks: ``eval``, ``build``, ``boot-test``.
+"""The Nix tasks: ``eval``, ``build``, ``boot-test``, ``switch``.
 
 The Nix modules (and pydantic) are imported inside the tasks, so tasks that do
 not use a flake never pay for them.
@@ -6,6 +6,7 @@ not use a flake never pay for them.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,9 +18,12 @@ from clan_vm_tasks.tasks.common import (
     ALLOW_QEMU_ARGS_HELP,
     ALLOW_SHARES_HELP,
     FLAKE_HELP,
+    NAME_HELP,
+    OVERRIDE_INPUT_HELP,
     QUIET_HELP,
     number,
     open_store,
+    overrides,
     say,
     vm_task,
 )
@@ -36,26 +40,33 @@ def _names(names: list[str] | None) -> list[str]:
 
 @vm_task(
     name="eval",
-    iterable=["vm"],
+    iterable=["vm", "override_input"],
+    pairs=["override_input"],
     names="vm",
     examples=["eval", "eval web db --flake ~/infra"],
     help={
         "vm": "a VM to show (repeatable; default: all)",
         "flake": FLAKE_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
         "quiet": QUIET_HELP,
     },
 )
 def eval_(
-    c: Context, vm: list[str] | None = None, flake: str | None = None, quiet: bool = False
+    c: Context,
+    vm: list[str] | None = None,
+    flake: str | None = None,
+    quiet: bool = False,
+    override_input: list[str] | None = None,
 ) -> None:
     """Print the evaluated clanVms definitions of a flake as JSON."""
     from clan_vm_tasks.nix import flakes
     from clan_vm_tasks.nix.declared import declared, require, to_config
 
     chosen = _names(vm)
+    inputs = overrides(override_input)
     show_progress(quiet)
     store, _ = open_store()
-    selected = flakes.chosen(flake)
+    selected = flakes.chosen(flake, inputs)
     vms = declared(store, selected)
     result = {}
     for name in chosen or sorted(vms):
@@ -66,17 +77,23 @@ def eval_(
 
 
 @vm_task(
-    iterable=["vm"],
+    iterable=["vm", "override_input"],
+    pairs=["override_input"],
     names="vm",
     examples=["build", "build web"],
     help={
         "vm": "a VM to build (repeatable; default: all)",
         "flake": FLAKE_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
         "quiet": QUIET_HELP,
     },
 )
 def build(
-    c: Context, vm: list[str] | None = None, flake: str | None = None, quiet: bool = False
+    c: Context,
+    vm: list[str] | None = None,
+    flake: str | None = None,
+    quiet: bool = False,
+    override_input: list[str] | None = None,
 ) -> None:
     """Build what declared VMs refer to; keep it from the GC.
 
@@ -88,9 +105,10 @@ def build(
     from clan_vm_tasks.nix.realise import realise
 
     chosen = _names(vm)
+    inputs = overrides(override_input)
     show_progress(quiet)
     store, _ = open_store()
-    selected = flakes.chosen(flake)
+    selected = flakes.chosen(flake, inputs)
     vms = declared(store, selected)
     rows = []
     for name in chosen or sorted(vms):
@@ -108,7 +126,8 @@ def build(
 
 @vm_task(
     name="boot-test",
-    iterable=["vm", "check"],
+    iterable=["vm", "check", "override_input"],
+    pairs=["override_input"],
     names="vm",
     examples=[
         "boot-test --junit results.xml",
@@ -117,6 +136,7 @@ def build(
     help={
         "vm": "a VM to boot (repeatable; default: every declared VM)",
         "flake": FLAKE_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
         "timeout": "seconds each VM gets to show its ready text (default: its bootTest.timeout)",
         "expect": "ready text to wait for (default: each VM's bootTest.expect)",
         "junit": "also write the results as JUnit XML to this file",
@@ -136,6 +156,7 @@ def boot_test(
     allow_qemu_args: bool = False,
     check: list[str] | None = None,
     allow_shares: bool = False,
+    override_input: list[str] | None = None,
 ) -> None:
     """Boot declared VMs in parallel and check them (CI).
 
@@ -147,10 +168,11 @@ def boot_test(
 
     chosen = _names(vm)
     seconds = None if timeout is None else number(timeout, "timeout", 0, float)
+    inputs = overrides(override_input)
     store, settings = open_store()
-    selected = flakes.chosen(flake)
+    selected = flakes.chosen(flake, inputs)
     results = runner.run(
-        Request(store, settings, "", flake, allow_qemu_args, allow_shares, notice),
+        Request(store, settings, "", flake, allow_qemu_args, allow_shares, notice, inputs),
         selected,
         chosen,
         expect=expect or None,
@@ -173,8 +195,86 @@ def boot_test(
             ],
         )
     )
+    for r in results:  # what a failure left to say: a build's log, the console's last lines
+        if not r.passed and r.console:
+            detail = "\n".join(f"  {line}" for line in r.console.splitlines())
+            print(f"{r.name}: {r.message}\n{detail}", file=sys.stderr, flush=True)
     failed = [r.name for r in results if not r.passed]
     if failed:
         raise ClanVMError(f"boot test failed for {', '.join(failed)}")
     if not results:
         raise ClanVMError("the flake declares no VMs to boot")
+
+
+@vm_task(
+    iterable=["override_input"],
+    pairs=["override_input"],
+    examples=["switch web", "switch web --restart --wait-for 'login:'"],
+    help={
+        "name": NAME_HELP,
+        "flake": "build the VM from this flake (default: the flake it was created from)",
+        "restart": "when the kernel, initrd or kernel parameters changed, restart the VM to "
+        "boot them (without: activate, and say that a restart is needed)",
+        "timeout": "seconds switch-to-configuration may run in the guest (default 300)",
+        "wait_for": "with a restart: return only after this text appears on the console",
+        "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
+        "allow_shares": ALLOW_SHARES_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
+        "quiet": QUIET_HELP,
+    },
+)
+def switch(
+    c: Context,
+    name: str,
+    flake: str | None = None,
+    restart: bool = False,
+    timeout: str | None = None,
+    wait_for: str | None = None,
+    allow_qemu_args: bool = False,
+    allow_shares: bool = False,
+    override_input: list[str] | None = None,
+    quiet: bool = False,
+) -> None:
+    """Activate a NixOS VM's changed configuration in the guest.
+
+    Build the changed configuration of a running NixOS VM and activate it in the guest
+    (its switch-to-configuration test, through the guest agent; the guest sees the host's
+    store); its output and exit code are the command's."""
+    from clan_vm_tasks.nix import switch as switching
+    from clan_vm_tasks.nix.request import Request
+    from clan_vm_tasks.vm.restart import restart as restart_vm
+
+    check_name(name)
+    seconds = number(timeout, "timeout", 300, float)
+    inputs = overrides(override_input)
+    show_progress(quiet)
+    store, settings = open_store()
+    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice, inputs)
+    switched = switching.switch(
+        request,
+        restart=restart,
+        timeout=seconds,
+        relaunch=lambda before_start: restart_vm(
+            store, settings, name, wait_for=wait_for or None, before_start=before_start
+        ),
+    )
+    changed = " and ".join(switched.boot_changes)
+    if switched.restarted:
+        why = f" ({changed} changed)" if changed else ""
+        say(f"restarted VM '{name}' to boot {switched.system}{why}")
+        return
+    result = switched.result
+    assert result is not None
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.flush()
+    if result.truncated:
+        notice("warning: the guest agent cut the output of switch-to-configuration (16 MiB)")
+    if changed:
+        notice(
+            f"notice: the {changed} changed: restart the VM to boot them "
+            f"(clan-vm-manager switch {name} --restart)"
+        )
+    if result.exit_code:
+        raise SystemExit(result.exit_code)

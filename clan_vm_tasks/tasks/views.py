@@ -9,7 +9,16 @@ from clan_vm_tasks import render
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.state.store import STATES
-from clan_vm_tasks.tasks.common import FLAKE_HELP, NAME_HELP, number, open_store, say, vm_task
+from clan_vm_tasks.tasks.common import (
+    FLAKE_HELP,
+    NAME_HELP,
+    OVERRIDE_INPUT_HELP,
+    number,
+    open_store,
+    overrides,
+    say,
+    vm_task,
+)
 
 if TYPE_CHECKING:
     from invoke.context import Context
@@ -27,7 +36,10 @@ def _describe_declared(name: str, definition: dict[str, Any]) -> str:
     name="list",
     optional=["flake"],
     examples=["list", "list --filter running --json", "list --flake"],
+    iterable=["override_input"],
+    pairs=["override_input"],
     help={
+        "override_input": OVERRIDE_INPUT_HELP,
         "filter": "only VMs in this state: " + ", ".join(STATES),
         "json": "print a JSON array",
         "flake": "also list the VMs this flake declares (bare --flake: the flake around the cwd)",
@@ -40,18 +52,20 @@ def list_(
     json: bool = False,
     flake: str | bool | None = None,
     host: str | None = None,
+    override_input: list[str] | None = None,
 ) -> None:
     """List VMs with their state, on this machine and on libvirt hosts."""
     from clan_vm_tasks.vm.listing import list_vms
 
     if filter is not None and filter not in STATES:
         raise InvalidInput(f"unknown state {filter!r}: use one of {', '.join(STATES)}")
+    inputs = overrides(override_input)
     store, settings = open_store(create=False)
     vms = list_vms(store, filter, host, settings)
     if flake:  # a read-only command evaluates a flake only when asked to
         from clan_vm_tasks.nix import declared, flakes
 
-        vms = declared.list_rows(store, flakes.chosen(flake), vms, filter)
+        vms = declared.list_rows(store, flakes.chosen(flake, inputs), vms, filter)
     if json:
         say(render.as_json(vms))
         return
@@ -130,26 +144,41 @@ def status(
     store, _ = open_store(create=False)
     info = vm_status(store, name, seconds if wait_agent else 0.0)
     where = f", on {_host(info.get('host'))}" if info.get("host") else ""
-    say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}")
+    waits = f"; at its next start: {info['pending']['summary']}" if info.get("pending") else ""
+    say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}{waits}")
 
 
 @vm_task(
-    help={"name": NAME_HELP, "json": "print a JSON object", "flake": FLAKE_HELP},
+    iterable=["override_input"],
+    pairs=["override_input"],
     examples=["show web", "show web --json"],
+    help={
+        "name": NAME_HELP,
+        "json": "print a JSON object",
+        "flake": FLAKE_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
+    },
 )
-def show(c: Context, name: str, json: bool = False, flake: str | None = None) -> None:
+def show(
+    c: Context,
+    name: str,
+    json: bool = False,
+    flake: str | None = None,
+    override_input: list[str] | None = None,
+) -> None:
     """Show everything about a VM.
 
     Show a VM's configuration, paths, process, accelerator, forwards and disks."""
     from clan_vm_tasks.vm.status import show as vm_show
 
     check_name(name)
+    inputs = overrides(override_input)
     store, settings = open_store(create=False)
     declared = None
     if flake:  # a read-only command evaluates a flake only when asked to
         from clan_vm_tasks.nix.declared import definition_for_show
 
-        declared = definition_for_show(store, flake, name)
+        declared = definition_for_show(store, flake, name, inputs)
     if declared is not None and not store.exists(name):
         say(render.as_json(declared) if json else _describe_declared(name, declared))
         return
@@ -166,13 +195,18 @@ def show(c: Context, name: str, json: bool = False, flake: str | None = None) ->
                 ("name", name),
                 *([("host", f"{info['uri']} (domain {info['domain']})")] if "uri" in info else []),
                 ("state", render.state_word(info)),
+                *(
+                    [("pending", f"{info['pending']['summary']} (at the next start)")]
+                    if info.get("pending")
+                    else []
+                ),
                 ("accel", info["accel"]),
                 ("cpus", info["cpus"]),
                 ("memory", f"{info['memory']} MiB"),
                 *(
                     (
                         "disk",
-                        f"{d['path']} ({d['format']}, {(d['virtual_size'] or 0) >> 20} MiB"
+                        f"{d['path']} ({d['format']}, {d['virtual_size'] or 0} MiB"
                         + (f", backing file {d['backing_file']}" if d["backing_file"] else "")
                         + ")",
                     )
@@ -238,6 +272,10 @@ def history(
     count = None if limit is None else number(limit, "limit", 0)
     store, _ = open_store(create=False)
     events = log.read(store.history, vm, count)
+    if vm is not None and not events and not store.exists(vm):
+        from clan_vm_tasks.errors import UnknownVM
+
+        raise UnknownVM(vm)  # a deleted VM still has its events
     if json:
         say(render.as_json([asdict(e) for e in events]))
         return

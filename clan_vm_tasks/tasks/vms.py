@@ -19,10 +19,12 @@ from clan_vm_tasks.tasks.common import (
     CLAN_DIR_HELP,
     FLAKE_HELP,
     NAME_HELP,
+    OVERRIDE_INPUT_HELP,
     QUIET_HELP,
     number,
     on_host,
     open_store,
+    overrides,
     say,
     vm_task,
 )
@@ -34,15 +36,19 @@ if TYPE_CHECKING:
 
 
 def _create_from_flake(
-    option: str | bool, name: str, allow_qemu_args: bool, allow_shares: bool
+    option: str | bool,
+    name: str,
+    allow_qemu_args: bool,
+    allow_shares: bool,
+    inputs: tuple[tuple[str, str], ...],
 ) -> None:
     from clan_vm_tasks.nix import flakes, origin
     from clan_vm_tasks.nix.prepare import Source, apply, plan
     from clan_vm_tasks.nix.request import Request
 
     store, settings = open_store()
-    request = Request(store, settings, name, option, allow_qemu_args, allow_shares, notice)
-    found = Source(flakes.chosen(option), origin.load(store, name))
+    request = Request(store, settings, name, option, allow_qemu_args, allow_shares, notice, inputs)
+    found = Source(flakes.chosen(option, inputs), origin.load(store, name))
     applied = apply(request, plan(request, found))
     config = applied.config
     if applied.change.pending:
@@ -57,7 +63,8 @@ def _create_from_flake(
 
 
 @vm_task(
-    iterable=["qemu_arg", "forward"],
+    iterable=["qemu_arg", "forward", "override_input"],
+    pairs=["override_input"],
     optional=["flake"],
     examples=[
         "create web --cpus 2 --memory 1024 --kernel vmlinuz --initrd initrd --forward tcp:auto:22",
@@ -89,6 +96,7 @@ def _create_from_flake(
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
         "allow_shares": ALLOW_SHARES_HELP,
         "quiet": QUIET_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
     },
 )
 def create(
@@ -115,6 +123,7 @@ def create(
     host: str | None = None,
     allow_shares: bool = False,
     quiet: bool = False,
+    override_input: list[str] | None = None,
 ) -> None:
     """Create a VM: its definition, its disk.
 
@@ -124,9 +133,10 @@ def create(
     from clan_vm_tasks.vm.create import create as create_vm
 
     check_new_name(name)
+    inputs = overrides(override_input)
     show_progress(quiet)
     if flake:
-        _create_from_flake(flake, name, allow_qemu_args, allow_shares)
+        _create_from_flake(flake, name, allow_qemu_args, allow_shares, inputs)
         store, _ = open_store()
         sync.push(store, name, sync.clan_dir(clan_dir), notice)
         return
@@ -181,10 +191,14 @@ def _running(host: str | None, started: Started) -> str:
 
 @vm_task(
     examples=["start web --wait-for 'clan-guest: READY'", "start web --foreground"],
+    iterable=["override_input"],
+    pairs=["override_input"],
     help={
         "name": NAME_HELP,
         "foreground": "run QEMU attached to this command and stream the console",
         "wait_for_agent": "return only after the guest agent answers (within --timeout)",
+        "wait_for_ssh": "return only after the guest's sshd answers with its pinned host key "
+        "and takes the VM's key (within --timeout; as for the ssh task)",
         "wait_for": "return only after this text appears on the serial console",
         "timeout": "seconds to wait for --wait-for (default 60)",
         "accel": "override the accelerator: kvm or tcg",
@@ -193,6 +207,7 @@ def _running(host: str | None, started: Started) -> str:
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
         "allow_shares": ALLOW_SHARES_HELP,
         "quiet": QUIET_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
     },
 )
 def start(
@@ -208,11 +223,13 @@ def start(
     wait_for_agent: bool = False,
     allow_shares: bool = False,
     quiet: bool = False,
+    override_input: list[str] | None = None,
+    wait_for_ssh: bool = False,
 ) -> None:
     """Start a VM.
 
     It returns once QEMU answers on QMP (and --wait-for text appeared, and with
-    --wait-for-agent the guest agent answered)."""
+    --wait-for-agent the guest agent answered, with --wait-for-ssh its sshd)."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.nix import launch
     from clan_vm_tasks.nix.request import Request
@@ -220,6 +237,7 @@ def start(
 
     check_name(name)
     seconds = number(timeout, "timeout", 60, float)
+    inputs = overrides(override_input)
     show_progress(quiet)
     store, settings = open_store(accel)
     clan = sync.clan_dir(clan_dir)
@@ -242,14 +260,16 @@ def start(
             accel=accel,
             foreground=foreground,
             wait_for_agent=wait_for_agent,
+            wait_for_ssh=wait_for_ssh,
         )
 
-    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice)
+    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice, inputs)
     started = launch.start(request, boot, wait_for=wait_for or None, follow=not foreground)
     if not foreground:
         sync.push(store, name, clan, notice)
         what = [f"{wait_for!r} appeared"] if wait_for else []
-        what += ["the guest agent answered"] if wait_for_agent else []
+        what += ["the guest agent answered"] if wait_for_agent and not wait_for_ssh else []
+        what += ["its SSH server answered"] if wait_for_ssh else []
         how = f"{' and '.join(what) or 'QMP answered'} after {started.seconds:.1f}s"
         say(f"started VM '{name}'{_running(store.host_of(name), started)}: {how}")
 
@@ -281,6 +301,8 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
 
 @vm_task(
     examples=["restart web --wait-for 'clan-guest: READY'"],
+    iterable=["override_input"],
+    pairs=["override_input"],
     help={
         "name": NAME_HELP,
         "timeout": "seconds the guest gets to power off (default 30)",
@@ -289,6 +311,7 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
         "allow_qemu_args": ALLOW_QEMU_ARGS_HELP,
         "allow_shares": ALLOW_SHARES_HELP,
         "quiet": QUIET_HELP,
+        "override_input": OVERRIDE_INPUT_HELP,
     },
 )
 def restart(
@@ -300,6 +323,7 @@ def restart(
     allow_qemu_args: bool = False,
     allow_shares: bool = False,
     quiet: bool = False,
+    override_input: list[str] | None = None,
 ) -> None:
     """Stop a VM gracefully and start it again.
 
@@ -312,10 +336,11 @@ def restart(
 
     check_name(name)
     seconds = number(timeout, "timeout", DEFAULT_STOP_TIMEOUT, float)
+    inputs = overrides(override_input)
     show_progress(quiet)
     store, settings = open_store()
     store.require(name)
-    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice)
+    request = Request(store, settings, name, flake, allow_qemu_args, allow_shares, notice, inputs)
     started = launch.restart(
         request,
         lambda before_start: restart_vm(
@@ -328,7 +353,9 @@ def restart(
         ),
         wait_for=wait_for or None,
     )
-    say(f"restarted VM '{name}'{_running(store.host_of(name), started)}")
+    # As start says it: when the ready text appeared.
+    how = f": {wait_for!r} appeared after {started.seconds:.1f}s" if wait_for else ""
+    say(f"restarted VM '{name}'{_running(store.host_of(name), started)}{how}")
 
 
 @vm_task(
@@ -350,16 +377,17 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
     store, _ = open_store()
     host = store.host_of(name)
     record = origin.load(store, name)
-    kept = delete_vm(store, name, force=force)
-    unrooted = forget(store, name, record)  # its Nix GC roots, if it came from a flake
-    if kept and host is not None:  # its volume there
-        say(f"deleted VM '{name}'{on_host(host)}; its disk is kept as {kept}")
-    else:
-        kept_at = f"; its disk image is kept at {kept}" if kept else ""
-        say(f"deleted VM '{name}'{on_host(host)}{kept_at}")
-    if unrooted:
-        notice(unrooted)
-    sync.forget(store, name, sync.clan_dir(clan_dir), notice)
+    # Afterwards out of the clan named here and of those it was added to.
+    with sync.leaving_clans(store, name, sync.clan_dir(clan_dir), notice):
+        kept = delete_vm(store, name, force=force)
+        unrooted = forget(store, name, record)  # its Nix GC roots, if it came from a flake
+        if kept and host is not None:  # its volume there
+            say(f"deleted VM '{name}'{on_host(host)}; its disk is kept as {kept}")
+        else:
+            kept_at = f"; its disk image is kept at {kept}" if kept else ""
+            say(f"deleted VM '{name}'{on_host(host)}{kept_at}")
+        if unrooted:
+            notice(unrooted)
 
 
 @vm_task(help={"name": NAME_HELP}, examples=["pause web"])

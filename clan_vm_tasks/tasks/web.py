@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clan_vm_tasks.tasks.common import CLAN_DIR_HELP, open_store, say, vm_task
+from clan_vm_tasks.tasks.common import (
+    CLAN_DIR_HELP,
+    OVERRIDE_INPUT_HELP,
+    open_store,
+    overrides,
+    say,
+    vm_task,
+)
 
 if TYPE_CHECKING:
     from invoke.context import Context
@@ -13,7 +20,10 @@ if TYPE_CHECKING:
 @vm_task(
     optional=["flake"],
     examples=["serve", "serve --listen 127.0.0.1:0 --flake"],
+    iterable=["override_input"],
+    pairs=["override_input"],
     help={
+        "override_input": OVERRIDE_INPUT_HELP,
         "listen": "address and port to serve on (default 127.0.0.1:8080; port 0: any free one)",
         "allow_remote": "allow an address other machines can reach (anyone who can reach it "
         "with the token controls the VMs)",
@@ -28,6 +38,7 @@ def serve(
     allow_remote: bool = False,
     flake: str | bool | None = None,
     clan_dir: str | None = None,
+    override_input: list[str] | None = None,
 ) -> None:
     """Serve a live web dashboard of every VM.
 
@@ -38,11 +49,12 @@ def serve(
     from clan_vm_tasks.web import address, assets
     from clan_vm_tasks.web.context import Context as WebContext
 
+    inputs = overrides(override_input)
     where = address.parse(listen)
     address.refuse_remote(where, allow_remote)
     assets.check_vendor()
     _, settings = open_store(create=False)
-    chosen = flakes.chosen(flake) if flake else flakes.resolve(None)
+    chosen = flakes.chosen(flake, inputs) if flake else flakes.resolve(None, overrides=inputs)
     ctx = WebContext(settings, chosen, sync.clan_dir(clan_dir))
 
     from clan_vm_tasks.web.server import serve as run  # the web stack: only for this task

@@ -1,31 +1,40 @@
-"""Reaching into a running guest through the QEMU guest agent: ping, exec, copy.
+"""Running commands in a running guest through its agent: exec (with stdin), ping, waiting
+for the agent after a boot.
 
-Written against ``Machine.agent`` (any backend). The agent serves one client at a
-time, so sessions of the tool on one VM are serialised by a lock of their own;
-every wait is bounded, and a guest without an agent is an error after a short wait,
-never a hang.
+Written against ``Machine.agent`` (any backend) through ``vm.agent``, which checks every
+reply. Every wait is bounded; a guest without an agent is an error after the wait, never a
+hang.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
-from clan_vm_tasks.backends.base import GuestAgent
-from clan_vm_tasks.errors import AgentError, AgentUnavailable, ClanVMError, StateConflict
-from clan_vm_tasks.state import files
+from clan_vm_tasks.errors import (
+    AgentError,
+    AgentInvalidReply,
+    AgentUnavailable,
+    ClanVMError,
+    GuestCommandFailed,
+)
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import machines, reconcile
+from clan_vm_tasks.vm import reconcile
+from clan_vm_tasks.vm.agent import Agent, session
 
-CHUNK = 1 << 20  # bytes per guest-file-read/-write: well under the agent's message limits
-PING_TIMEOUT = 1.0
-AGENT_WAIT = 10.0  # how long exec and copy wait for an agent that does not answer yet
+AGENT_WAIT = 10.0  # how long copy and ssh wait for an agent that does not answer yet
 POLL = 0.05
+POLL_MAX = 0.5
+# Standard input larger than one agent message goes to a file in the guest first; this runs
+# the command with that file as its stdin (removed once open) and exits 127 like any shell
+# when the command does not exist.
+FROM_SPOOL = 'exec 0<"$0" || exit 126; rm -f -- "$0"; exec "$@"'
+_NOT_FOUND = "No such file or directory"
+_NOT_RUNNABLE = "Permission denied"
 
 
 @dataclass(frozen=True)
@@ -36,52 +45,18 @@ class ExecResult:
     truncated: bool  # the agent caps captured output (16 MiB in QEMU 7.2)
 
 
-def _agent_enabled(store: Store, name: str) -> bool:
-    return store.read_config(name).get("agent", True) is not False
-
-
-@contextlib.contextmanager
-def session(store: Store, name: str, wait: float = AGENT_WAIT) -> Iterator[GuestAgent]:
-    """A session with the agent of running VM NAME, waiting up to WAIT seconds for it."""
-    store.require(name)
-    state = reconcile.current(store, name)
-    if state.status not in reconcile.ACTIVE:
-        raise StateConflict(f"VM '{name}' is not running (it is {state.status})")
-    if not _agent_enabled(store, name):
-        raise ClanVMError(f"VM '{name}' has no guest agent channel (agent = false)")
-    machine = machines.machine(store, name, state)
-    files.private_dir(store.locks)
-    lock = store.locks / f"{name}.agent"
-    with (
-        files.locked(lock, f"the guest agent of '{name}'", wait + 60),
-        contextlib.ExitStack() as stack,
-    ):
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                probe = max(PING_TIMEOUT, min(PING_TIMEOUT * 2, wait))
-                agent = stack.enter_context(machine.agent(probe))
-                break
-            except AgentUnavailable as error:
-                if time.monotonic() >= deadline:
-                    raise AgentUnavailable(
-                        f"the guest agent of VM '{name}' does not answer ({error}); is "
-                        "qemu-guest-agent running in the guest?"
-                    ) from None
-                time.sleep(0.2)
-        yield agent
-
-
 def ping(store: Store, name: str, wait: float = 0.0) -> bool | None:
     """Whether the agent answers (None when the VM is not running), waiting up to WAIT
-    seconds for it."""
+    seconds for it (none: a guest whose agent has not opened its port is told at once)."""
     state = reconcile.current(store, name)
-    if state.status not in reconcile.ACTIVE or not _agent_enabled(store, name):
-        return None if state.status not in reconcile.ACTIVE else False
-    try:  # no wait: a guest whose agent has not opened its port is told at once
+    if state.status not in reconcile.ACTIVE:
+        return None
+    if store.read_config(name).get("agent", True) is False:
+        return False
+    try:
         with session(store, name, wait=wait):
-            pass  # a session begins with the agent answering (a sync, or a guest-ping)
-    except (AgentUnavailable, AgentError):
+            pass  # a session begins with the agent answering (its sync, or a guest-ping)
+    except (AgentUnavailable, AgentError, AgentInvalidReply):
         return False
     return True
 
@@ -89,124 +64,121 @@ def ping(store: Store, name: str, wait: float = 0.0) -> bool | None:
 def wait_for_agent(store: Store, name: str, timeout: float) -> float:
     """Wait until the agent answers; the seconds it took."""
     began = time.monotonic()
-    with session(store, name, wait=timeout) as agent:
-        agent.execute("guest-ping", timeout=max(1.0, timeout - (time.monotonic() - began)))
+    with session(store, name, wait=timeout, hint="") as agent:
+        agent.ping(timeout=max(1.0, timeout - (time.monotonic() - began)))
     return time.monotonic() - began
 
 
-def _decode(data: Any) -> bytes:
-    return base64.b64decode(data) if isinstance(data, str) else b""
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size and (part := stream.read(size - got)):
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
-def run(
-    agent: GuestAgent, argv: list[str], timeout: float, stdin: bytes | None = None
-) -> ExecResult:
-    """Run ARGV in the guest and wait (up to TIMEOUT) for it to exit."""
-    arguments: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
-    if stdin is not None:
-        arguments["input-data"] = base64.b64encode(stdin).decode()
-    pid = agent.execute("guest-exec", arguments)["pid"]
+def _start(agent: Agent, argv: list[str], stdin: bytes | None) -> int:
+    """The guest pid of ARGV, started; a command that cannot be run exits as a shell's would."""
+    try:
+        return agent.exec_start(argv, stdin)
+    except AgentError as error:
+        text = str(error)
+        if _NOT_FOUND in text or _NOT_RUNNABLE in text:
+            missing = _NOT_FOUND in text
+            what = "not found" if missing else "cannot be run (permission denied)"
+            raise GuestCommandFailed(
+                f"{argv[0]}: command {what} in VM '{agent.name}'", 127 if missing else 126
+            ) from None
+        raise
+
+
+def _run_quietly(agent: Agent, argv: list[str], timeout: float) -> ExecResult:
+    return _wait(agent, argv, _start(agent, argv, None), timeout)
+
+
+def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
+    """Start ARGV with CHUNKS as its stdin, written to a file in the guest first (the agent
+    takes a command's input in one message only)."""
+    try:
+        made = _run_quietly(agent, ["mktemp"], 30)
+    except GuestCommandFailed:
+        raise ClanVMError(
+            f"VM '{agent.name}' has no mktemp: input larger than {agent.write_chunk} bytes cannot "
+            "reach a command there through its agent"
+        ) from None
+    path = made.stdout.decode(errors="replace").strip()
+    if made.exit_code != 0 or not path.startswith("/") or "\n" in path:
+        raise ClanVMError(
+            f"could not make a file in VM '{agent.name}' for the command's input "
+            f"(mktemp exited {made.exit_code})"
+        )
+    try:
+        handle = agent.open(path, "w")
+        try:
+            for chunk in chunks:
+                agent.write(handle, chunk)
+        finally:
+            agent.close(handle)
+        return _start(agent, ["/bin/sh", "-c", FROM_SPOOL, path, *argv], None)
+    except BaseException:
+        remove(agent, path)
+        raise
+
+
+def remove(agent: Agent, path: str) -> None:
+    """Remove PATH in the guest, as far as it lets us (cleaning up after a failure)."""
+    with contextlib.suppress(ClanVMError):
+        _run_quietly(agent, ["rm", "-rf", "--", path], 30)
+
+
+def _wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
     deadline = time.monotonic() + timeout
-    pause = POLL / 16  # a short command is done in a few ms: look again soon, then less often
+    pause = POLL / 16  # a short command is done in a few ms: look again soon
     while True:
         # The reply carries all captured output once it exited: give it time to arrive.
-        status = agent.execute(
-            "guest-exec-status", {"pid": pid}, max(30.0, deadline - time.monotonic())
-        )
-        if status.get("exited"):
-            break
+        status = agent.exec_status(pid, max(30.0, deadline - time.monotonic()))
+        if status.exited:
+            return ExecResult(status.exit_code, status.stdout, status.stderr, status.truncated)
         if time.monotonic() >= deadline:
             raise ClanVMError(
                 f"{argv[0]} did not finish within {timeout:g}s (the guest agent cannot stop "
                 "it: it may still run in the guest)"
             )
         time.sleep(pause)
-        pause = min(pause * 2, POLL)
-    signal = status.get("signal")
-    return ExecResult(
-        exit_code=128 + int(signal) if signal else int(status.get("exitcode", 0)),
-        stdout=_decode(status.get("out-data")),
-        stderr=_decode(status.get("err-data")),
-        truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
-    )
+        pause = min(pause * 2, POLL_MAX)
+
+
+def run(
+    agent: Agent, argv: list[str], timeout: float, stdin: bytes | BinaryIO | None = None
+) -> ExecResult:
+    """Run ARGV in the guest and wait (up to TIMEOUT) for it to exit. STDIN is read in
+    chunks, so it may be larger than memory."""
+    stream = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
+    first = _read_up_to(stream, agent.write_chunk) if stream is not None else b""
+    more = _read_up_to(stream, agent.write_chunk) if stream is not None and first else b""
+    if not more:
+        pid = _start(agent, argv, first or None)
+    else:
+        assert stream is not None
+
+        def chunks() -> Iterator[bytes]:
+            yield first
+            yield more
+            while chunk := _read_up_to(stream, agent.write_chunk):
+                yield chunk
+
+        pid = _spooled(agent, argv, chunks())
+    return _wait(agent, argv, pid, timeout)
 
 
 def execute(
-    store: Store, name: str, argv: list[str], timeout: float, stdin: bytes | None = None
+    store: Store,
+    name: str,
+    argv: list[str],
+    timeout: float,
+    stdin: bytes | BinaryIO | None = None,
+    wait: float | None = None,
 ) -> ExecResult:
-    with session(store, name) as agent:
+    """Run ARGV in VM NAME's guest; wait up to WAIT (default: TIMEOUT) for its agent."""
+    with session(store, name, wait=timeout if wait is None else wait) as agent:
         return run(agent, argv, timeout, stdin)
-
-
-@contextlib.contextmanager
-def _opened(agent: GuestAgent, path: str, mode: str) -> Iterator[int]:
-    handle = int(agent.execute("guest-file-open", {"path": path, "mode": mode}))
-    try:
-        yield handle
-    finally:
-        with contextlib.suppress(ClanVMError):
-            agent.execute("guest-file-close", {"handle": handle})
-
-
-def copy_in(store: Store, name: str, source: Path, target: str) -> int:
-    """Copy the host file SOURCE to TARGET in the guest, in chunks; then give it SOURCE's
-    permission bits (with chmod in the guest, if it has one). Returns the bytes copied."""
-    size = 0
-    with session(store, name) as agent, source.open("rb") as data:
-        with _opened(agent, target, "wb") as handle:
-            while chunk := data.read(CHUNK):
-                encoded = base64.b64encode(chunk).decode()
-                agent.execute("guest-file-write", {"handle": handle, "buf-b64": encoded}, 60)
-                size += len(chunk)
-            agent.execute("guest-file-flush", {"handle": handle})
-        mode = f"{source.stat().st_mode & 0o7777:o}"
-        with contextlib.suppress(ClanVMError):  # a guest without chmod keeps the agent's mode
-            run(agent, ["chmod", mode, target], timeout=30)
-    return size
-
-
-def _chunks(agent: GuestAgent, path: str) -> Iterator[bytes]:
-    """The content of PATH in the guest, CHUNK bytes at a time."""
-    with _opened(agent, path, "rb") as handle:
-        while True:
-            read = agent.execute("guest-file-read", {"handle": handle, "count": CHUNK}, 60)
-            chunk = _decode(read.get("buf-b64"))
-            if chunk:
-                yield chunk
-            if read.get("eof") or not chunk:
-                return
-
-
-def read_small(agent: GuestAgent, path: str) -> bytes:
-    return b"".join(_chunks(agent, path))
-
-
-def copy_out(store: Store, name: str, source: str, target: Path) -> int:
-    """Copy SOURCE in the guest to the host file TARGET, in chunks (written whole or not
-    at all). Returns the bytes copied."""
-    partial = target.with_name(f".{target.name}.partial")
-    size = 0
-    try:
-        with session(store, name) as agent, partial.open("wb") as out:
-            for chunk in _chunks(agent, source):
-                out.write(chunk)
-                size += len(chunk)
-        partial.replace(target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return size
-
-
-def interfaces(store: Store, name: str) -> list[str]:
-    """The guest's IPv4 addresses, loopback excepted."""
-    with session(store, name) as agent:
-        found = agent.execute("guest-network-get-interfaces")
-    addresses = []
-    for interface in found if isinstance(found, list) else []:
-        if interface.get("name") == "lo":
-            continue
-        for address in interface.get("ip-addresses") or []:
-            if address.get("ip-address-type") == "ipv4":
-                addresses.append(str(address["ip-address"]))
-    return addresses

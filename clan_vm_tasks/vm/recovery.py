@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store
@@ -25,7 +26,9 @@ from clan_vm_tasks.state.sweep import sweep
 
 LATE = " (recorded after the command that did it was killed)"
 # Actions that rewrite the disk image with qemu-img while the VM is stopped.
-DISK_ACTIONS = ("resize", "snapshot", "snapshot-delete", "revert")
+DISK_ACTIONS = ("resize", "snapshot", "snapshot-delete", "revert", "set", "reconfigure")
+# Actions that apply a whole new definition (``vm.pending``): finished, not undone.
+DEFINITION_ACTIONS = ("set", "reconfigure")
 
 
 @contextlib.contextmanager
@@ -54,7 +57,7 @@ def recover(store: Store, warn: Notify = notice) -> None:
             if store.exists(name):
                 _finish(store, name, action, marker)
             store.done(name, action)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, ClanVMError) as error:  # tried again by the next command
             warn(f"warning: could not finish an interrupted {action} of '{name}': {error}")
         finally:
             store.drop_lock_file(name)
@@ -80,6 +83,11 @@ def _finish(store: Store, name: str, action: str, marker: Path) -> None:
         repaired = machine.repair_disk()  # a killed qemu-img can leave the image inconsistent
         if repaired:
             history.record(store.history, name, "repair", f"disk: {repaired} (after {action})")
+    if action in DEFINITION_ACTIONS:
+        from clan_vm_tasks.vm import pending
+
+        pending.finish(store, name, action, expect, since)
+        return
     details: str | None = None
     if action == "create":
         details = "created"

@@ -22,7 +22,7 @@ from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
-from clan_vm_tasks.vm import definition, guest, machines, reconcile
+from clan_vm_tasks.vm import definition, forwards, guest, machines, reconcile
 from clan_vm_tasks.vm.recovery import journaled
 from clan_vm_tasks.vm.stop import stop
 
@@ -82,8 +82,10 @@ def _launch(
     if state.status in reconcile.ACTIVE:
         how = f" (pid {state.pid})" if state.pid is not None else ""
         raise StateConflict(f"VM '{name}' is already running{how}")
+    _apply_pending(store, name, notify)
     config = definition.load(store, name)
     definition.check_boot_files(config, name)
+    forwards.refuse_held(store, name, config)
     backend = machines.backend(config.host)
     backend.check_config(config)  # what this host cannot run (any more) is refused untouched
     requested = accel or (config.accel if config.accel != "auto" else settings.accel)
@@ -128,6 +130,22 @@ def _launch(
     return machine, launched, state
 
 
+def _apply_pending(store: Store, name: str, notify: Notify) -> None:
+    """A change made while the VM ran (``set``) takes effect now, before anything boots."""
+    from clan_vm_tasks.vm import pending
+
+    if pending.path(store, name).exists():
+        from clan_vm_tasks.vm.create import apply_pending
+
+        before = definition.load(store, name)
+        if apply_pending(store, name, notify).changed:
+            after = definition.load(store, name)
+            notify(
+                f"applied the change made while '{name}' ran: "
+                + pending.words(pending.differences(before, after))
+            )
+
+
 def _why(error: BaseException) -> str:
     if isinstance(error, Interrupted):
         return f"interrupted by {signal.Signals(error.signum).name}"
@@ -159,9 +177,11 @@ def start(
     notify: Notify = notice,
     action: str = "start",
     wait_for_agent: bool = False,
+    wait_for_ssh: bool = False,
 ) -> Started:
     """Boot a VM and return once QMP answers (and WAIT_FOR appeared on the console, and with
-    WAIT_FOR_AGENT the guest agent answered)."""
+    WAIT_FOR_AGENT the guest agent answered, and with WAIT_FOR_SSH its sshd took the VM's
+    key with the pinned host key)."""
     if timeout <= 0:
         raise InvalidInput("--timeout must be positive")
     began = time.monotonic()
@@ -169,12 +189,19 @@ def start(
     with store.lock(name):
         machine, launched, state = _launch(store, name, settings, accel, foreground, notify, action)
     try:
-        _wait(store, name, machine, state, began, wait_for, timeout, wait_for_agent, notify)
+        waiting = _Waiting(wait_for, timeout, wait_for_agent, wait_for_ssh)
+        _wait(store, name, machine, state, began, waiting, notify)
     except KeyboardInterrupt:
         if foreground:  # Ctrl-C stops a VM in the foreground, as it does once it is up
             _stop_on_interrupt(store, name, notify)
             raise
-        what = f"{wait_for!r} on the console of" if wait_for else "the guest agent of"
+        what = (
+            f"{wait_for!r} on the console of"
+            if wait_for
+            else "the sshd of"
+            if wait_for_ssh
+            else "the guest agent of"
+        )
         message = f"interrupted while waiting for {what} '{name}'"
         _record_failed_start(store, name, message)
         raise InterruptedWait(
@@ -186,18 +213,26 @@ def start(
     return Started(name, launched.pid, launched.accel, seconds)
 
 
+@dataclass(frozen=True)
+class _Waiting:
+    text: str | None  # on the console
+    timeout: float  # in all, from the start's beginning
+    agent: bool  # the guest agent answers
+    ssh: bool  # the guest's sshd takes the VM's key
+
+
 def _wait(
     store: Store,
     name: str,
     machine: Machine,
     state: VMState,
     began: float,
-    wait_for: str | None,
-    timeout: float,
-    wait_for_agent: bool,
+    waiting: _Waiting,
     notify: Notify,
 ) -> None:
-    """Until WAIT_FOR appeared on the console and (WAIT_FOR_AGENT) the agent answered."""
+    """Until the text appeared on the console, and the agent (or sshd) answered."""
+    wait_for, timeout = waiting.text, waiting.timeout
+    wait_for_agent, wait_for_ssh = waiting.agent, waiting.ssh
     if wait_for is not None and not machine.wait_for_text(
         wait_for, state.console_offset, timeout - (time.monotonic() - began), machine.alive
     ):
@@ -213,10 +248,15 @@ def _wait(
         notify("last console lines:\n" + ("\n".join(f"  | {line}" for line in tail) or "  (none)"))
         _record_failed_start(store, name, message)
         raise ClanVMError(message)
-    if wait_for_agent:
+    if wait_for_agent or wait_for_ssh:
+        from clan_vm_tasks.vm import ssh  # lazy: most starts wait for neither
+
         remaining = max(1.0, timeout - (time.monotonic() - began))
         try:
-            guest.wait_for_agent(store, name, remaining)
+            if wait_for_ssh:
+                ssh.wait_ready(store, name, remaining)
+            else:
+                guest.wait_for_agent(store, name, remaining)
         except ClanVMError as error:
             message = f"{error}; the VM is still running (clan-vm-manager stop {name})"
             _record_failed_start(store, name, message)

@@ -8,7 +8,7 @@ from typing import Any
 from clan_vm_tasks.errors import ClanVMError, HostUnreachable
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import guest, listing, machines, reconcile
+from clan_vm_tasks.vm import guest, listing, machines, pending, reconcile
 
 
 def _unreachable(store: Store, name: str, error: HostUnreachable) -> dict[str, Any]:
@@ -45,7 +45,20 @@ def status(store: Store, name: str, wait_agent: float = 0.0) -> dict[str, Any]:
     info["agent"] = None
     if info["state"] == "running":
         info["agent"] = guest.ping(store, name, wait_agent)
+    info["pending"] = _pending(store, name)
     return info
+
+
+def _pending(store: Store, name: str) -> dict[str, Any] | None:
+    """What the VM's next start changes (``set`` while it ran, a flake's new definition)."""
+    if not pending.path(store, name).exists():
+        return None
+    from clan_vm_tasks.vm import definition  # lazy: the schema, only when a change waits
+
+    try:
+        return pending.summary(store, name, definition.load(store, name))
+    except ClanVMError:
+        return None
 
 
 def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:

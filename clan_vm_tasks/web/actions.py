@@ -93,7 +93,8 @@ def start(ctx: Context, name: str, body: Body, notify: Notify) -> dict[str, Any]
                 store, ctx.settings, name, wait_for=wait_for, timeout=timeout, notify=notify
             )
 
-    request = Request(store, ctx.settings, name, option, notify=notify)
+    inputs = ctx.flake.overrides if option is not None and ctx.flake is not None else ()
+    request = Request(store, ctx.settings, name, option, notify=notify, overrides=inputs)
     started = launch.start(request, boot, follow=False)
     sync.push(store, name, ctx.clan_dir, notify)
     how = f"{wait_for!r} appeared" if wait_for else "QMP answered"
@@ -177,16 +178,16 @@ def delete(ctx: Context, name: str, body: Body, notify: Notify) -> dict[str, Any
     store = ctx.store()
     host = store.host_of(name)
     record = origin.load(store, name)
-    kept = delete_vm(store, name, force=force, notify=notify)
-    unrooted = forget(store, name, record)
-    if kept and host is not None:  # its volume there
-        message = f"deleted VM '{name}'{_on_host(host)}; its disk is kept as {kept}"
-    else:
-        kept_at = f"; its disk image is kept at {kept}" if kept else ""
-        message = f"deleted VM '{name}'{_on_host(host)}{kept_at}"
-    if unrooted:
-        notify(unrooted)
-    sync.forget(store, name, ctx.clan_dir, notify)
+    with sync.leaving_clans(store, name, ctx.clan_dir, notify):
+        kept = delete_vm(store, name, force=force, notify=notify)
+        unrooted = forget(store, name, record)
+        if kept and host is not None:  # its volume there
+            message = f"deleted VM '{name}'{_on_host(host)}; its disk is kept as {kept}"
+        else:
+            kept_at = f"; its disk image is kept at {kept}" if kept else ""
+            message = f"deleted VM '{name}'{_on_host(host)}{kept_at}"
+        if unrooted:
+            notify(unrooted)
     return {"message": message, "kept_disk": None if kept is None else str(kept)}
 
 

@@ -29,6 +29,11 @@ class Context:
             store.ensure()
         if store.root.is_dir():
             recover(store)
+            if store.unlisting_work():  # a killed delete: its VM still in a clan's inventory
+                from clan_vm_tasks.clan import sync
+                from clan_vm_tasks.render import notice
+
+                sync.finish(store, notice)
         return store
 
     def quick_store(self) -> Store:

@@ -48,7 +48,7 @@ def vm_show(ctx: Context, name: str) -> dict[str, Any]:
                 raise UnknownVM(name)
             return dict(declared.require(found, ctx.flake, name).definition)
         info = show(store, ctx.settings, name)
-        definition = declared.definition_for_show(store, ctx.flake.ref, name)
+        definition = declared.definition_for_show(store, ctx.flake.ref, name, ctx.flake.overrides)
         if definition is not None:
             info["declared"] = definition
         return info

@@ -49,7 +49,8 @@ def test_direct_kernel_boot_with_user_networking() -> None:
         "-initrd", "/k/initrd",
         "-append", "console=ttyS0 clan.hostname=web",
         "-drive", "file=/s/vms/web/disk.qcow2,if=none,id=disk0,format=qcow2",
-        "-device", "virtio-blk-pci,drive=disk0",
+        "-device", "virtio-blk-pci,drive=disk0,serial=root,bootindex=1",
+        "-device", "virtio-rng-pci,id=rng0",
         "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22",
         "-device", "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01",
         "-chardev", "socket,id=serial0,path=/run/c/serial.sock,server=on,wait=off,"
@@ -168,6 +169,37 @@ def test_extra_arguments_that_clash_with_the_tools_own_are_found(
     extra: list[str], clash: str
 ) -> None:
     assert colliding(["-device", "virtio-rng-pci", *extra]) == [clash]
+
+
+def test_forwards_to_a_guest_address_and_a_restricted_network() -> None:
+    network = NetworkConfig(
+        restrict=True,
+        forward_ports=[
+            PortForward(host_port=8080, guest_port=80, guest_address="10.0.2.10"),
+            PortForward(protocol="udp", host_port=5353, guest_port=53),
+        ],
+    )
+    argv = build_argv(plan(VMConfig(name="web", network=network)))
+    assert argv[argv.index("-netdev") + 1] == (
+        "user,id=net0,hostfwd=tcp:127.0.0.1:8080-10.0.2.10:80,hostfwd=udp:127.0.0.1:5353-:53,"
+        "restrict=on"
+    )
+    # ... and the running VM is described as it was asked for.
+    assert describe(argv)[2] == ["tcp:127.0.0.1:8080->10.0.2.10:80", "udp:127.0.0.1:5353->53"]
+    assert [str(f) for f in network.forward_ports] == describe(argv)[2]
+
+
+def test_a_restricted_network_or_a_guest_address_need_what_they_mean() -> None:
+    from clan_vm_tasks.errors import InvalidInput
+    from clan_vm_tasks.models import validate
+
+    with pytest.raises(InvalidInput, match="restrict needs user-mode networking"):
+        validate(VMConfig, {"name": "a", "network": {"mode": "none", "restrict": True}}, "VM")
+    forward = {"hostPort": 1, "guestPort": 2, "guestAddress": "10.0.2"}
+    with pytest.raises(InvalidInput, match=r"'10\.0\.2' is not an IPv4 address"):
+        validate(PortForward, forward, "forward")
+    with pytest.raises(InvalidInput, match="the root disk's serial"):
+        validate(VMConfig, {"name": "a", "extraDisks": {"root": {"size": 1}}}, "VM")
 
 
 def test_extra_arguments_of_their_own_pass() -> None:

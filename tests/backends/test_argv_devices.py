@@ -52,10 +52,19 @@ def test_extra_disks_carry_their_name_as_serial() -> None:
     ]  # fmt: skip
 
 
+def test_extra_disks_come_in_the_natural_order_of_their_names() -> None:
+    # NixOS' emptyDiskImages become empty0, empty1, ...: the guest sees them in the list's
+    # order (/dev/vdb, /dev/vdc, ...), the tenth after the ninth.
+    vm = config(extraDisks={f"empty{i}": {"size": 1} for i in range(12)} | {"a": {"size": 1}})
+    serials = [w.rsplit("=", 1)[1] for w in extra_disk_args(vm, VM_DIR) if "serial=" in w]
+    assert serials == ["a", *(f"empty{i}" for i in range(12))]
+
+
 def test_graphics_is_opt_in_and_served_on_a_private_socket() -> None:
     assert graphics_args(config(), Path("/run/c/spice.sock")) == []
     assert graphics_args(config(graphics=True), Path("/run/c/spice.sock")) == [
         "-device", "virtio-vga",
+        "-device", "virtio-keyboard-pci",
         "-device", "qemu-xhci,id=usb-graphics", "-device", "usb-tablet,bus=usb-graphics.0",
         "-spice", "unix=on,addr=/run/c/spice.sock,disable-ticketing=on",
     ]  # fmt: skip
@@ -106,28 +115,33 @@ def test_virtiofs_shares_are_vhost_user_devices_on_shared_memory() -> None:
 def test_virtiofsd_runs_in_a_mount_namespace_and_is_named_by_its_socket() -> None:
     sock = Path("/run/c/virtiofs-data.sock")
     argv = virtiofs.command(
-        Path("/srv/a,b"), sock, 4, read_only=True, parent=77, root=True, python="/py"
-    )
+        Path("/srv/a"), sock, 4, read_only=True, parent=77, root=True, python="/py",
+        identity="2049:1234",
+    )  # fmt: skip
     assert argv == [
         "unshare", "--mount", "--propagation", "private", "--",
         "/py", "-IS", "-c", virtiofs.SCRIPT,
-        # The source is bind-mounted read-only onto a directory of the VM's own, served.
-        "virtiofsd:/run/c/virtiofs-data.sock", "/srv/a,b", "/run/c/virtiofs-data.root", "77",
-        "/usr/lib/qemu/virtiofsd", "--fd=4",
+        # The source, if it is still the directory the launch checked (device:inode), is
+        # bind-mounted (read-only) onto a directory of the VM's own, which is served.
+        "virtiofsd:/run/c/virtiofs-data.sock", "/srv/a", "2049:1234",
+        "/run/c/virtiofs-data.root", "ro", "77", "/usr/lib/qemu/virtiofsd", "--fd=4",
         "-o", "source=/run/c/virtiofs-data.root,sandbox=namespace,xattr",
     ]  # fmt: skip
     odd = virtiofs.command(
-        Path("/srv/a,b"), sock, 4, read_only=False, parent=77, root=True, python="/py"
-    )
-    assert odd[-1] == "source=/srv/a\\,b,sandbox=namespace,xattr"  # commas escaped
-    # Writable: no read-only bind mount; not root: a user namespace too.
+        Path("/srv/a,b"), Path("/run/c,d/v.sock"), 4, read_only=True, parent=77, root=True,
+        python="/py",
+    )  # fmt: skip
+    assert odd[-1] == "source=/run/c\\,d/v.root,sandbox=namespace,xattr"  # commas escaped
+    # Writable: bind-mounted, not made read-only; not root: a user namespace too.
     writable = virtiofs.command(
         Path("/srv"), sock, 4, read_only=False, parent=77, root=False, python="/py"
     )
     assert writable[:7] == [
         "unshare", "--mount", "--propagation", "private", "--user", "--map-root-user", "--",
     ]  # fmt: skip
-    assert writable[11:14] == ["virtiofsd:/run/c/virtiofs-data.sock", "", ""]
+    assert writable[11:16] == [
+        "virtiofsd:/run/c/virtiofs-data.sock", "/srv", "", "/run/c/virtiofs-data.root", "",
+    ]  # fmt: skip
 
 
 def test_virtiofs_is_refused_only_where_virtiofsd_cannot_run_or_enforce_read_only() -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from clan_vm_tasks.backends.libvirt import domain_xml
 from clan_vm_tasks.models import NetworkConfig, PortForward, Share, VMConfig
@@ -66,6 +69,7 @@ def test_direct_kernel_boot_with_user_networking() -> None:
       <driver name="qemu" type="qcow2" />
       <source pool="default" volume="web.qcow2" />
       <target dev="vda" bus="virtio" />
+      <serial>root</serial>
     </disk>
     <interface type="user">
       <mac address="02:00:00:00:00:01" />
@@ -82,6 +86,9 @@ def test_direct_kernel_boot_with_user_networking() -> None:
       <target type="virtio" name="org.qemu.guest_agent.0" />
     </channel>
     <memballoon model="none" />
+    <rng model="virtio">
+      <backend model="random">/dev/urandom</backend>
+    </rng>
   </devices>
 </domain>
 """
@@ -205,3 +212,19 @@ def test_only_read_only_9p_shares_of_store_paths_go_to_a_libvirt_host() -> None:
     assert "read-only" in problem(Share(source=store, read_only=False))
     assert "virtiofs" in problem(Share(source=store, type="virtiofs"))
     assert "mapped-file" in problem(Share(source=store, security_model="mapped-file"))
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        {"restrict": True},
+        {"forwardPorts": [{"hostPort": 1, "guestPort": 2, "guestAddress": "10.0.2.9"}]},
+    ],
+)
+def test_what_a_libvirt_host_cannot_give_a_nixos_vm_is_refused(network: dict[str, Any]) -> None:
+    from clan_vm_tasks.backends.libvirt.backend import LibvirtBackend
+    from clan_vm_tasks.errors import InvalidInput
+
+    config = VMConfig.model_validate({"name": "web", "network": network})
+    with pytest.raises(InvalidInput, match="restricted network or a forward to a guest address"):
+        LibvirtBackend("hv1", "qemu+ssh://root@hv1/system").check_config(config)

@@ -5,10 +5,12 @@ import fcntl
 import json
 import multiprocessing
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -790,3 +792,70 @@ def test_find_clan_dir_needs_an_inventory_in_the_flake(
     (tmp_path / INV).mkdir()  # a directory of that name is not an inventory
     assert find_clan_dir(None, tmp_path) is None
     assert find_clan_dir(None, None) is None
+
+
+# --- files someone else planted ----------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_clan() -> Iterator[Path]:
+    """A clan directory others may write to (sticky, like a shared checkout in /tmp)."""
+    shared = Path(tempfile.mkdtemp(prefix="clan-shared-", dir="/tmp"))
+    shared.chmod(0o1777)
+    (shared / INV).write_text(clan_text(CLAN))
+    yield shared
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def _as_nobody(*argv: str) -> None:
+    setpriv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    subprocess.run([*setpriv, *argv], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_planted_lock_link_is_never_followed(tmp_path: Path, shared_clan: Path) -> None:
+    clan_dir = shared_clan
+    victim = tmp_path / "victim"
+    victim.write_text("root's own\n")
+    victim.chmod(0o600)
+    os.utime(victim, ns=(OLD_NS, OLD_NS))
+    _as_nobody("ln", "-s", str(victim), str(clan_dir / LOCK_FILE))
+    with pytest.raises(InventoryError, match="is a symbolic link; refusing to follow it"):
+        push(clan_dir, "dev-vm", ssh_port=2222)
+    assert victim.read_text() == "root's own\n" and victim.stat().st_mtime_ns == OLD_NS
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert "dev-vm" not in read(clan_dir)["machines"]  # decided before anything changed
+    # A dangling link: following it would make a file of root's wherever it points.
+    os.unlink(clan_dir / LOCK_FILE)
+    made = tmp_path / "made-through-the-link"
+    _as_nobody("ln", "-s", str(made), str(clan_dir / LOCK_FILE))
+    with pytest.raises(InventoryError, match="is a symbolic link"):
+        push(clan_dir, "dev-vm", ssh_port=2222)
+    assert not made.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_lock_file_of_another_user_is_shared_and_never_truncated(shared_clan: Path) -> None:
+    clan_dir = shared_clan
+    _as_nobody("sh", "-c", f"echo theirs > {clan_dir / LOCK_FILE}")
+    push(clan_dir, "dev-vm", ssh_port=2222)
+    assert (clan_dir / LOCK_FILE).read_text() == "theirs\n"
+    assert "dev-vm" in read(clan_dir)["machines"]
+    os.unlink(clan_dir / LOCK_FILE)
+    os.mkfifo(clan_dir / LOCK_FILE)  # not a file at all: refused, not waited on
+    with pytest.raises(InventoryError, match="is not a regular file"):
+        remove(clan_dir, "dev-vm")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_an_inventory_link_of_another_user_is_not_followed(
+    tmp_path: Path, shared_clan: Path
+) -> None:
+    clan_dir = shared_clan
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}\n")
+    os.unlink(clan_dir / INV)
+    _as_nobody("ln", "-s", str(victim), str(clan_dir / INV))
+    with pytest.raises(InventoryError, match="symbolic link of another user"):
+        push(clan_dir, "dev-vm", ssh_port=2222)
+    assert victim.read_text() == "{}\n"

@@ -54,7 +54,8 @@ def test_the_same_options(name: str) -> None:
     ours = options(TASKS[name])
     assert [a.name for a in arguments] == [o.name for o in ours]
     for argument, option in zip(arguments, ours, strict=True):
-        assert argument.names == (option.flag[2:],)
+        short = (option.short[1:],) if option.short else ()
+        assert argument.names == (option.flag[2:], *short)
         assert argument.kind.__name__ == option.kind
         assert (argument.optional, argument.positional) == (option.optional, option.positional)
         assert argument.default == option.default
@@ -78,8 +79,9 @@ def command_lines(spec: TaskSpec) -> list[list[str]]:
             continue
         if option.kind == "bool":
             forms = [[option.flag]] + ([[option.inverse]] if option.inverse else [])
-        elif option.kind == "list":
-            forms = [[option.flag, "a"], [option.flag, "a", f"{option.flag}=b"]]
+            forms += [[option.short]] if option.short else []
+        elif option.kind == "list":  # NAME=VALUE values: what --override-input takes
+            forms = [[option.flag, "a=1"], [option.flag, "a=1", f"{option.flag}=b=2"]]
         else:
             forms = [[f"{option.flag}={value(option)}"], [option.flag, "-dash-value"]]
             if option.optional:
@@ -157,8 +159,10 @@ def test_what_invoke_does_not_do_but_a_user_expects() -> None:
     assert parse(TASKS["delete"], ["--", "-odd"])["name"] == "-odd"
     # Names as bare words for the tasks that take several.
     assert parse(TASKS["build"], ["web", "db", "--flake", "."])["vm"] == ["web", "db"]
-    # exec reads the words after "--" itself; its own options still come before.
-    assert parse(TASKS["exec"], ["web", "--timeout", "5", "--", "ls", "--help"]) == {
-        "name": "web",
-        "timeout": "5",
+    # A NAME=VALUE option takes two words as nix does (invoke needs them joined).
+    assert parse(TASKS["build"], ["--override-input", "nixpkgs", "/src/nixpkgs", "web"]) == {
+        **parse(TASKS["build"], ["--override-input=nixpkgs=/src/nixpkgs", "web"])
     }
+    # exec reads the words after "--" itself; its own options still come before.
+    parsed = parse(TASKS["exec"], ["web", "--timeout", "5", "--", "ls", "--help"])
+    assert (parsed["name"], parsed["timeout"]) == ("web", "5")

@@ -7,7 +7,9 @@ Each check returns human-readable violations; an empty list is a pass.
 3. the natural next commands succeed (``scenarios.run_scenario``'s follow-ups);
 4. nothing is left behind after them (``check_leftovers``);
 5. no disk data lost, kept disks included (``check_disk_data``);
-6. no history event lost (``check_history``).
+6. no history event lost (``check_history``);
+7. a change of the definition (``set``) is applied whole or not at all
+   (``scenarios.check_set_whole``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ INVARIANTS = {
     4: "nothing left behind",
     5: "no disk data lost",
     6: "no history event lost",
+    7: "a change is applied whole or not at all",
 }
 ACTIVE = ("running", "paused")
 STATES = ("running", "stopped", "paused", "crashed")
@@ -198,6 +201,13 @@ def check_disk_data(state_dir: Path, name: str, *, keeps_disk: bool) -> list[str
 def history_events(runner: Runner, name: str) -> tuple[list[dict[str, Any]], str | None]:
     """The VM's events (newest first), or the reason ``history`` failed."""
     result = runner.run("history", "--vm", name, "--json")
+    unknown = f"error: no VM named '{name}'"
+    if (
+        result.code == 2
+        and result.err.startswith(unknown)
+        and not vm_exists(runner.state_dir, name)
+    ):
+        return [], None  # no such VM and no events of one: the history has none
     if result.code != 0:
         return [], result.line()
     try:

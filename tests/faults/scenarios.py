@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from tests.faults import guest_ops
 from tests.faults.invariants import (
     ACTIVE,
     INVARIANTS,
@@ -39,6 +40,7 @@ from tests.faults.observe import (
     image_snapshots,
     processes,
     qemu_by_vm,
+    read_json,
     vm_exists,
     wait_console,
     write_marker,
@@ -51,6 +53,7 @@ NAME = "fz"
 SNAPSHOT = "s1"
 DISK_MIB = 64
 GROWN_MIB = 128
+APPEND = "console=ttyS0 quiet no_timer_check"
 
 # Everything worth killing at; a profile traces these, a sweep walks them.
 PROFILE_SYSCALLS = (
@@ -72,7 +75,10 @@ class GuestFiles(Protocol):
 
 # --- the operations ---------------------------------------------------------------------------
 
-Kind = Literal["create", "start", "stop", "delete", "resize", "snapshot"]
+Kind = Literal[
+    "create", "start", "stop", "delete", "resize", "snapshot", "set", "exec", "copy-out", "ssh"
+]
+GUEST_KINDS = ("exec", "copy-out", "ssh")  # see guest_ops
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class Operation:
     running_before: bool = False
     force: bool = False  # stop --force, delete --force
     keeps_disk: bool = False  # delete without --force
+    set_before: bool = False  # a change made with set while it ran waits for this start
 
     def argv(self, name: str, guest: GuestFiles) -> list[str]:
         if self.kind == "create":
@@ -93,6 +100,10 @@ class Operation:
             return [self.kind, name, *(["--force"] if self.force else [])]
         if self.kind == "resize":
             return ["resize", name, "--disk", str(GROWN_MIB)]
+        if self.kind == "set":
+            return set_args(name)
+        if self.kind in GUEST_KINDS:
+            return guest_ops.argv(self.kind, name)
         return ["snapshot", name, SNAPSHOT]
 
 
@@ -109,6 +120,12 @@ OPERATIONS: dict[str, Operation] = {
         Operation("resize", "resize"),
         Operation("snapshot", "snapshot"),
         Operation("snapshot-live", "snapshot", running_before=True),
+        Operation("set", "set"),
+        Operation("set-running", "set", running_before=True),
+        Operation("start-after-set", "start", set_before=True),
+        Operation("exec", "exec", running_before=True),
+        Operation("copy-out", "copy-out", running_before=True),
+        Operation("ssh", "ssh", running_before=True),
     )
 }
 
@@ -117,7 +134,7 @@ def create_args(name: str, guest: GuestFiles) -> list[str]:
     return [
         "create", name, "--cpus", "1", "--memory", "192", "--disk", str(DISK_MIB),
         "--kernel", str(guest.kernel), "--initrd", str(guest.initrd),
-        "--append", "console=ttyS0 quiet no_timer_check",
+        "--append", APPEND,
     ]  # fmt: skip
 
 
@@ -125,14 +142,75 @@ def start_args(name: str) -> list[str]:
     return ["start", name, "--wait-for", READY, "--timeout", "120"]
 
 
+# What `set` changes, all at once: the definition before and after, as config.json has it.
+# (One CPU throughout: a TCG guest with two on a loaded machine sometimes hangs in early boot.)
+SET_BEFORE = {"memory": 192, "disk_size": DISK_MIB, "append": APPEND}
+SET_AFTER = {"memory": 224, "disk_size": GROWN_MIB, "append": f"{APPEND} clan.set=1"}
+
+
+def set_args(name: str) -> list[str]:
+    return [
+        "set", name, "--memory", "224", "--disk", str(GROWN_MIB), "--append", SET_AFTER["append"],
+    ]  # fmt: skip
+
+
+def _settings(path: Path) -> dict[str, Any] | None:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    return {key: data.get(key) for key in SET_BEFORE}
+
+
+def check_set_whole(state_dir: Path, name: str) -> list[str]:
+    """7. A change is applied whole or not at all: the definition has every value of the
+    set or none, and a change that waits for the next start
+    (next.json) has all of them; the disk is as large as the definition says."""
+    vm = state_dir / "vms" / name
+    found = []
+    before, after = SET_BEFORE, SET_AFTER
+    now = _settings(vm / "config.json")
+    if now not in (before, after):
+        found.append(f"vms/{name}/config.json is half changed: {now}")
+    waiting = vm / "next.json"
+    if waiting.exists() and _settings(waiting) != after:
+        found.append(f"vms/{name}/next.json waits with {_settings(waiting)}, not {after}")
+    disk = vm / "disk.qcow2"
+    if now is not None and disk.exists() and image_mib(disk) != now["disk_size"]:
+        found.append(f"the disk is {image_mib(disk)} MiB, the definition says {now}")
+    return found
+
+
+def check_set_after(state_dir: Path, name: str) -> list[str]:
+    """7, once the next commands ran (a set again, a start): the whole change is there and
+    nothing waits any more."""
+    vm = state_dir / "vms" / name
+    now = _settings(vm / "config.json")
+    found = [] if now == SET_AFTER else [f"the definition is {now}, not the set's {SET_AFTER}"]
+    if (vm / "next.json").exists():
+        found.append(f"vms/{name}/next.json still waits: {_settings(vm / 'next.json')}")
+    return found
+
+
 def setup(runner: Runner, op: Operation, guest: GuestFiles, name: str = NAME) -> None:
-    """The state OP starts from: nothing, a stopped VM with marked disk, or it running."""
+    """The state OP starts from: nothing, a stopped VM with marked disk, it running, or
+    stopped with a change set while it ran."""
     if not op.exists_before:
+        return
+    if op.kind in GUEST_KINDS:
+
+        def create() -> None:
+            runner.ok(*create_args(name, guest))
+            write_marker(runner.state_dir / "vms" / name / "disk.qcow2")
+
+        guest_ops.setup(runner, op.kind, name, create)
         return
     runner.ok(*create_args(name, guest))
     write_marker(runner.state_dir / "vms" / name / "disk.qcow2")
-    if op.running_before:
+    if op.running_before or op.set_before:
         runner.ok(*start_args(name))
+    if op.set_before:
+        runner.ok(*set_args(name))
+        runner.ok("stop", name, "--force")
 
 
 # --- kill points ------------------------------------------------------------------------------
@@ -287,7 +365,7 @@ def _effects(state_dir: Path, name: str, op: Operation, was_running: bool) -> li
     disk = state_dir / "vms" / name / "disk.qcow2"
     if op.kind == "create" and exists:
         return [("create", f"the VM exists (vms/{name}/config.json)")]
-    if op.kind == "start" and runs:
+    if op.kind == "start" and runs and not op.set_before:
         return [("start", "the VM's QEMU runs")]
     if op.kind == "stop" and was_running and not runs:
         return [("stop", "the VM's QEMU is gone")]
@@ -297,6 +375,13 @@ def _effects(state_dir: Path, name: str, op: Operation, was_running: bool) -> li
         return [("resize", f"the disk is now {GROWN_MIB} MiB")]
     if op.kind == "snapshot" and disk.exists() and SNAPSHOT in image_snapshots(disk):
         return [("snapshot", f"the disk has snapshot '{SNAPSHOT}'")]
+    vm = state_dir / "vms" / name
+    applied = _settings(vm / "config.json") == SET_AFTER
+    if op.kind == "set" and (applied or (vm / "next.json").exists()):
+        return [("set", "the definition or the change waiting for the next start has it")]
+    if op.kind == "start" and op.set_before:
+        effects = [("start", "the VM's QEMU runs")] if runs else []
+        return effects + ([("set", "the change set while it ran is applied")] if applied else [])
     return []
 
 
@@ -330,14 +415,28 @@ def _follow_up(
             check.must(*create_args(name, guest))
     elif op.kind in ("start", "stop"):
         stop_or_cycle()
+        if op.set_before:  # whether the killed start applied it or the next one did
+            check.add(7, check_set_after(state_dir, name))
     elif op.kind == "delete":
         if exists and not check.must(*op.argv(name, guest)):
             return
         # What the delete left stays until the name is created again, if ever: look now.
         check.add(4, check_leftovers(state_dir, [name]))
         check.must(*create_args(name, guest))
+    elif op.kind in GUEST_KINDS:
+        check.add(4, guest_ops.check_after(check.runner, op.kind, name))  # after list --json
+        guest_ops.follow_up(check.must, op.kind, name)
     elif op.kind == "resize":
         check.must("resize", name, "--disk", str(GROWN_MIB))
+    elif op.kind == "set":
+        # Set again; a change that waits is applied by the next start.
+        if check.must(*set_args(name)) and op.running_before:
+            check.must("stop", name)
+            check.must(*start_args(name))
+            check.add(7, check_set_after(state_dir, name))
+            check.must("stop", name)
+        elif not op.running_before:
+            check.add(7, check_set_after(state_dir, name))
     elif op.kind == "snapshot":
         if op.running_before and status not in ACTIVE and not check.must(*start_args(name)):
             return
@@ -384,8 +483,10 @@ def run_scenario(
     check.add(1, check_untracked_qemu(state_dir, listed))
     effects = _effects(state_dir, name, op, was_running)
     check.add(6, check_history(runner, name, len(before), effects))
-    if op.exists_before:
+    if op.exists_before and op.kind != "ssh":  # the Debian guest's disk is its root fs
         check.add(5, check_disk_data(state_dir, name, keeps_disk=op.keeps_disk))
+    if op.kind == "set" or op.set_before:
+        check.add(7, check_set_whole(state_dir, name))
 
     check.context = "after the next commands"
     _follow_up(check, op, name, guest, offset, listed)

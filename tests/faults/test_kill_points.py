@@ -63,8 +63,13 @@ PID_RECORD = r"starting\W+n\W+pid\W+\d"  # the `starting` record with the pid
 KEEPING = r'"\$STATE/vms/fz", "\$STATE/vms/\.keeping-fz-\d+"\)'
 DELETING = r'"\$STATE/vms/fz", "\$STATE/vms/\.deleting-fz-\d+"\)'
 QMP = r"qmp\.sock"
+ONTO_NEXT = r'"\$STATE/vms/fz/next\.json"\)'
 
 PID_RECORDED = KillPoint("start", ("connect",), match=QMP, after=PID_RECORD, label="pid-recorded")
+EXEC_STATUS = KillPoint(
+    "exec", ("sendto",), match="guest-exec-status", label="waiting-for-the-command"
+)
+PARTIAL = r"\.copied\.bin\.[0-9a-f]+\.partial"
 
 POINTS = [
     # create: while qemu-img runs (sh starts its helper threads right after the fork:
@@ -116,6 +121,36 @@ POINTS = [
     # live snapshot: the job running in QEMU, history
     KillPoint("snapshot-live", ("sendto",), match="query-jobs", label="job-running"),
     KillPoint("snapshot-live", ("write",), match=HISTORY, label="write-history"),
+    # set of a stopped VM: the write-ahead marker (the whole new definition), qemu-img
+    # resize growing the disk, the disk grown but the definition not, history
+    KillPoint("set", RENAMES, match=r"pending/fz\.set", label="write-ahead"),
+    KillPoint("set", SPAWNS, "last", label="fork-qemu-img-resize"),
+    KillPoint("set", RENAMES, match=ONTO_CONFIG, label="rename-config"),
+    KillPoint("set", ("write",), match=HISTORY, label="write-history"),
+    # set of a running VM: the change put aside for the next start, history
+    KillPoint("set-running", RENAMES, match=ONTO_NEXT, label="rename-next"),
+    KillPoint("set-running", ("write",), match=HISTORY, label="write-history"),
+    # the start that applies it: qemu-img about to grow the disk, the definition replaced
+    # but the change still waiting, its event (before the start's)
+    KillPoint("start-after-set", SPAWNS, after=r"pending/fz\.set", label="fork-qemu-img"),
+    KillPoint("start-after-set", RENAMES, match=ONTO_CONFIG, label="rename-config"),
+    KillPoint("start-after-set", ("unlink",), match=r"vms/fz/next\.json", label="remove-next"),
+    KillPoint("start-after-set", ("write",), match=HISTORY, label="write-set-history"),
+    # exec: waiting for the command in the guest (the agent then has an answer nobody reads)
+    EXEC_STATUS,
+    replace(EXEC_STATUS, signal="SIGINT"),
+    # copy out: its partial file half written (killed, and interrupted: removed by itself),
+    # its record not yet in place, the rename into place
+    KillPoint("copy-out", ("write",), "middle", match=PARTIAL, label="writing-partial"),
+    KillPoint(
+        "copy-out", ("write",), "middle", match=PARTIAL, signal="SIGTERM", label="writing-partial"
+    ),
+    KillPoint("copy-out", RENAMES, match=r"partials/\d+\.\w+\.new", label="record-partial"),
+    KillPoint("copy-out", RENAMES, match=PARTIAL + r'", "copied\.bin"', label="rename-into-place"),
+    # ssh (the Debian guest, which boots slowly: two points): between the two renames of the
+    # key pair, while the agent installs the key (the host key is pinned by an atomic write)
+    KillPoint("ssh", RENAMES, "last", match=r"id_ed25519", label="key-pair"),
+    KillPoint("ssh", ("sendto",), match=r'guest-exec\\"', label="installing-key"),
 ]
 
 

@@ -14,11 +14,13 @@ import os
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from clan_vm_tasks.state.store import VMPaths
 from tests.conftest import CLI, kill_leftover_qemu
 from tests.guests.debian import DebianImage, ensure_image
 
@@ -31,10 +33,11 @@ def image() -> DebianImage:
     return ensure_image()
 
 
-def boot(cli: CLI) -> None:
-    """Start the Debian VM and wait until systemd reached multi-user and its agent answers."""
-    argv = ["start", "deb", "--wait-for", MULTI_USER, "--wait-for-agent", "--timeout", "240"]
-    cli.ok(*argv, timeout=300)
+def boot(cli: CLI) -> str:
+    """Start the Debian VM and wait until systemd reached multi-user and its sshd answers
+    (through its agent, which put the VM's key in place); what start said."""
+    argv = ["start", "deb", "--wait-for", MULTI_USER, "--wait-for-ssh", "--timeout", "240"]
+    return cli.ok(*argv, timeout=300).out
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory, image: DebianImage) -> Iterato
         "--forward", "tcp:auto:22",
     )  # fmt: skip
     try:
-        boot(cli)
+        assert "its SSH server answered" in boot(cli)
         yield cli
     finally:
         kill_leftover_qemu(cli.state_dir)
@@ -84,6 +87,43 @@ def test_copy_is_byte_exact_both_ways(deb: CLI, tmp_path: Path) -> None:
     assert (tmp_path / "payload.bin").read_bytes() == data
     both = deb.run("copy", "deb:/a", "deb:/b")
     assert both.code == 2 and "exactly one side" in both.err
+
+
+def test_trees_and_stdin_with_gnu_tar_and_coreutils(deb: CLI, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "file").write_text("content\n")
+    (tree / "sub" / "file").chmod(0o640)
+    (tree / "link").symlink_to("/etc/shadow")
+    deb.ok("copy", "-r", str(tree), "deb:/root/")
+    shown = deb.ok(
+        "exec", "deb", "--", "stat", "-c", "%A %N", "/root/tree/sub/file", "/root/tree/link"
+    )
+    assert shown.out.splitlines() == [
+        "-rw-r----- '/root/tree/sub/file'",
+        "lrwxrwxrwx '/root/tree/link' -> '/etc/shadow'",
+    ]
+    deb.ok("copy", "-r", "deb:/root/tree", str(tmp_path / "back"))
+    assert (tmp_path / "back" / "sub" / "file").read_text() == "content\n"
+    assert os.readlink(tmp_path / "back" / "link") == "/etc/shadow"
+    assert deb.ok("exec", "deb", "--", "wc", "-l", stdin="a\nb\n").out.strip() == "2"
+
+
+def test_ssh_reuses_one_connection_and_is_quick(deb: CLI) -> None:
+    """start --wait-for-ssh opened the connection; every ssh goes through it without asking
+    the agent anything."""
+    times = []
+    for _ in range(3):
+        began = time.monotonic()
+        deb.ok("ssh", "deb", "--", "true")
+        times.append(time.monotonic() - began)
+    print(f"ssh deb -- true: {', '.join(f'{t:.2f}s' for t in times)}")
+    assert max(times) < 1.0, times
+    # Its socket is in the VM's short runtime directory (unix socket paths: 108 bytes, and
+    # ssh adds 17 characters while it makes one).
+    run = VMPaths(deb.state_dir / "vms" / "deb").run
+    masters = [p for p in run.glob("ssh-*") if p.is_socket()]
+    assert len(masters) == 1 and len(str(masters[0])) + 17 < 108
 
 
 def test_ssh_with_the_vms_own_key_and_a_pinned_host_key(deb: CLI) -> None:
@@ -131,7 +171,10 @@ def test_zz_a_graceful_stop_and_a_restart_on_another_port_keep_ssh_trusted(deb: 
     with socket.socket() as squatter:  # the old port is taken: the VM gets another one
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        boot(deb)
+        deb.ok("start", "deb")  # returns while the guest boots: ssh waits for its sshd
+        began = time.monotonic()
+        hostname = deb.ok("ssh", "deb", "--timeout", "240", "--", "cat", "/etc/hostname").out
+        print(f"ssh right after a plain start answered after {time.monotonic() - began:.1f}s")
+        assert hostname.strip() == "debian"
         now = json.loads(deb.ok("status", "deb", "--json").out)["forwards"][0]
         assert f":{port}->" not in now
-        assert deb.ok("ssh", "deb", "--", "cat", "/etc/hostname").out.strip() == "debian"

@@ -60,7 +60,7 @@ def test_whole_lifecycle_on_a_libvirt_host(lv: LV, guest: Guest, host: str) -> N
     shown = json.loads(cli.ok("show", name, "--json").out)
     assert (shown["domain"], shown["last_stop"], shown["disk_size"]) == (name, "acpi", 512)
     [disk] = shown["disks"]
-    assert disk["path"].endswith(f"/{name}.qcow2") and disk["virtual_size"] == 512 << 20
+    assert disk["path"].endswith(f"/{name}.qcow2") and disk["virtual_size"] == 512
     assert "of the disk" in cli.ok("snapshot", name, "off").out
     snaps = {s["name"]: s["memory"] for s in json.loads(cli.ok("snapshots", name, "--json").out)}
     assert snaps == {"s1": True, "off": False}

@@ -1,9 +1,11 @@
 """The option reference, docs/options.md, generated from the modules themselves.
 
 ``python -m tests.nix.options_doc`` evaluates the options of ``flakeModules.default``
-(lib/per-system.nix with lib/vm-options.nix) and of ``nixosModules.guest`` with a
-nixpkgs.lib checkout ($CLAN_VM_TEST_NIXPKGS_LIB), writes their declarations to
-docs/options.json and renders docs/options.md from that. tests/nix/test_options_doc.py fails
+(lib/per-system.nix with lib/vm-options.nix), of ``nixosModules.guest`` and of the VM
+variant (nixos-modules/vm-sshd.nix), and the table of what the tool does with each option of
+nixpkgs' qemu-vm.nix (lib/qemu-vm-options.nix), with a nixpkgs.lib checkout
+($CLAN_VM_TEST_NIXPKGS_LIB), writes them to docs/options.json and renders docs/options.md
+from that. tests/nix/test_options_doc.py fails
 when either is stale: the Markdown against the JSON always, the JSON against the modules when
 the checkout is there.
 """
@@ -37,6 +39,9 @@ in {
     %(root)s/nixos-modules/guest.nix
     { _module.args = { extendModules = null; }; }
   ];
+  variant = docs [ %(root)s/nixos-modules/vm-sshd.nix ];
+  qemuVm = lib.mapAttrsToList (name: e: { inherit name; inherit (e) decision how; })
+    (import %(root)s/lib/qemu-vm-options.nix { inherit lib; }).decisions;
 }
 """
 
@@ -60,6 +65,29 @@ NIXOS = """
 Imported into a NixOS configuration, it gives the configuration's VM variant as a clanVms
 definition (with `flakeModules.default`, `clanVms.<name>.nixosConfiguration` does the same
 without it).
+"""
+
+
+VARIANT = """
+## The VM variant of a NixOS configuration
+
+Options of the VM variant clan-vm-manager makes of a NixOS configuration (nixpkgs'
+`qemu-vm.nix` and these), set by `clanVms.<name>` or in the configuration's
+`virtualisation.vmVariant`.
+"""
+
+QEMU_VM = """
+## nixpkgs' qemu-vm.nix in a VM variant
+
+What clan-vm-manager does with each `virtualisation.*` option of nixpkgs'
+`nixos/modules/virtualisation/qemu-vm.nix` (and of the modules it imports) that a NixOS
+configuration's VM variant sets, or qemu-vm.nix sets itself: the VM is what qemu-vm.nix's run
+script would start, or the evaluation fails with an error naming the option and what to do.
+(`lib/qemu-vm-options.nix`, checked against qemu-vm.nix's options by
+`tests/nix/test_qemu_vm_options.py`.)
+
+| option | decision | how |
+|---|---|---|
 """
 
 
@@ -106,11 +134,22 @@ def _code(label: str, text: str) -> str:
     return f"- {label}:\n\n  ```nix\n{indented}\n  ```"
 
 
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def render(data: dict[str, Any]) -> str:
     parts = [PREAMBLE]
     parts += [_option(o) for o in data["flake"]]
     parts.append(NIXOS)
     parts += [_option(o) for o in data["nixos"]]
+    parts.append(VARIANT)
+    parts += [_option(o) for o in data["variant"]]
+    rows = [
+        f"| `virtualisation.{o['name']}` | {_cell(o['decision'])} | {_cell(o['how'])} |"
+        for o in data["qemuVm"]
+    ]
+    parts.append(QEMU_VM + "\n".join(rows) + "\n")
     return "\n".join(parts)
 
 

@@ -41,6 +41,10 @@ def test_a_running_vm_keeps_its_definition_until_restart_applies_the_new_one(
     assert "the definition of 'alpha' changed (memory" in pending.err
     assert "it applies at the next start (the VM is running" in pending.err
     assert memory(ncli, "alpha") == 192
+    # status and show say what waits, as for a change made with set.
+    waits = json.loads(ncli.ok("status", "alpha", "--json").out)["pending"]
+    assert waits["changes"]["memory"] == {"from": 192, "to": 256}
+    assert "at its next start: memory 192 -> 256 MiB" in ncli.ok("status", "alpha").out
     # A restart whose evaluation fails stops nothing.
     edit(own_flake, "memory = 256;", 'memory = 256 + "x";')
     broken = ncli.run("restart", "alpha", "--wait-for", READY)
@@ -51,6 +55,7 @@ def test_a_running_vm_keeps_its_definition_until_restart_applies_the_new_one(
     restarted = ncli.ok("restart", "alpha", "--wait-for", READY, "--timeout", "60")
     assert "applied the changed definition of 'alpha': memory" in restarted.err
     assert memory(ncli, "alpha") == 256
+    assert json.loads(ncli.ok("status", "alpha", "--json").out)["pending"] is None
     ncli.ok("stop", "alpha")
 
 
@@ -137,7 +142,7 @@ def test_extra_disks_and_a_display_are_declared_like_the_rest(
     assert "clan-guest: disk vdb 16 MiB" in ncli.ok("console", "alpha", "--log").out
     shown = json.loads(ncli.ok("show", "alpha", "--json").out)
     assert Path(shown["spice_socket"]).is_socket()  # remote-viewer spice+unix://...
-    assert [d["virtual_size"] for d in shown["disks"]] == [64 << 20, 16 << 20]
+    assert [d["virtual_size"] for d in shown["disks"]] == [64, 16]
     ncli.ok("stop", "alpha")
     edit(own_flake, "extraDisks.data.size = 16;", "extraDisks.data.size = 8;")
     kept = ncli.ok("create", "alpha", "--flake", flake)
@@ -145,7 +150,7 @@ def test_extra_disks_and_a_display_are_declared_like_the_rest(
     edit(own_flake, "extraDisks.data.size = 8;", "extraDisks.data.size = 32;")
     ncli.ok("create", "alpha", "--flake", flake)
     shown = json.loads(ncli.ok("show", "alpha", "--json").out)
-    assert shown["disks"][1]["virtual_size"] == 32 << 20
+    assert shown["disks"][1]["virtual_size"] == 32
     deleted = ncli.ok("delete", "alpha")
     assert "extra disks of 'alpha' kept at" in deleted.err
     assert len(list((ncli.state_dir / "kept-disks").glob("alpha-data-*.qcow2"))) == 1

@@ -53,6 +53,8 @@ PROBES: list[tuple[str, Any]] = [
     ("agent", False), ("agent", "yes"), ("sshUser", "alice"), ("sshUser", "Bad User"),
     ("host", "qemu:///system"), ("host", 3),
     ("kernel", "/nix/store/00000000000000000000000000000000-linux/bzImage"),
+    ("kernel", "/nix/store/../../etc/shadow"), ("initrd", "/nix/store/x/../../etc/shadow"),
+    ("baseImage", "/nix/store/00000000000000000000000000000000-a/../../../etc/shadow"),
     ("shares", {"data": {"source": "/srv/data", "target": "/data"}}),
     ("shares", {"data": {"source": "relative/dir"}}), ("shares", {"bad tag": {}}),
     ("shares", {"data": {"type": "virtiofs", "readOnly": False}}),
@@ -64,10 +66,19 @@ PROBES: list[tuple[str, Any]] = [
     ("rootFilesystem", {"type": "ext4", "label": "nixos"}), ("rootFilesystem", {}),
     ("rootFilesystem", {"type": "btrfs"}), ("rootFilesystem", {"label": "seventeen-letters"}),
     ("graphics", True), ("graphics", "yes"),
+    ("name", "web-1"), ("name", "my_vm"), ("name", "-web"), ("name", "web-"), ("name", "a" * 63),
+    ("name", "a" * 64), ("name", ""), ("name", 3),
+    ("network.restrict", True), ("network.restrict", "yes"),
+    ("network.forwardPorts", [{"hostPort": 80, "guestPort": 80, "guestAddress": "10.0.2.9"}]),
+    ("network.forwardPorts", [{"hostPort": 80, "guestPort": 80, "guestAddress": "10.0.2"}]),
 ]  # fmt: skip
 # Files a flake names must be in the Nix store: the module refuses host paths at evaluation,
 # where the model (which also takes command-line definitions) leaves them to the trust check.
-STRICTER_IN_NIX = [("kernel", "/boot/vmlinuz"), ("baseImage", "/images/base.qcow2")]
+STRICTER_IN_NIX = [
+    ("kernel", "/boot/vmlinuz"), ("baseImage", "/images/base.qcow2"),
+    ("kernel", "/nix/store/../../etc/shadow"), ("initrd", "/nix/store/x/../../etc/shadow"),
+    ("baseImage", "/nix/store/00000000000000000000000000000000-a/../../../etc/shadow"),
+]  # fmt: skip
 
 FLAKE = """{
   inputs.flake-parts.url = "path:%(flake_parts)s";
@@ -143,7 +154,8 @@ def copy_module(directory: Path) -> None:
     shutil.copy(ROOT / "flake-module.nix", directory)
     for source in (ROOT / "lib").glob("*.nix"):
         shutil.copy(source, directory / "lib")
-    shutil.copy(ROOT / "nixos-modules" / "vm-variant.nix", directory / "nixos-modules")
+    for name in ("vm-variant.nix", "vm-sshd.nix"):
+        shutil.copy(ROOT / "nixos-modules" / name, directory / "nixos-modules")
 
 
 def nix_eval(flake: Path, attribute: str, apply: str | None = None) -> Any:
@@ -175,7 +187,9 @@ def test_option_types_accept_what_the_model_accepts(user_flake: Path) -> None:
             python = True
         except ValueError:
             python = False
-        if (path, value) in STRICTER_IN_NIX and python and not results[f"probe{i}"]:
+        if (path, value) in STRICTER_IN_NIX:  # the model takes it, the module must not
+            if results[f"probe{i}"] or not python:
+                disagreements.append(f"{path}={value!r}: nix {results[f'probe{i}']}, not stricter")
             continue
         if results[f"probe{i}"] != python:
             disagreements.append(f"{path}={value!r}: nix {results[f'probe{i}']}, model {python}")

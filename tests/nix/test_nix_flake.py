@@ -163,11 +163,19 @@ def test_boot_test_boots_every_vm_and_writes_junit(
     ncli: NixCLI, test_flake: Path, tmp_path: Path
 ) -> None:
     junit = tmp_path / "out" / "junit.xml"
-    result = ncli.ok("boot-test", "--flake", str(test_flake), "--junit", str(junit), timeout=400)
+    check = ["--check", "sleep 1; echo checked"]
+    result = ncli.ok(
+        "boot-test", "--flake", str(test_flake), *check, "--junit", str(junit), timeout=400
+    )
     rows = {line.split()[0]: line.split()[1] for line in result.out.splitlines()[1:]}
     assert rows == {"alpha": "pass", "beta": "pass"}
     suite = ET.parse(junit).getroot()
-    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    assert suite.get("tests") == "4" and suite.get("failures") == "0"
+    # Each testcase carries its real time: the boot until the ready text, the check's run.
+    times = {case.get("name"): float(case.get("time") or 0) for case in suite.iter("testcase")}
+    assert times["alpha"] > 0.5 and times["beta"] > 0.5
+    assert 1.0 <= times["alpha: sleep 1; echo checked"] < 30
+    assert float(suite.get("time") or 0) >= sum(times.values()) - 0.01
     assert json.loads(ncli.ok("list", "--json").out)[0]["state"] == "stopped"
     # A ready text that never comes: the VM fails, the run exits non-zero, nothing is left running.
     failed = ncli.run(
@@ -232,3 +240,14 @@ def test_a_flake_directory_with_an_inventory_is_not_thereby_the_clan(
     machines = json.loads((own_flake / "inventory.json").read_text())["machines"]
     assert machines["beta"]["tags"] == ["vm"]
     assert "`clan machines update` now treats it as a machine to deploy" in created.err
+
+
+@pytest.mark.vm
+def test_boot_test_counts_its_checks_in_words(ncli: NixCLI, test_flake: Path) -> None:
+    one = ncli.ok("boot-test", "beta", "--flake", str(test_flake), "--check", "true", timeout=400)
+    assert "1 check passed" in one.out and "1 checks" not in one.out, one.out
+    two = ncli.ok(
+        "boot-test", "beta", "--flake", str(test_flake), "--check", "true", "--check", "true",
+        timeout=400,
+    )  # fmt: skip
+    assert "2 checks passed" in two.out, two.out

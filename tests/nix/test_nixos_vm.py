@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -54,85 +55,6 @@ def evaluate(expression: str) -> Any:
     if proc.returncode != 0:
         raise AssertionError(proc.stderr)
     return json.loads(proc.stdout)
-
-
-def nixos_config(**virtualisation: Any) -> str:
-    """A NixOS-shaped config of a VM variant, as Nix, with VIRTUALISATION's settings."""
-    settings = {
-        "cores": 2,
-        "memorySize": 1536,
-        "diskSize": 4096,
-        "graphics": False,
-        "forwardPorts": [
-            {"from": "host", "proto": "tcp", "host": {"address": "", "port": 2222},
-             "guest": {"address": "", "port": 22}},
-        ],
-        "sharedDirectories": {
-            "nix-store": {"source": "/nix/store", "target": "/nix/.ro-store",
-                          "securityModel": "none"},
-            "xchg": {"source": '"$TMPDIR"/xchg', "target": "/tmp/xchg", "securityModel": "none"},
-            "data": {"source": "/srv/data", "target": "/data", "securityModel": "mapped-xattr"},
-        },
-        "additionalPaths": [f"{STORE}-nixos-system-web"],
-        "qemu": {"consoles": ["tty0", "ttyS0,115200n8"]},
-        "useDefaultFilesystems": True,
-        "diskImage": "./web.qcow2",
-        "emptyDiskImages": [512],
-        **virtualisation,
-    }  # fmt: skip
-    return f"""(builtins.fromJSON ''{
-        json.dumps(
-            {
-                "system": {
-                    "build": {
-                        "toplevel": f"{STORE}-nixos-system-web",
-                        "initialRamdisk": f"{STORE}-initrd",
-                    },
-                    "boot": {"loader": {"initrdFile": "initrd"}},
-                },
-                "boot": {"kernelParams": ["loglevel=4", "console=tty1"]},
-                "virtualisation": settings,
-            }
-        )
-    }'')"""
-
-
-def test_a_nixos_config_becomes_a_definition_booted_as_qemu_vm_nix_boots_it() -> None:
-    pkgs = '{ closureInfo = { rootPaths }: "/nix/store/' + "1" * 32 + '-closure-info"; }'
-    vm = evaluate(f"nixosToVm {{ config = {nixos_config()}; pkgs = {pkgs}; }}")
-    assert vm["kernel"] == f"{STORE}-nixos-system-web/kernel"
-    assert vm["initrd"] == f"{STORE}-initrd/initrd"
-    assert vm["append"] == (
-        f"loglevel=4 console=tty1 init={STORE}-nixos-system-web/init "
-        f"regInfo=/nix/store/{'1' * 32}-closure-info/registration "
-        "console=tty0 console=ttyS0,115200n8"
-    )
-    assert (vm["cpus"], vm["memory"], vm["diskSize"]) == (2, 1536, 4096)
-    assert vm["rootFilesystem"] == {"type": "ext4", "label": "nixos"}
-    assert vm["network"]["forwardPorts"] == [{"protocol": "tcp", "hostPort": 2222, "guestPort": 22}]
-    assert vm["shares"]["nix-store"] == {
-        "source": "/nix/store",
-        "target": "/nix/.ro-store",
-        "readOnly": True,
-        "type": "9p",
-        "securityModel": "none",
-    }
-    # The run script's temporary directory becomes a directory of the VM's own.
-    assert vm["shares"]["xchg"]["source"] is None and not vm["shares"]["xchg"]["readOnly"]
-    assert vm["shares"]["data"]["source"] == "/srv/data" and not vm["shares"]["data"]["readOnly"]
-    assert vm["extraDisks"] == {"empty0": {"size": 512}}
-    assert vm["graphics"] is False and vm["bootTest"] == {"expect": "login:"}
-
-
-def test_what_the_tool_cannot_run_is_an_error_naming_the_nixos_option() -> None:
-    pkgs = '{ closureInfo = { rootPaths }: "x"; }'
-    guest = [{"from": "guest", "proto": "tcp", "host": {"address": "10.0.2.2", "port": 80},
-              "guest": {"address": "10.0.2.4", "port": 80}}]  # fmt: skip
-    config = nixos_config(forwardPorts=guest)
-    with pytest.raises(
-        AssertionError, match=r"virtualisation\.forwardPorts: a rule from the guest"
-    ):
-        evaluate(f"(nixosToVm {{ config = {config}; pkgs = {pkgs}; }}).network")
 
 
 MACHINE = """nixosSystem { modules = [ ({ lib, ... }: {
@@ -303,7 +225,7 @@ def test_nixos_configurations_become_vms_for_their_system(nixos_flake: Path) -> 
     assert web["memory"] == 256 and web["cpus"] == 1  # clanVms.web wins, qemu-vm.nix's default
     assert web["nixosConfiguration"] == "web"
     assert web["network"]["forwardPorts"] == [
-        {"protocol": "tcp", "hostPort": 2222, "guestPort": 22}
+        {"protocol": "tcp", "hostPort": 2222, "guestPort": 22, "guestAddress": None}
     ]
 
 
@@ -321,11 +243,62 @@ def test_sshd_asked_in_clan_vms_reaches_the_nixos_system_and_forwards_port_22(
     asked = nix_eval(nixos_flake, web)
     assert asked["sshd"] is True and plain["sshd"] is False
     assert asked["network"]["forwardPorts"] == [
-        {"protocol": "tcp", "hostPort": "auto", "guestPort": 22}
+        {"protocol": "tcp", "hostPort": "auto", "guestPort": 22, "guestAddress": None}
     ]
     # Another system: the VM variant was evaluated with sshd on.
     system = [w for w in asked["append"].split() if w.startswith("init=")]
     assert system and system != [w for w in plain["append"].split() if w.startswith("init=")]
+
+
+def test_graphics_asked_in_clan_vms_reaches_the_vm_variant_and_its_consoles(
+    nixos_flake: Path,
+) -> None:
+    web = f"clanVms.{SYSTEM}.web"
+    plain = nix_eval(nixos_flake, web)
+    text = (nixos_flake / "flake.nix").read_text()
+    (nixos_flake / "flake.nix").write_text(
+        text.replace("clanVms.web = {", "clanVms.web = { graphics = true;")
+    )
+    git(nixos_flake, "commit", "-qam", "graphics")
+    asked = nix_eval(nixos_flake, web)
+    assert asked["graphics"] is True and plain["graphics"] is False
+    # qemu-vm.nix's consoles follow: with a display, tty0 is the primary (last) console.
+    assert plain["append"].split()[-1] == "console=ttyS0,115200n8"
+    assert asked["append"].split()[-2:] == ["console=ttyS0,115200n8", "console=tty0"]
+
+
+def test_a_missing_or_refused_nixos_configuration_is_named_in_the_list(
+    ncli: NixCLI, nixos_flake: Path
+) -> None:
+    text = (nixos_flake / "flake.nix").read_text()
+    text = text.replace(
+        "clanVms.web = {",
+        'clanVms.ghost.nixosConfiguration = "nope";\n        clanVms.web = {',
+    )
+    text = text.replace(
+        "flake.nixosConfigurations.arm =",
+        "flake.nixosConfigurations.boots = nixosSystem { modules = [ {\n"
+        "        virtualisation.vmVariant.virtualisation.useBootLoader = true;\n"
+        "      } ]; };\n      flake.nixosConfigurations.arm =",
+    )
+    (nixos_flake / "flake.nix").write_text(text)
+    git(nixos_flake, "commit", "-qam", "ghost")
+    listed = json.loads(ncli.ok("list", "--flake", str(nixos_flake), "--json").out)
+    errors = {row["name"]: row["eval_error"] for row in listed}
+    # Under the option that names it, not under an attribute derived from it.
+    assert errors["ghost"].startswith(
+        f"nix evaluation of clanVms.{SYSTEM}.ghost.nixosConfiguration failed: "
+        'clanVms.ghost.nixosConfiguration = "nope": the flake has no nixosConfigurations.nope'
+    )
+    # A VM variant the tool cannot run: the VM, and the qemu-vm.nix option, are named.
+    assert errors["boots"].startswith(
+        f"nix evaluation of clanVms.{SYSTEM}.boots failed: the VM variant of nixos cannot be "
+        "run by clan-vm-manager: virtualisation.useBootLoader = true: "
+    )
+    assert errors["web"] is None
+    refused = ncli.run("start", "boots", "--flake", str(nixos_flake))
+    assert refused.code == 1 and "virtualisation.useBootLoader = true" in refused.err
+    assert json.loads(ncli.ok("list", "--json").out) == []
 
 
 @pytest.mark.vm
@@ -333,9 +306,26 @@ def test_a_nixos_vm_is_built_rooted_created_with_its_file_system_and_booted(
     ncli: NixCLI, nixos_flake: Path
 ) -> None:
     flake = str(nixos_flake)
+    text = (nixos_flake / "flake.nix").read_text()
+    # A host port free now (a fixed one may be another's), two empty disks, the second
+    # smaller, and a restricted network, in the machine's variant.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = text.replace("host.port = 2222;", f"host.port = {port};")
+    (nixos_flake / "flake.nix").write_text(
+        text.replace(
+            "virtualisation.vmVariant.virtualisation.forwardPorts = [",
+            "virtualisation.vmVariant.virtualisation.emptyDiskImages = [ 24 8 ];\n"
+            "        virtualisation.vmVariant.virtualisation.restrictNetwork = true;\n"
+            "        virtualisation.vmVariant.virtualisation.forwardPorts = [",
+        )
+    )
+    git(nixos_flake, "commit", "-qam", "disks")
     listed = json.loads(ncli.ok("list", "--flake", flake, "--json").out)
     rows = {row["name"]: row for row in listed}
     assert rows["web"]["eval_error"] is None and rows["web"]["state"] == "not-created"
+    assert rows["web"]["forwards"] == [f"tcp:127.0.0.1:{port}->22"]  # declared, not created yet
     assert "memorySize" in rows["broken"]["eval_error"]  # one broken VM, listed as such
     created = ncli.ok("create", "web", "--flake", flake)
     assert f"created VM 'web' from {flake}" in created.err
@@ -358,9 +348,21 @@ def test_a_nixos_vm_is_built_rooted_created_with_its_file_system_and_booted(
     assert (Path(shown["directory"]) / "shares" / "xchg").is_dir()
     # QEMU takes the 9p shares (the store read-only); the stand-in system boots the test guest.
     ncli.ok("start", "web", "--wait-for", READY, "--timeout", "120")
-    argv = Path(f"/proc/{json.loads(ncli.ok('status', 'web', '--json').out)['pid']}/cmdline")
-    words = argv.read_bytes().decode().split("\0")
-    assert "local,id=fs-nix-store,path=/nix/store,security_model=none,readonly=on" in words
+    pid = json.loads(ncli.ok("status", "web", "--json").out)["pid"]
+    words = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    # The store as the launch opened it (QEMU looks up no name of a shared directory).
+    store = next(w for w in words if w.startswith("local,id=fs-nix-store,path=/proc/self/fd/"))
+    assert store.endswith(",security_model=none,readonly=on")
+    fd = store.split("/proc/self/fd/")[1].split(",")[0]
+    assert os.path.realpath(f"/proc/{pid}/fd/{fd}") == os.path.realpath("/nix/store")
+    # As qemu-vm.nix: the root drive's serial, a random number generator, restrict=on.
+    assert "virtio-blk-pci,drive=disk0,serial=root,bootindex=1" in words
+    assert "virtio-rng-pci,id=rng0" in words
+    assert f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22,restrict=on" in words
+    # The guest sees the empty disks after its root disk, in the list's order.
+    console = ncli.ok("console", "web", "--log").out
+    disks = [line.split()[2:4] for line in console.splitlines() if "clan-guest: disk" in line]
+    assert disks == [["vda", "1024"], ["vdb", "24"], ["vdc", "8"]]
     ncli.ok("stop", "web")
 
 
@@ -428,7 +430,7 @@ def test_the_template_needs_one_override_per_input_and_becomes_a_vm(tmp_path: Pa
     assert web["nixosConfiguration"] == "web"
     assert (web["cpus"], web["memory"], web["diskSize"]) == (2, 1024, 4096)
     assert web["network"]["forwardPorts"] == [
-        {"protocol": "tcp", "hostPort": "auto", "guestPort": 22}
+        {"protocol": "tcp", "hostPort": "auto", "guestPort": 22, "guestAddress": None}
     ]
     assert web["rootFilesystem"] == {"type": "ext4", "label": "nixos"}
     keys = nix(
@@ -447,7 +449,10 @@ def test_the_vm_of_a_clan_machine_is_that_machine(
     (clan / "inventory.json").write_text(json.dumps(inventory, indent=2))
     created = ncli.ok("create", "web", "--flake", str(nixos_flake), "--clan-dir", str(clan))
     assert "'web' is the VM of the clan machine web, which needs no inventory entry" in created.err
-    assert "clan machines update web --target-host root@127.0.0.1:2222" in created.err
+    # Changed as a VM: no hint to deploy the machine (its boot loader, its file systems) into it.
+    assert "change it with clan-vm-manager switch web (its VM variant)" in created.err
+    assert "--target-host" not in created.err
     assert json.loads((clan / "inventory.json").read_text()) == inventory  # no second entry
     pushed = ncli.run("inventory", "push", "web", "--clan-dir", str(clan))
     assert pushed.code == 2 and "needs no inventory entry of its own" in pushed.err
+    assert "clan-vm-manager switch web" in pushed.err and "--target-host" not in pushed.err

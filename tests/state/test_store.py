@@ -289,3 +289,18 @@ def test_a_qemu_img_started_by_a_killed_command_does_not_outlive_it(cli: CLI) ->
         time.sleep(0.1)
     cli.ok("list")  # the next command clears the half-created VM
     assert [p.name for p in (cli.state_dir / "vms").iterdir()] == []
+
+
+def test_an_atomic_write_never_writes_through_a_planted_link(tmp_path: Path) -> None:
+    """Where the tool writes into a directory that is not its own (boot-test --junit FILE),
+    a link planted at the file's name is replaced, never followed."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "junit.xml").symlink_to(victim)
+    files.atomic_write(shared / "junit.xml", b"<testsuite/>\n", mode=0o644)
+    assert victim.read_text() == "untouched\n"
+    assert not (shared / "junit.xml").is_symlink()
+    assert (shared / "junit.xml").read_bytes() == b"<testsuite/>\n"
+    assert sorted(p.name for p in shared.iterdir()) == ["junit.xml"]  # no temporary file left

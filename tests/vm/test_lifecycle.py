@@ -46,7 +46,7 @@ def test_full_lifecycle_with_graceful_stop(cli: CLI, guest: Guest) -> None:
     assert shown["accel"] in ("kvm", "tcg")
     assert shown["pid"] == pid and shown["cpus"] == 1 and shown["memory"] == 192
     assert shown["disks"][0]["format"] == "qcow2"
-    assert shown["disks"][0]["virtual_size"] == 64 * 1024 * 1024
+    assert shown["disks"][0]["virtual_size"] == 64  # MiB, as disk_size
     assert READY in Path(shown["console_log"]).read_text()
     # The guest saw the disk we created, with the size we asked for.
     assert "clan-guest: disk vda 64 MiB" in console_log(cli, "web")

@@ -6,11 +6,23 @@ import json
 from types import TracebackType
 from typing import Any
 
+from clan_vm_tasks.backends import agent_wire
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, lib, qemu_lib
-from clan_vm_tasks.errors import AgentError, AgentUnavailable
+from clan_vm_tasks.errors import AgentError, AgentInvalidReply, AgentUnavailable
+
+# libvirt (9.0) writes a command to the agent's socket without blocking and, when the socket
+# takes only part of it, sends the part again: the agent gets garbage and never answers (a
+# copy of 1 MB in failed after a minute). A command that fits into one buffer of a unix
+# socket (half its default send buffer of 212992 bytes, less overhead) is never split:
+# 64 KiB of data is 87 KB of JSON. Replies are read whole, so reads may ask for more.
+READ_CHUNK = 1 << 20
+WRITE_CHUNK = 64 << 10
 
 
 class AgentSession:
+    read_chunk = READ_CHUNK
+    write_chunk = WRITE_CHUNK
+
     def __init__(self, host: Host, dom: Any, timeout: float) -> None:
         self._host = host
         self._dom = dom
@@ -53,5 +65,7 @@ class AgentSession:
                 getattr(libvirt, "VIR_ERR_AGENT_COMMAND_TIMEOUT", 107),  # libvirt >= 9.1
             ):
                 raise AgentUnavailable(str(failure)) from None
-            raise AgentError(str(failure)) from None
-        return json.loads(reply).get("return")
+            raise AgentError(agent_wire.printable(str(failure), 400)) from None
+        if not isinstance(reply, str):
+            raise AgentInvalidReply(f"libvirt passed on a {type(reply).__name__}, not text")
+        return agent_wire.result(command, agent_wire.parse(reply))

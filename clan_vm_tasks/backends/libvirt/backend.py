@@ -82,6 +82,12 @@ class LibvirtBackend:
             problem = domain_xml.share_problem(share, os.path.realpath(share.source or "/"))
             if problem:
                 raise InvalidInput(f"VM '{config.name}' on a libvirt host: share '{tag}' {problem}")
+        network = config.network
+        if network.restrict or any(f.guest_address for f in network.forward_ports):
+            raise InvalidInput(
+                f"VM '{config.name}' on a libvirt host cannot have a restricted network or a "
+                "forward to a guest address (not supported on libvirt hosts)"
+            )
         for field, what in _UNSUPPORTED.items():
             if getattr(config, field, None):
                 raise InvalidInput(

@@ -125,6 +125,9 @@ def domain_xml(plan: DomainPlan) -> str:
     _sub(disk, "driver", name="qemu", type="qcow2")
     _sub(disk, "source", pool=plan.pool, volume=plan.disk_volume)
     _sub(disk, "target", dev="vda", bus="virtio")
+    from clan_vm_tasks.models import ROOT_SERIAL  # loaded with the definition anyway
+
+    _sub(disk, "serial", ROOT_SERIAL)  # /dev/disk/by-id/virtio-root, as with the QEMU backend
     _filesystems(devices, config, plan.share_dirs)
     _interface(devices, config, plan.mac)
     serial = _sub(devices, "serial", type="pty")
@@ -137,6 +140,8 @@ def domain_xml(plan: DomainPlan) -> str:
         channel = _sub(devices, "channel", type="unix")
         _sub(channel, "target", type="virtio", name=AGENT_CHANNEL)
     _sub(devices, "memballoon", model="none")
+    rng = _sub(devices, "rng", model="virtio")  # as the QEMU backend (and qemu-vm.nix) give
+    _sub(rng, "backend", "/dev/urandom", model="random")
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
 

@@ -272,8 +272,8 @@ class LibvirtMachine:
         disk = {
             "path": str(self.host.call(vol.path)),
             "format": "qcow2",
-            "virtual_size": capacity,
-            "actual_size": allocation,
+            "virtual_size": -(-int(capacity) // (1 << 20)),  # MiB, as every size shown
+            "actual_size": -(-int(allocation) // (1 << 20)),
             "backing_file": None,
             "backing_format": None,
         }

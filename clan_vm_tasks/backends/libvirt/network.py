@@ -10,20 +10,18 @@ reaches it from (the host's firewall decides who else may).
 
 from __future__ import annotations
 
-import random
 import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from clan_vm_tasks.backends.libvirt.connection import Host, qemu_lib
 from clan_vm_tasks.backends.libvirt.domain_xml import NETDEV
+from clan_vm_tasks.backends.ports import candidates as auto_candidates
 from clan_vm_tasks.errors import ClanVMError
 
 if TYPE_CHECKING:
     from clan_vm_tasks.models import PortForward
 
-AUTO_PORTS = (20000, 32767)  # below Linux's ephemeral range, where outgoing connections live
-AUTO_TRIES = 20
 _LOCAL_NAMES = ("", "localhost", "127.0.0.1", "::1")
 _FORWARD = re.compile(r"(tcp|udp):([^:]+):(\d+)->(\d+)")
 _USERNET = re.compile(r"(TCP|UDP)\[HOST_FORWARD\]\s+\d+\s+(\S+)\s+(\d+)\s+\S+\s+(\d+)")
@@ -62,10 +60,7 @@ def add(host: Host, dom: Any, wanted: list[PortForward], previous: list[str]) ->
     added = []
     for forward in wanted:
         if forward.host_port == "auto":
-            last = before.get((forward.protocol, forward.guest_port))
-            candidates = ([last] if last else []) + [
-                random.randint(*AUTO_PORTS) for _ in range(AUTO_TRIES)
-            ]
+            candidates = auto_candidates(before.get((forward.protocol, forward.guest_port)))
         else:
             candidates = [forward.host_port]
         for port in candidates:

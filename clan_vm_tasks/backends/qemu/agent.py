@@ -4,7 +4,8 @@ The channel is a byte stream that may hold the tail of an earlier session (a cli
 that went away mid-command), and a guest without an agent simply never answers. So a
 session starts with ``guest-sync-delimited``: the agent answers with a 0xFF byte
 followed by the id we sent, and everything before that is dropped. Every read has a
-deadline, so nothing here can hang.
+deadline, so nothing here can hang, and no reply is kept beyond ``agent_wire.MAX_REPLY``
+bytes, so nothing here can fill the memory.
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from clan_vm_tasks.errors import AgentError, AgentUnavailable
+from clan_vm_tasks.backends import agent_wire
+from clan_vm_tasks.errors import AgentInvalidReply, AgentUnavailable
 
 DELIMITER = b"\xff"
+# File data per guest-file-read/-write: 1.4 MB of base64, far below qemu-ga's 64 MiB per token.
+CHUNK = 1 << 20
 
 
 class AgentSession:
+    read_chunk = write_chunk = CHUNK
+
     def __init__(self, path: Path, timeout: float) -> None:
         self._path = path
         self._timeout = timeout
         self._sock: socket.socket | None = None
-        self._buffer = b""
+        self._buffer = bytearray()
 
     def __enter__(self) -> AgentSession:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -65,7 +71,7 @@ class AgentSession:
         except OSError as error:
             raise AgentUnavailable(f"the guest agent channel broke: {error}") from None
 
-    def _fill(self, deadline: float, what: str) -> None:
+    def _fill(self, deadline: float, what: str) -> bytes:
         assert self._sock is not None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -80,6 +86,7 @@ class AgentSession:
         if not chunk:
             raise AgentUnavailable("the guest agent channel was closed")
         self._buffer += chunk
+        return chunk
 
     def _sync(self, deadline: float) -> None:
         token = secrets.randbelow(1 << 31)
@@ -87,24 +94,30 @@ class AgentSession:
         while True:
             # Drop everything up to the delimiter: leftovers of an earlier session.
             while DELIMITER not in self._buffer:
-                self._buffer = b""
+                self._buffer.clear()
                 self._fill(deadline, "the sync handshake")
-            self._buffer = self._buffer.split(DELIMITER)[-1]
-            reply = self._read_message(deadline, "the sync handshake")
+            del self._buffer[: self._buffer.rindex(DELIMITER) + 1]
+            try:
+                reply = self._read_message(deadline, "the sync handshake")
+            except AgentInvalidReply:
+                continue  # garbage after a delimiter: wait for our answer until the deadline
             if reply.get("return") == token:
                 return
 
     def _read_message(self, deadline: float, what: str) -> dict[str, Any]:
-        while b"\n" not in self._buffer:
+        """One line of the channel, parsed; never more than MAX_REPLY bytes are kept."""
+        searched = 0
+        while (end := self._buffer.find(b"\n", searched)) < 0:
+            searched = len(self._buffer)
+            if searched > agent_wire.MAX_REPLY:
+                self._buffer.clear()
+                raise AgentInvalidReply(
+                    f"an answer to {what} longer than {agent_wire.MAX_REPLY >> 20} MiB"
+                )
             self._fill(deadline, what)
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        try:
-            message = json.loads(line.strip(DELIMITER))
-        except ValueError:
-            raise AgentUnavailable(f"the guest agent answered {what} with garbage") from None
-        if not isinstance(message, dict):
-            raise AgentUnavailable(f"the guest agent answered {what} with garbage")
-        return message
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return agent_wire.parse(line.strip(DELIMITER))
 
     def execute(
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
@@ -113,9 +126,4 @@ class AgentSession:
         if arguments:
             message["arguments"] = arguments
         self._send(message)
-        reply = self._read_message(time.monotonic() + timeout, command)
-        if "error" in reply:
-            error = reply["error"]
-            desc = error.get("desc") if isinstance(error, dict) else error
-            raise AgentError(f"the guest agent refused {command}: {desc}")
-        return reply.get("return")
+        return agent_wire.result(command, self._read_message(time.monotonic() + timeout, command))

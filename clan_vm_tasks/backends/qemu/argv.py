@@ -5,13 +5,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from clan_vm_tasks.backends.qemu import virtiofs
+from clan_vm_tasks.models import ROOT_SERIAL, NetworkConfig, VMConfig, disk_order
 from clan_vm_tasks.state.store import VMPaths
-
-if TYPE_CHECKING:
-    from clan_vm_tasks.models import NetworkConfig, VMConfig
 
 QEMU_BINARY = "qemu-system-x86_64"
 # Options the tool sets itself (or whose effect it must know): an extra argument may not
@@ -45,7 +42,7 @@ OWN_OPTIONS = frozenset(
 # The ids of what the tool's command line defines, per option.
 OWN_IDS = {
     "-chardev": {"serial0", "qmp", "events", "agent0"},
-    "-device": {"agent-serial"},
+    "-device": {"agent-serial", "rng0"},
     "-object": {"mem"},  # the shared memory of a VM with virtiofs shares
     "-netdev": {"net0"},
     "-drive": {"disk0"},
@@ -85,24 +82,22 @@ def network_args(network: NetworkConfig, mac: str, tap: str | None = None) -> li
         if any(f.host_port == "auto" for f in network.forward_ports):
             raise ValueError("auto host ports must be chosen before building the command line")
         netdev = "user,id=net0" + "".join(
-            f",hostfwd={f.protocol}:127.0.0.1:{f.host_port}-:{f.guest_port}"
+            f",hostfwd={f.protocol}:127.0.0.1:{f.host_port}-{f.guest_address or ''}:{f.guest_port}"
             for f in network.forward_ports
         )
+        netdev += ",restrict=on" if network.restrict else ""
     return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
 
 
 AGENT_PORT = "org.qemu.guest_agent.0"  # the name qemu-ga and its udev rules look for
 
 
-AGENT_CHARDEV = "agent0"
-
-
 def agent_args(socket: Path) -> list[str]:
     """A virtio-serial port for the QEMU guest agent, served on a socket of ours."""
     return [
         "-device", "virtio-serial-pci,id=agent-serial",
-        "-chardev", f"socket,id={AGENT_CHARDEV},path={_escape(str(socket))},server=on,wait=off",
-        "-device", f"virtserialport,bus=agent-serial.0,chardev={AGENT_CHARDEV},name={AGENT_PORT}",
+        "-chardev", f"socket,id=agent0,path={_escape(str(socket))},server=on,wait=off",
+        "-device", f"virtserialport,bus=agent-serial.0,chardev=agent0,name={AGENT_PORT}",
     ]  # fmt: skip
 
 
@@ -131,9 +126,10 @@ def share_args(config: VMConfig, vm_dir: Path, run_dir: Path) -> list[str]:
 
 
 def extra_disk_args(config: VMConfig, vm_dir: Path) -> list[str]:
-    """Each extra disk on virtio-blk; its name is the serial (/dev/disk/by-id/virtio-NAME)."""
+    """Each extra disk on virtio-blk, in the natural order of their names (the guest's
+    /dev/vdb, /dev/vdc, ...); its name is the serial (/dev/disk/by-id/virtio-NAME)."""
     argv = []
-    for name in sorted(config.extra_disks):
+    for name in sorted(config.extra_disks, key=disk_order):
         path = VMPaths(vm_dir).extra_disk(name)
         argv += [
             "-drive", f"file={_escape(str(path))},if=none,id=disk-{name},format=qcow2",
@@ -143,12 +139,13 @@ def extra_disk_args(config: VMConfig, vm_dir: Path) -> list[str]:
 
 
 def graphics_args(config: VMConfig, spice_socket: Path) -> list[str]:
-    """A display for a VM with graphics: virtio-vga and a tablet, served over SPICE on a
-    socket only its user can open (remote-viewer spice+unix://SOCKET)."""
+    """A display for a VM with graphics: virtio-vga, a keyboard and a tablet, served over
+    SPICE on a socket only its user can open (remote-viewer spice+unix://SOCKET)."""
     if not config.graphics:
         return []
     return [
         "-device", "virtio-vga",
+        "-device", "virtio-keyboard-pci",
         "-device", "qemu-xhci,id=usb-graphics", "-device", "usb-tablet,bus=usb-graphics.0",
         "-spice", f"unix=on,addr={_escape(str(spice_socket))},disable-ticketing=on",
     ]  # fmt: skip
@@ -187,9 +184,12 @@ def build_argv(plan: LaunchPlan) -> list[str]:
         # The hostname travels on the kernel command line for guests that want it.
         append = f"{config.append or ''} clan.hostname={config.name}".strip()
         argv += ["-append", append]
+    # The root disk as qemu-vm.nix gives it (/dev/disk/by-id/virtio-root), and, as
+    # qemu-vm.nix, a hardware random number generator.
     argv += [
         "-drive", f"file={_escape(str(plan.disk))},if=none,id=disk0,format=qcow2",
-        "-device", "virtio-blk-pci,drive=disk0",
+        "-device", f"virtio-blk-pci,drive=disk0,serial={ROOT_SERIAL},bootindex=1",
+        "-device", "virtio-rng-pci,id=rng0",
     ]  # fmt: skip
     argv += network_args(config.network, plan.mac, plan.tap)
     argv += [
@@ -223,8 +223,11 @@ def describe(argv: list[str]) -> tuple[str, str | None, list[str]]:
             for part in value.split(","):
                 if part.startswith("ifname="):
                     tap = part[7:]
-                elif part.startswith("hostfwd="):  # hostfwd=tcp:127.0.0.1:HOST-:GUEST
-                    proto, _, host, guest = part[8:].replace("-:", ":").split(":")
+                elif part.startswith("hostfwd="):  # hostfwd=tcp:127.0.0.1:HOST-[ADDRESS]:GUEST
+                    here, _, there = part[8:].partition("-")
+                    proto, _, host = here.split(":")
+                    address, _, guest = there.partition(":")
+                    guest = f"{address}:{guest}" if address else guest
                     forwards.append(f"{proto}:127.0.0.1:{host}->{guest}")
     return accel, tap, forwards
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clan_vm_tasks.backends.ports import AUTO_PORTS, candidates
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import runtime_root
@@ -101,15 +102,13 @@ def delete_tap(tap: str) -> None:
 
 
 def _bind_free(protocol: str, port: int) -> socket.socket | None:
-    """A socket bound to 127.0.0.1:PORT (0: any free port), or None when PORT is taken."""
+    """A socket bound to 127.0.0.1:PORT, or None when PORT is taken."""
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(socket.AF_INET, kind)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError:
         sock.close()
-        if port == 0:
-            raise
         return None
     return sock
 
@@ -124,14 +123,28 @@ def _previous_port(previous: list[str], protocol: str, guest_port: int) -> int:
     return 0
 
 
+def _bind_auto(protocol: str, guest_port: int, previous: list[str]) -> socket.socket:
+    """A socket bound to the port an ``auto`` forward gets (see ``backends.ports``)."""
+    tried = candidates(_previous_port(previous, protocol, guest_port))
+    for port in tried:
+        sock = _bind_free(protocol, port)
+        if sock is not None:
+            return sock
+    low, high = AUTO_PORTS
+    raise ClanVMError(
+        f"no free {protocol} port for guest port {guest_port} on 127.0.0.1 in {low}-{high} "
+        f"({len(tried)} tried)"
+    )
+
+
 @contextlib.contextmanager
 def prepare(config: VMConfig, vm_dir: Path, previous: list[str]) -> Iterator[NetPlan]:
     """Host resources for one launch, held for the duration of the with-block.
 
     ``auto`` ports: the port of the previous boot (PREVIOUS, as in ``forwards``) while
-    it is free, else a free one. A user-wide lock is held from choosing until the
-    caller has launched QEMU and it listens, so VMs started in parallel never pick the
-    same port. A tap made here is removed again if the block fails.
+    it is free, else a free one from ``backends.ports.AUTO_PORTS``. A user-wide lock is
+    held from choosing until the caller has launched QEMU and it listens, so VMs started
+    in parallel never pick the same port. A tap made here is removed again if the block fails.
     """
     network = config.network
     tap: str | None = None
@@ -160,17 +173,14 @@ def prepare(config: VMConfig, vm_dir: Path, previous: list[str]) -> Iterator[Net
             return
         lock = files.private_dir(runtime_root()) / "ports.lock"
         with files.locked(lock, "port allocation", PORT_LOCK_TIMEOUT):
-            held = []
-            for forward in auto:
-                port = _previous_port(previous, forward.protocol, forward.guest_port)
-                sock = (port and _bind_free(forward.protocol, port)) or _bind_free(
-                    forward.protocol, 0
-                )
-                assert sock is not None
-                held.append(sock)
-            chosen = iter([s.getsockname()[1] for s in held])
-            for sock in held:
-                sock.close()  # QEMU binds them next, while we still hold the lock
+            held: list[socket.socket] = []
+            try:
+                for forward in auto:
+                    held.append(_bind_auto(forward.protocol, forward.guest_port, previous))
+                chosen = iter([s.getsockname()[1] for s in held])
+            finally:
+                for sock in held:
+                    sock.close()  # QEMU binds them next, while we still hold the lock
             forwards = [
                 f.model_copy(update={"host_port": next(chosen)}) if f.host_port == "auto" else f
                 for f in network.forward_ports

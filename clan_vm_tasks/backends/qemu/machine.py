@@ -111,7 +111,7 @@ class QemuMachine:
         notify: Notify,
         on_spawned: Callable[[int, int], None],
     ) -> Launched:
-        from clan_vm_tasks.backends.qemu import host_network, provision, virtiofs
+        from clan_vm_tasks.backends.qemu import host_network, provision, share_dirs, virtiofs
         from clan_vm_tasks.backends.qemu.argv import LaunchPlan, build_argv
         from clan_vm_tasks.backends.qemu.qmp import QMPUnavailable
         from clan_vm_tasks.names import mac_for
@@ -122,10 +122,12 @@ class QemuMachine:
         provision.make_missing(config, paths)  # declared since it was made, or removed by hand
         self._prepare_runtime()
         self._new_logs()
-        # "auto" ports: the ones of the last boot while they are free (stable SSH targets).
+        # Shared directories opened once (QEMU and virtiofsd get these); "auto" ports: the
+        # ones of the last boot while they are free (stable SSH targets).
         with (
-            host_network.prepare(config, paths.dir, self.state.forwards) as net,
-            virtiofs.serving(config, paths),  # its virtiofsds, ended if the launch fails
+            share_dirs.opened(config) as (shared, fds),
+            host_network.prepare(shared, paths.dir, self.state.forwards) as net,
+            virtiofs.serving(shared, paths),  # its virtiofsds, ended if the launch fails
         ):
             argv = build_argv(
                 LaunchPlan(
@@ -144,10 +146,10 @@ class QemuMachine:
                 )
             )
             if foreground:
-                self._child = process.launch_foreground(argv, paths.qemu_log)
+                self._child = process.launch_foreground(argv, paths.qemu_log, fds)
                 proc = process.wait_for_pidfile(paths.pidfile, self._child, PIDFILE_TIMEOUT)
             else:
-                proc = process.launch_daemon(argv, paths.pidfile, paths.qemu_log)
+                proc = process.launch_daemon(argv, paths.pidfile, paths.qemu_log, fds)
             self.state = dataclasses.replace(
                 self.state, pid=proc.pid, pid_start=proc.start, tap=net.tap
             )
@@ -406,15 +408,14 @@ class QemuMachine:
     def _agent_port_open(self) -> bool | None:
         """Whether the guest has opened its agent's virtio-serial port, as QEMU sees it (a
         running qemu-ga keeps it open); None when QMP cannot tell."""
-        from clan_vm_tasks.backends.qemu.argv import AGENT_CHARDEV
-
         try:
             with self._monitor(timeout=2.0) as mon:
                 chardevs = mon.execute("query-chardev")
         except ClanVMError:
             return None
+        ours = f"unix:{self.paths.agent_socket},"  # the chardev that serves our socket
         for chardev in chardevs if isinstance(chardevs, list) else []:
-            if chardev.get("label") == AGENT_CHARDEV:
+            if ours in str(chardev.get("filename")):
                 return bool(chardev.get("frontend-open"))
         return None
 

@@ -124,8 +124,11 @@ def _tail(text: str, lines: int = 5) -> str:
     return " | ".join(line for line in text.strip().splitlines()[-lines:] if line)
 
 
-def launch_daemon(argv: list[str], pidfile: Path, log: Path, timeout: float = 60.0) -> ProcessId:
-    """Run QEMU with -daemonize: it returns once the VM is set up (sockets listening)."""
+def launch_daemon(
+    argv: list[str], pidfile: Path, log: Path, fds: tuple[int, ...] = (), timeout: float = 60.0
+) -> ProcessId:
+    """Run QEMU with -daemonize: it returns once the VM is set up (sockets listening). FDS
+    are passed on (the shared directories its arguments name as /proc/self/fd/N)."""
     import subprocess
 
     pidfile.unlink(missing_ok=True)
@@ -137,6 +140,7 @@ def launch_daemon(argv: list[str], pidfile: Path, log: Path, timeout: float = 60
             text=True,
             timeout=timeout,
             check=False,
+            pass_fds=fds,
         )
     except FileNotFoundError:
         raise ClanVMError(f"{argv[0]} not found: install QEMU (Debian: qemu-system-x86)") from None
@@ -155,14 +159,22 @@ def launch_daemon(argv: list[str], pidfile: Path, log: Path, timeout: float = 60
     return proc
 
 
-def launch_foreground(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """Run QEMU as our child in its own session (the terminal's Ctrl-C reaches us, not it)."""
+def launch_foreground(
+    argv: list[str], log: Path, fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Run QEMU as our child in its own session (the terminal's Ctrl-C reaches us, not it),
+    with FDS passed on."""
     import subprocess
 
     try:
         with log.open("wb") as err:
             return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+                pass_fds=fds,
             )
     except FileNotFoundError:
         raise ClanVMError(f"{argv[0]} not found: install QEMU (Debian: qemu-system-x86)") from None

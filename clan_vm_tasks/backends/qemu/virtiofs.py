@@ -1,8 +1,9 @@
 """virtiofs shares: one QEMU virtiofsd per share, started before QEMU and ended with it.
 
-virtiofsd has no read-only option, so each runs in a mount namespace of its own in which a
-read-only share's source is a read-only bind mount: the host refuses the guest's writes,
-whatever the guest mounts. The tool makes the listening socket and hands it over
+virtiofsd has no read-only option, so each runs in a mount namespace of its own and serves
+a bind mount of its share's source there (the directory the launch opened and checked); a
+read-only share's is read-only: the host refuses the guest's writes, whatever the guest
+mounts. The tool makes the listening socket and hands it over
 (``--fd``), so QEMU can connect at once and virtiofsd writes no pidfile of its own. A
 virtiofsd serves one connection and exits when QEMU goes; one whose QEMU never came (a
 start that failed or was killed) is found by its argv[0], which names its socket in the
@@ -35,22 +36,29 @@ UNSHARE = "unshare"
 MARK = "virtiofsd:"  # argv[0] of a virtiofsd of ours: MARK and the socket it serves
 NINE_P = 'use type = "9p" (QEMU enforces readOnly itself)'
 
-# Run by ``python -IS`` inside the new mount namespace; then it becomes virtiofsd. A
-# read-only source is bind-mounted onto an empty directory of the VM's own, which is made
-# read-only with its submounts (mount_setattr, Linux 5.12) and is what virtiofsd serves:
-# the source is looked up once, so nothing renamed meanwhile can replace it. The check of
-# the parent closes the gap before the exec: a start killed until then leaves no
-# virtiofsd, and from the exec on argv[0] names it.
+# Run by ``python -IS`` inside the new mount namespace; then it becomes virtiofsd. The
+# source is opened once and, if it is the directory the launch opened and checked (its
+# device and inode: IDENTITY, empty for the VM's own), bind-mounted through that descriptor
+# onto an empty directory of the VM's own, which is what virtiofsd serves: nothing renamed
+# meanwhile can replace it. A read-only one is made read-only with its submounts
+# (mount_setattr, Linux 5.12). The check of the parent closes the gap before the exec: a
+# start killed until then leaves no virtiofsd, and from the exec on argv[0] names it.
 SCRIPT = """\
 import ctypes, os, struct, sys
-mark, source, target, parent, binary, *args = sys.argv[1:]
+mark, source, identity, target, ro, parent, binary, *args = sys.argv[1:]
 libc = ctypes.CDLL(None, use_errno=True)
 def must(result, what):
     if result != 0:
         sys.exit(f"virtiofsd: cannot {what} {source}: {os.strerror(ctypes.get_errno())}")
-if source:
-    into = target.encode()
-    must(libc.mount(source.encode(), into, None, ctypes.c_ulong(0x5000), None), "bind-mount")
+fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+info = os.fstat(fd)
+if identity and f"{info.st_dev}:{info.st_ino}" != identity:
+    sys.exit(f"virtiofsd: {source} is no longer the directory that was checked")
+into = target.encode()
+opened = f"/proc/self/fd/{fd}".encode()
+must(libc.mount(opened, into, None, ctypes.c_ulong(0x5000), None), "bind-mount")
+os.close(fd)
+if ro:
     attr = struct.pack("QQQQ", 1, 0, 0, 0)
     size = ctypes.c_size_t(len(attr))
     must(libc.syscall(ctypes.c_long(442), -100, into, 0x8000, attr, size), "make read-only")
@@ -66,8 +74,8 @@ def socket_path(run_dir: Path, tag: str) -> Path:
 
 
 def mount_point(sock: Path) -> Path:
-    """Where the read-only share served on SOCK is bind-mounted, in its virtiofsd's
-    namespace only: beside the socket."""
+    """Where the share served on SOCK is bind-mounted, in its virtiofsd's namespace only:
+    beside the socket."""
     return sock.with_suffix(".root")
 
 
@@ -77,18 +85,25 @@ def _fuse_escape(value: str) -> str:
 
 
 def command(
-    source: Path, sock: Path, fd: int, *, read_only: bool, parent: int, root: bool, python: str
+    source: Path,
+    sock: Path,
+    fd: int,
+    *,
+    read_only: bool,
+    parent: int,
+    root: bool,
+    python: str,
+    identity: str | None = None,
 ) -> list[str]:
     """The virtiofsd of one share, serving the listening socket FD (made at SOCK), in a mount
     namespace of its own (a user namespace too when not ROOT); a pure function."""
     userns = [] if root else ["--user", "--map-root-user"]
     served = mount_point(sock)
-    shown = served if read_only else source
-    options = f"source={_fuse_escape(str(shown))},sandbox=namespace,xattr"
+    options = f"source={_fuse_escape(str(served))},sandbox=namespace,xattr"
     return [
         UNSHARE, "--mount", "--propagation", "private", *userns, "--",
         python, "-IS", "-c", SCRIPT,
-        MARK + str(sock), str(source) if read_only else "", str(served) if read_only else "",
+        MARK + str(sock), str(source), identity or "", str(served), "ro" if read_only else "",
         str(parent), str(VIRTIOFSD), f"--fd={fd}", "-o", options,
     ]  # fmt: skip
 
@@ -186,6 +201,7 @@ def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
                 parent=os.getpid(),
                 root=root,
                 python=sys.executable,
+                identity=share.identity,
             )
             try:
                 child = subprocess.Popen(
@@ -203,7 +219,8 @@ def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
 
 @contextlib.contextmanager
 def serving(config: VMConfig, paths: VMPaths) -> Iterator[None]:
-    """Start the virtiofsd of every virtiofs share, for the QEMU launched inside the block.
+    """Start the virtiofsd of every virtiofs share, for the QEMU launched inside the block
+    (each serves the directory its share's identity names, see ``share_dirs``).
     Whatever fails or interrupts the block ends them; a failure says why one of them
     ended, if one did (its own words, from its log)."""
     import subprocess

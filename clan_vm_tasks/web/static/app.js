@@ -334,7 +334,7 @@ async function loadDetail() {
     $("#disks tbody").replaceChildren(
       ...(info.disks || []).map((d) =>
         el("tr", {}, el("td", {}, d.path), el("td", {}, d.format || "-"),
-          el("td", {}, d.virtual_size == null ? "-" : `${Math.round(d.virtual_size / 1048576)} MiB`),
+          el("td", {}, d.virtual_size == null ? "-" : `${d.virtual_size} MiB`),
           el("td", {}, d.backing_file || "-")),
       ),
     );

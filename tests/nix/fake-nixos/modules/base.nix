@@ -1,6 +1,9 @@
 # The NixOS options the tests' configurations and clan-vm-tasks' VM variant use, with NixOS'
 # types and defaults; system.build.toplevel and initialRamdisk are small derivations that
-# record what they are built from (the file systems, the kernel parameters).
+# record what they are built from (the file systems, the kernel parameters). The system's
+# bin/switch-to-configuration, run in a guest, leaves a marker: it links /run/current-system
+# to its system, as NixOS' activation does, appends "ACTION SYSTEM" to
+# /run/switch-to-configuration.log, and exits with stand-in.switchExitCode.
 { config, lib, pkgs, extendModules, ... }:
 let
   inherit (lib) mkOption types;
@@ -53,6 +56,7 @@ in
     system.stateVersion = mkOption { type = types.str; default = "25.05"; };
     system.boot.loader.initrdFile = mkOption { type = types.str; default = "initrd"; };
     system.build = mkOption { type = types.lazyAttrsOf types.raw; default = { }; };
+    stand-in.switchExitCode = mkOption { type = types.int; default = 0; };
     virtualisation.vmVariant = mkOption {
       inherit (vmVariant) type;
       default = { };
@@ -74,6 +78,16 @@ in
       echo -n '${toString config.boot.kernelParams}' > $out/kernel-params
       echo -n '${lib.boolToString config.services.openssh.enable}' > $out/sshd
       echo '#!/bin/sh' > $out/init
+      ${pkgs.busybox} mkdir $out/bin
+      {
+        echo '#!/bin/sh'
+        echo 'echo "activating the configuration..." >&2'
+        echo "ln -sfn $out /run/current-system"
+        echo "echo \"\$1 $out\" >> /run/switch-to-configuration.log"
+        echo "echo \"switched to $out (\$1)\""
+        echo 'exit ${toString config.stand-in.switchExitCode}'
+      } > $out/bin/switch-to-configuration
+      ${pkgs.busybox} chmod +x $out/bin/switch-to-configuration
     '');
   };
 }
