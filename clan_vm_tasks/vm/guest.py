@@ -54,8 +54,8 @@ def ping(store: Store, name: str, wait: float = 0.0) -> bool | None:
     if store.read_config(name).get("agent", True) is False:
         return False
     try:
-        with session(store, name, wait=wait):
-            pass  # a session begins with the agent answering (its sync, or a guest-ping)
+        with session(store, name, wait=wait) as agent:
+            agent.ping()
     except (AgentUnavailable, AgentError, AgentInvalidReply):
         return False
     return True
