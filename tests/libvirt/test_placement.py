@@ -181,7 +181,7 @@ def test_target_host_of_a_vm_on_another_machine(tmp_path: Path) -> None:
         VMState(status="running", forwards=["tcp:hv1.example:24567->22"]).to_json()
     )
     assert sync.ssh_target(store, "web") == (24567, "hv1.example")
-    assert ssh.target(store, "web") == ("hv1.example", 24567)  # the ssh task goes there too
+    assert ssh.target(store, "web", 0) == ("hv1.example", 24567)  # the ssh task goes there too
     clan = tmp_path / "clan"
     clan.mkdir()
     inventory.push(clan, "web", ssh_port=24567, address="hv1.example")
