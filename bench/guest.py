@@ -1,8 +1,9 @@
 """Guest access, measured: how long from ``start`` until a command runs in the guest, how
 fast ``copy`` moves a 10 MB file, next to ``scp`` through the forwarded SSH port in the same
-run, and how long ``ssh NAME -- true`` takes the first time (key install, host key, the
-connection) and then (through that connection), next to plain ``ssh`` with the same key
-(the Debian guest; the example guest has no sshd).
+run, how long ``ssh NAME -- true`` takes the first time (key install, host key, the
+connection) and then (through that connection), next to plain ``ssh`` with the same key,
+and what ``exec NAME -- true`` costs next to ``ssh`` over a connection kept open
+(ControlMaster) (the Debian guest; the example guest has no sshd).
 
     .venv/bin/python bench/guest.py [--rounds N] [--skip-debian]
 
@@ -60,6 +61,29 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - began
 
 
+def ssh_options(env: dict[str, str], name: str) -> list[str]:
+    """The options that reach the guest's sshd through the VM's forward as ``ssh NAME`` does
+    (its key, its pinned host key)."""
+    state = Path(env["CLAN_VM_STATE_DIR"]) / "vms" / name / "ssh"
+    forward = run(env, "status", name, "--json").stdout
+    port = forward.split("127.0.0.1:")[1].split("->")[0]
+    return [
+        "-o", f"Port={port}", "-i", str(state / "id_ed25519"), "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", f"HostKeyAlias=clan-vm-{name}",
+        "-o", "StrictHostKeyChecking=yes",
+    ]  # fmt: skip
+
+
+def paired(results: dict[str, list[float]], ours: str, theirs: str) -> tuple[float, float, float]:
+    """Medians of both, and of the ratios of the pairs (drift in load hits both alike)."""
+    ratios = [a / b for a, b in zip(results[ours], results[theirs], strict=True)]
+    return (
+        statistics.median(results[ours]),
+        statistics.median(results[theirs]),
+        statistics.median(ratios),
+    )
+
+
 def copy_against_scp(env: dict[str, str], name: str, work: Path, rounds: int) -> None:
     blob = work / "blob"
     blob.write_bytes(os.urandom(10 * MIB))
@@ -67,14 +91,8 @@ def copy_against_scp(env: dict[str, str], name: str, work: Path, rounds: int) ->
     # sshd, which comes up after the agent).
     first = timed([CLI, "ssh", name, "--timeout", "120", "--", "true"], env)
     print(f"(c) first ssh {name} -- true after the agent answered: {first:.2f}s")
-    state = Path(env["CLAN_VM_STATE_DIR"]) / "vms" / name / "ssh"
-    forward = run(env, "status", name, "--json").stdout
-    port = forward.split("127.0.0.1:")[1].split("->")[0]
-    scp = [
-        "scp", "-q", "-P", port, "-i", str(state / "id_ed25519"),
-        "-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", f"HostKeyAlias=clan-vm-{name}",
-        "-o", "StrictHostKeyChecking=yes",
-    ]  # fmt: skip
+    options = ssh_options(env, name)
+    scp = ["scp", "-q", *options]
     results: dict[str, list[float]] = {"copy in": [], "scp in": [], "copy out": [], "scp out": []}
     for _ in range(rounds):  # alternating, so drift in machine load hits both alike
         results["copy in"].append(timed([CLI, "copy", str(blob), f"{name}:/root/blob"], env))
@@ -83,11 +101,7 @@ def copy_against_scp(env: dict[str, str], name: str, work: Path, rounds: int) ->
         results["scp out"].append(
             timed([*scp, "root@127.0.0.1:/root/blob2", str(work / "blob2")], env)
         )
-    plain = [
-        "ssh", "-p", port, "-i", str(state / "id_ed25519"), "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={state / 'known_hosts'}", "-o", f"HostKeyAlias=clan-vm-{name}",
-        "-o", "StrictHostKeyChecking=yes", "root@127.0.0.1", "true",
-    ]  # fmt: skip
+    plain = ["ssh", *options, "root@127.0.0.1", "true"]
     ssh_times: dict[str, list[float]] = {"ssh": [], "plain ssh": []}
     for _ in range(rounds * 3):
         ssh_times["ssh"].append(timed([CLI, "ssh", name, "--", "true"], env))
@@ -95,12 +109,45 @@ def copy_against_scp(env: dict[str, str], name: str, work: Path, rounds: int) ->
     ours, theirs = (statistics.median(ssh_times[k]) for k in ("ssh", "plain ssh"))
     print(f"(c) ssh {name} -- true again: {ours:.2f}s, plain ssh {theirs:.2f}s")
     for direction in ("in", "out"):
-        ours = statistics.median(results[f"copy {direction}"])
-        theirs = statistics.median(results[f"scp {direction}"])
+        ours, theirs, ratio = paired(results, f"copy {direction}", f"scp {direction}")
         print(
             f"(b) 10 MB {direction}: copy {10 / ours:.1f} MB/s ({ours:.2f}s), "
-            f"scp {10 / theirs:.1f} MB/s ({theirs:.2f}s), ratio {ours / theirs:.2f}"
+            f"scp {10 / theirs:.1f} MB/s ({theirs:.2f}s), ratio {ratio:.2f}"
+            + (" (target <= 1.0)" if direction == "in" else "")
         )
+
+
+def exec_against_ssh(env: dict[str, str], name: str, work: Path, rounds: int) -> None:
+    """``exec NAME -- true`` against ``ssh`` through the forward, over a connection made once
+    (a ControlMaster of its own, as a user who runs many ssh commands keeps one)."""
+    options = [*ssh_options(env, name), "-o", f"ControlPath={work / 'ssh-control'}"]
+    master = subprocess.Popen(
+        ["ssh", *options, "-o", "ControlMaster=yes", "-N", "root@127.0.0.1"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(
+            ["ssh", *options, "-O", "check", "root@127.0.0.1"], capture_output=True
+        ).returncode:
+            assert time.monotonic() < deadline and master.poll() is None, "no ssh master"
+            time.sleep(0.2)
+        ssh = ["ssh", *options, "root@127.0.0.1", "true"]
+        exec_ = [CLI, "exec", name, "--", "true"]
+        timed(ssh, env), timed(exec_, env)  # warm-up
+        results: dict[str, list[float]] = {"exec": [], "ssh": []}
+        for _ in range(rounds * 5):
+            results["exec"].append(timed(exec_, env))
+            results["ssh"].append(timed(ssh, env))
+        ours, theirs, ratio = paired(results, "exec", "ssh")
+        print(
+            f"(d) exec {name} -- true: {ours * 1000:.0f} ms; ssh over a reused connection "
+            f"{theirs * 1000:.0f} ms; ratio {ratio:.2f} (target <= 1.0; median of {rounds * 5})"
+        )
+    finally:
+        master.terminate()
+        master.wait()
 
 
 def main() -> None:
@@ -134,6 +181,7 @@ def main() -> None:
         print(f"(a) start to first exec, Debian 12: {seconds:.1f}s (median of {args.rounds})")
         until_exec(env, "deb")
         copy_against_scp(env, "deb", work, args.rounds)
+        exec_against_ssh(env, "deb", work, args.rounds)
         run(env, "stop", "deb", "--force")
     finally:
         for name in ("bb", "deb"):

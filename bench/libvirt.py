@@ -7,10 +7,11 @@ reached over qemu+ssh:// through a local sshd, and host B, an independent libvir
 its own mount namespace, also over qemu+ssh://.
 
 (d) list: ``clan-vm-manager list --json`` over 100 VMs, 34 local, 33 on host A and 33 on
-    host B, against ``virsh list --all`` of one of those hosts (and of both, one after the
-    other, as a user without the tool would run it).
+    host B, against ``virsh list --all`` of the slower of those hosts in each round (target:
+    at most 1.2x), and of both, one after the other, as a user without the tool would run it.
 (e) start: ``clan-vm-manager start --wait-for READY`` of the example guest on host B
-    against ``virsh start`` plus waiting for the same line in the guest's serial log.
+    against ``virsh start`` plus waiting for the same line in the guest's serial log
+    (target: at most 1.00x).
 """
 
 from __future__ import annotations
@@ -56,18 +57,20 @@ def bench_list(rounds: int, env: dict[str, str], a: daemons.Host, b: daemons.Hos
         subprocess.run([CLI, "list", "--json"], env=env, capture_output=True, check=True).stdout
     )
     assert len(listed) == 100 and {r["state"] for r in listed} == {"stopped"}, listed[:3]
-    tool, one, both = [], [], []
+    tool, slowest, both = [], [], []
     for _ in range(rounds):  # interleaved: drift in the machine's load hits all alike
         tool.append(timed([CLI, "list", "--json"], env))
-        one.append(timed([*b.virsh, "list", "--all"], env))
-        both.append(
-            timed([*a.virsh, "list", "--all"], env) + timed([*b.virsh, "list", "--all"], env)
-        )
-    t, o, s = (statistics.median(x) for x in (tool, one, both))
+        one_a = timed([*a.virsh, "list", "--all"], env)
+        one_b = timed([*b.virsh, "list", "--all"], env)
+        slowest.append(max(one_a, one_b))
+        both.append(one_a + one_b)
+    t, o, s = (statistics.median(x) for x in (tool, slowest, both))
+    ratio = statistics.median(x / y for x, y in zip(tool, slowest, strict=True))
     print(
         f"(d) list --json, 100 VMs (34 local, 33+33 on two hosts over ssh): tool {t * 1000:.0f}ms; "
-        f"virsh list --all of one host {o * 1000:.0f}ms (ratio {t / o:.2f}), "
-        f"of both hosts {s * 1000:.0f}ms (ratio {t / s:.2f}); median of {rounds}"
+        f"virsh list --all of the slower host {o * 1000:.0f}ms (ratio {ratio:.2f}, target <= 1.2), "
+        f"of both hosts one after the other {s * 1000:.0f}ms (ratio {t / s:.2f}); "
+        f"median of {rounds}"
     )
 
 
@@ -117,7 +120,7 @@ def bench_start(rounds: int, env: dict[str, str], b: daemons.Host, images: Path)
     t, r = statistics.median(tool), statistics.median(raw)
     print(
         f"(e) start --wait-for READY on host B over ssh: tool {t:.2f}s, virsh start + the same "
-        f"line in the serial log {r:.2f}s, ratio {t / r:.2f}; median of {rounds}"
+        f"line in the serial log {r:.2f}s, ratio {t / r:.2f} (target <= 1.00); median of {rounds}"
     )
 
 

@@ -16,8 +16,18 @@ class InvalidInput(ClanVMError):
 
 
 class UnknownVM(InvalidInput):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no VM named '{name}' (see: clan-vm-manager list)")
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        close = close_match(name, known or [])
+        hint = f"; did you mean '{close}'?" if close else " (see: clan-vm-manager list)"
+        super().__init__(f"no VM named '{name}'{hint}")
+
+
+def close_match(word: str, choices: list[str]) -> str | None:
+    """What WORD was probably meant to be, among CHOICES (a typo's way out)."""
+    import difflib  # lazy: only a mistake pays for it
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 class Interrupted(BaseException):
@@ -27,6 +37,13 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class InterruptedWait(ClanVMError):
+    """Ctrl-C while a command waited for a VM it leaves running: exit code 130, as for any
+    Ctrl-C, and a message that says so."""
+
+    exit_code = 130
 
 
 class AgentUnavailable(ClanVMError):

@@ -6,13 +6,14 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import threading
 
 Notify = Callable[[str], None]  # how operations report progress and warnings
 # Terminal control sequences and characters a console line may carry (colours, \r).
@@ -49,10 +50,14 @@ def key_values(pairs: Sequence[tuple[str, object]]) -> str:
 
 def notice(message: str) -> None:
     """The default Notify: one line on stderr, at once (above a progress line, if one shows)."""
-    with _PROGRESS.lock:
-        _PROGRESS.clear()
+    shown = _PROGRESS
+    if shown is None:  # no progress asked for: nothing to draw around
         print(message, file=sys.stderr, flush=True)
-        _PROGRESS.draw()
+        return
+    with shown.lock:
+        shown.clear()
+        print(message, file=sys.stderr, flush=True)
+        shown.draw()
 
 
 class Progress:
@@ -62,6 +67,8 @@ class Progress:
     Quiet: nothing. The Nix and VM code report to ``progress()``; tasks choose the mode."""
 
     def __init__(self, *, quiet: bool = True, live: bool | None = None) -> None:
+        import threading  # lazy, like the whole object: most commands show no progress
+
         self.quiet = quiet
         self.live = not quiet and (sys.stderr.isatty() if live is None else live)
         self.lock = threading.RLock()
@@ -121,6 +128,8 @@ class Progress:
         seconds = time.monotonic() - self._began
         text = self._phase + (f": {self._detail}" if self._detail else "")
         text += f" ({seconds:.0f}s)" if seconds >= 1 else ""
+        import shutil
+
         width = shutil.get_terminal_size((100, 20)).columns - 1
         line = text if len(text) <= width else text[: max(0, width - 3)] + "..."
         sys.stderr.write("\r\x1b[2K" + line)
@@ -137,15 +146,20 @@ class Progress:
                 with self.lock:
                     self.draw()
 
+        import threading
+
         self._ticker = threading.Thread(target=tick, daemon=True)
         self._ticker.start()
 
 
-_PROGRESS = Progress()
+_PROGRESS: Progress | None = None  # made on first use
 
 
 def progress() -> Progress:
     """The progress of the running command (silent unless a task asked for it)."""
+    global _PROGRESS
+    if _PROGRESS is None:
+        _PROGRESS = Progress()
     return _PROGRESS
 
 
@@ -156,11 +170,39 @@ def show_progress(quiet: bool) -> Progress:
     return _PROGRESS
 
 
+class WithoutQueries:
+    """A guest's console output for a file or a pipe, without the terminal queries in it
+    (a shell's cursor position request ``ESC [6n``, a device attributes request ``ESC [c``):
+    nothing there answers them, and they are not text. A sequence split between two
+    chunks is held back until the next one shows what it is (one never finished is not
+    text either)."""
+
+    _QUERY = re.compile(rb"\x1b\[[?>=]?[0-9;]*[nc]|\x1bZ")
+    _UNFINISHED = re.compile(rb"\x1b(\[[?>=]?[0-9;]*)?$")
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def __call__(self, chunk: bytes) -> bytes:
+        data = self._held + chunk
+        unfinished = self._UNFINISHED.search(data)
+        cut = unfinished.start() if unfinished else len(data)
+        self._held = data[cut:]
+        return self._QUERY.sub(b"", data[:cut])
+
+
+def for_output(fd: int) -> Callable[[bytes], bytes]:
+    """How console output is written to FD: as it is on a terminal, else without queries."""
+    return (lambda chunk: chunk) if os.isatty(fd) else WithoutQueries()
+
+
 @contextlib.contextmanager
 def latest_line(path: Path, on_line: Callable[[str], None], every: float = 0.2) -> Iterator[None]:
     """While the block runs: ON_LINE(the latest non-empty line of the file at PATH, control
     sequences taken out) whenever it changes, once that file is a new one (a boot starts a
     new console log, and the one before must not be shown as this boot's)."""
+    import threading
+
     stop = threading.Event()
 
     def watch() -> None:

@@ -1,6 +1,6 @@
 # The Python application, built with nixpkgs' Python packaging; qemu, nix and mkfs.ext4
 # (rootFilesystem) on its PATH.
-{ lib, buildPythonApplication, setuptools, pydantic, invoke, sh, pyyaml, qemu-qmp, qemu, nix, e2fsprogs }:
+{ lib, buildPythonApplication, setuptools, pydantic, invoke, sh, pyyaml, qemu, nix, e2fsprogs }:
 buildPythonApplication {
   pname = "clan-vm-tasks";
   version = "0.1.0";
@@ -10,7 +10,7 @@ buildPythonApplication {
     fileset = lib.fileset.unions [ ../pyproject.toml ../README.md ../clan_vm_tasks ];
   };
   build-system = [ setuptools ];
-  dependencies = [ pydantic invoke sh pyyaml qemu-qmp ];
+  dependencies = [ pydantic invoke sh pyyaml ];
   # pyproject.toml pins exact versions for pip; nixpkgs has its own.
   pythonRelaxDeps = true;
   makeWrapperArgs = [ "--prefix" "PATH" ":" (lib.makeBinPath [ qemu nix e2fsprogs ]) ];

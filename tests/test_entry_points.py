@@ -54,8 +54,9 @@ TASKS = sorted(
 )
 def test_task_help_both_ways(cli: CLI, args: tuple[str, ...]) -> None:
     result = cli.ok(*args)
-    assert "Usage: clan-vm-manager [--core-opts] start" in result.out
-    assert "--wait-for" in result.out and "--foreground" in result.out
+    assert result.out.startswith("Usage: clan-vm-manager start NAME [--foreground]")
+    assert "--wait-for TEXT" in result.out and "--name" not in result.out
+    assert "Examples:\n  clan-vm-manager start web" in result.out
 
 
 @pytest.mark.parametrize("where", [ROOT, ROOT / "templates" / "default"])

@@ -50,6 +50,25 @@ def declared(store: Store, flake: Flake) -> dict[str, evaluate.Evaluated]:
     return vms
 
 
+def names_without_network(store: Store, flake: Flake) -> list[str] | None:
+    """The names of the VMs FLAKE declares, when they can be told without the network: from
+    the evaluation cache, else from an offline evaluation of the names alone. None: its
+    inputs must be fetched first, or it does not evaluate."""
+    system = current_system()
+    cached = evalcache.load(store.root, evalcache.key(flake.ref, flake.directory, system))
+    if cached is not None:
+        return sorted(cached)
+    base = command.attr("clanVms", system)
+    args = ["eval", "--offline", "--json", *command.read_only_flags(flake.ref)]
+    try:
+        found = json.loads(
+            command.run([*args, f"{flake.ref}#{base}", "--apply", "builtins.attrNames"], what="")
+        )
+    except (command.NixError, ValueError):
+        return None
+    return sorted(n for n in found if isinstance(n, str)) if isinstance(found, list) else None
+
+
 def require(vms: dict[str, evaluate.Evaluated], flake: Flake, name: str) -> evaluate.Evaluated:
     found = vms.get(name)
     if found is None:

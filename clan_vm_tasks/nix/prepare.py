@@ -9,16 +9,29 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from clan_vm_tasks import render
-from clan_vm_tasks.errors import AlreadyExists, ClanVMError, InvalidInput, StateConflict
+from clan_vm_tasks.errors import (
+    AlreadyExists,
+    ClanVMError,
+    InvalidInput,
+    StateConflict,
+    close_match,
+)
 from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.nix import diagnose, flakes, origin, trust
 from clan_vm_tasks.nix.command import NixError
-from clan_vm_tasks.nix.declared import as_attributes, declared, require, to_config
+from clan_vm_tasks.nix.declared import (
+    as_attributes,
+    declared,
+    names_without_network,
+    require,
+    to_config,
+)
 from clan_vm_tasks.nix.evaluate import Evaluated
 from clan_vm_tasks.nix.flakes import Flake, where
 from clan_vm_tasks.nix.origin import Origin
 from clan_vm_tasks.nix.realise import realise, running
 from clan_vm_tasks.nix.request import Request
+from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm.create import Reconfigured, create, reconfigure
 
 
@@ -226,4 +239,28 @@ def apply_flake(request: Request) -> Applied | None:
     found = source(request)
     if found is None:
         return None
+    if not request.store.exists(request.name):
+        _check_declared(request.store, found.flake, request.name)
     return apply(request, plan(request, found))
+
+
+def _check_declared(store: Store, flake: Flake, name: str) -> None:
+    """A VM that does not exist must be one the flake declares; a mistyped name is said at
+    once, before any error of the flake's evaluation, and without the network when the
+    flake's names can be told without it."""
+    names = names_without_network(store, flake)
+    if names is None:
+        try:
+            names = sorted(declared(store, flake))
+        except NixError as error:
+            raise NixError(
+                f"no VM named '{name}' here, and the flake {flake.label} does not evaluate to "
+                f"say whether it declares one: {error}"
+            ) from None
+    if name not in names:
+        close = close_match(name, sorted({*names, *store.names()}))
+        raise InvalidInput(
+            f"no VM named '{name}' here, and the flake {flake.label} declares no VM '{name}' "
+            f"(declared: {', '.join(names) or 'none'})"
+            + (f"; did you mean '{close}'?" if close else "")
+        )

@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import getpass
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +36,15 @@ _REQUIRED = {"timestamp", "vm", "action", "user", "details"}
 
 
 def now() -> str:
+    from datetime import UTC, datetime  # lazy: list and status only read the record
+
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _user() -> str:
     try:
+        import getpass  # lazy: only a command that records an event needs it
+
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
@@ -119,6 +121,8 @@ def read(log: Path, vm: str | None = None, limit: int | None = None) -> list[VME
 
 def recorded_since(log: Path, vm: str, action: str, since: float) -> bool:
     """Whether an ACTION event of VM was recorded at or after SINCE (seconds, epoch)."""
+    from datetime import datetime
+
     for event in read(log, vm):
         try:
             when = datetime.fromisoformat(event.timestamp).timestamp()

@@ -15,17 +15,14 @@ from typing import Any
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import host_name_problem, uri_problem
+from clan_vm_tasks.state import location
 
 ACCELS = ("auto", "kvm", "tcg")
 KEYS = {"state_dir", "accel", "allow_qemu_args", "allow_shares", "hosts"}
 
 
 def _config_file() -> Path:
-    explicit = os.environ.get("CLAN_VM_CONFIG")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "clan-vm" / "config.yaml"
+    return Path(location.settings_file())
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -67,11 +64,7 @@ def _check_hosts(path: Path, hosts: Any) -> None:
 
 
 def default_state_dir() -> Path:
-    explicit = os.environ.get("CLAN_VM_STATE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "clan-vm"
+    return Path(location.state_dir())
 
 
 @dataclass(frozen=True)
@@ -89,10 +82,8 @@ class Settings:
     def load(cls, state_dir: Path | None = None, accel: str | None = None) -> Settings:
         file = _read_file(_config_file())
         if state_dir is None:
-            if os.environ.get("CLAN_VM_STATE_DIR") or "state_dir" not in file:
-                state_dir = default_state_dir()
-            else:
-                state_dir = Path(str(file["state_dir"])).expanduser()
+            from_file = file.get("state_dir")
+            state_dir = Path(location.state_dir(None if from_file is None else str(from_file)))
         chosen = accel or os.environ.get("CLAN_VM_ACCEL") or str(file.get("accel", "auto"))
         if chosen not in ACCELS:
             raise InvalidInput(f"unknown accelerator {chosen!r}: use auto, kvm or tcg")

@@ -243,7 +243,7 @@ class Store:
     def require(self, name: str) -> VMPaths:
         paths = self.paths(name)
         if not paths.config.is_file():
-            raise UnknownVM(name)
+            raise UnknownVM(name, self.names())
         return paths
 
     def entries(self) -> list[str]:

@@ -1,16 +1,68 @@
-"""The invoke tasks, one module per area, assembled into one collection.
+"""The tasks, one module per area, registered in ``common.TASKS`` as they are defined.
 
-Shared by ``invoke`` (the repository's and the template's ``tasks.py`` use
-``Collection.from_module(clan_vm_tasks.tasks)``, which picks up ``ns``),
-``clan-vm-manager`` and ``python -m clan_vm_tasks``. Task modules import
-only ``tasks.common``, never each other.
+``ns`` is invoke's collection of them, for ``invoke`` (the repository's and the
+template's ``tasks.py`` use ``Collection.from_module(clan_vm_tasks.tasks)``, which
+picks up ``ns``). It is made on first use, so ``clan-vm-manager``, which parses
+with the same declarations itself, never imports invoke. Task modules import only
+``tasks.common``, never each other.
 """
 
-from invoke.collection import Collection
+from __future__ import annotations
 
-from clan_vm_tasks.tasks import clan, configure, disks, guest, nix, views, vms, web
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-ns = Collection()
-for _module in (vms, configure, views, disks, guest, nix, clan, web):
-    for _task in Collection.from_module(_module).tasks.values():
-        ns.add_task(_task)
+from clan_vm_tasks.tasks import (  # noqa: F401 (each registers its tasks)
+    clan,
+    configure,
+    disks,
+    guest,
+    nix,
+    views,
+    vms,
+    web,
+)
+from clan_vm_tasks.tasks.common import TASKS
+
+if TYPE_CHECKING:
+    from invoke.collection import Collection
+
+
+def collection() -> Collection:
+    """invoke's collection of every task, from the declarations ``vm_task`` recorded."""
+    from invoke.collection import Collection
+    from invoke.tasks import Task
+
+    class _Task(Task[Callable[..., Any]]):
+        """A task whose arguments get only the short flags it names (argument -> letter)."""
+
+        shortflags: Mapping[str, str] = {}
+
+        def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+            opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+            short = self.shortflags.get(name)
+            if short is not None and short not in taken_names:
+                opts["names"] = [*opts["names"], short]
+            return opts
+
+    made = Collection()
+    for spec in TASKS.values():
+        task = _Task(
+            spec.body,
+            name=spec.name,
+            auto_shortflags=False,
+            positional=None if spec.positional is None else list(spec.positional),
+            optional=list(spec.optional),
+            iterable=list(spec.iterable),
+            help=dict(spec.help),
+        )
+        task.shortflags = spec.shortflags
+        made.add_task(task)
+    return made
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ns":
+        made = globals()["ns"] = collection()
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from invoke.context import Context
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.tasks.common import CLAN_DIR_HELP, NAME_HELP, open_store, say, vm_task
 
+if TYPE_CHECKING:
+    from invoke.context import Context
+
 
 @vm_task(
     positional=["action", "name"],
     iterable=["tag"],
+    examples=["inventory push web --clan-dir ~/my-clan --tag dev", "inventory remove web"],
     help={
         "action": "push or remove",
         "name": NAME_HELP,
@@ -30,7 +34,9 @@ def inventory(
     force: bool = False,
     commit: bool = False,
 ) -> None:
-    """Add a VM to the clan's inventory.json as a machine (push), or take it out (remove)."""
+    """Add a VM to a clan's inventory, or take it out.
+
+    Add a VM to the clan's inventory.json as a machine (push), or take it out (remove)."""
     from clan_vm_tasks.clan import inventory as inv
     from clan_vm_tasks.clan import sync
 

@@ -1,22 +1,27 @@
 """What every task module shares: the task decorator with our error handling, option
 parsing, the state directory, output.
 
+A task is a function decorated with ``vm_task``: its signature and the decorator's
+declarations (help, positional, optional, iterable) are the one description of its
+command line. ``clan-vm-manager`` parses with them directly (``clan_vm_tasks.cli``);
+invoke gets a ``Task`` made from the same description (``tasks.ns``), so invoke is
+imported only where it runs the tasks.
+
 Numbers arrive as strings and are checked here, so every entry point reports bad
 input the same way: one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import re
 import signal
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-
-from invoke.exceptions import Exit
-from invoke.tasks import Task, task
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from clan_vm_tasks.errors import ClanVMError, Interrupted, InvalidInput
 from clan_vm_tasks.state.settings import Settings
@@ -25,6 +30,41 @@ if TYPE_CHECKING:
     from clan_vm_tasks.state.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TaskSpec(NamedTuple):
+    """One task as its decorator declared it (``cli.options`` derives the options)."""
+
+    name: str  # as typed on the command line: "list", "boot-test"
+    body: Callable[..., Any]  # the function, with our error handling around it
+    help: Mapping[str, str]  # parameter -> help line
+    positional: tuple[str, ...] | None  # None: the parameters without a default (invoke's rule)
+    optional: tuple[str, ...]  # options whose value may be left out (bare --flake)
+    iterable: tuple[str, ...]  # repeatable options, gathered into a list
+    names: str | None  # the iterable option that bare words fill too (build web db)
+    pairs: tuple[str, ...]  # options whose value NAME=VALUE may be two words (NAME VALUE)
+    shortflags: Mapping[str, str]  # parameter -> the one-letter flag it also has (-r)
+    after_dashes: str | None  # the task reads the words after "--"; their usage ("-- CMD")
+    examples: tuple[str, ...]  # command lines for the help, without the program name
+
+
+# Every task, by name, in the order the modules define them.
+TASKS: dict[str, TaskSpec] = {}
+
+
+def fail(message: str, code: int) -> None:
+    """End the command with one ``error:`` line and CODE, whichever entry point runs it."""
+    with contextlib.suppress(OSError, ValueError):  # stderr may be gone too
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def reader_gone() -> None:
+    """Standard output's reader went away (``| head``): end quietly, as git and coreutils
+    do, with the exit status of SIGPIPE. Python's final flush must not complain either."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(128 + signal.SIGPIPE)
 
 
 def reports_errors(body: F) -> F:
@@ -36,42 +76,57 @@ def reports_errors(body: F) -> F:
             _check_text([*args[1:], *kwargs.values()])
             return body(*args, **kwargs)
         except ClanVMError as error:
-            raise Exit(f"error: {error}", code=error.exit_code) from None
+            fail(str(error), error.exit_code)
         except KeyboardInterrupt:
-            raise Exit("error: interrupted", code=130) from None
+            fail("interrupted", 130)
         except Interrupted as signalled:
             name = signal.Signals(signalled.signum).name
-            raise Exit(f"error: interrupted by {name}", code=128 + signalled.signum) from None
+            fail(f"interrupted by {name}", 128 + signalled.signum)
+        except BrokenPipeError:
+            reader_gone()
         except OSError as error:
-            raise Exit(f"error: {error}", code=1) from None
+            fail(str(error), 1)
 
     return wrapper  # type: ignore[return-value]
 
 
-class _Task(Task[Callable[..., Any]]):
-    """A task whose arguments get only the short flags it names (argument -> letter)."""
-
-    shortflags: ClassVar[dict[str, str]] = {}
-
-    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
-        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
-        short = self.shortflags.get(name)
-        if short is not None and short not in taken_names:
-            opts["names"] = [*opts["names"], short]
-        return opts
-
-
 def vm_task(
-    *, name: str | None = None, shortflags: dict[str, str] | None = None, **options: Any
-) -> Callable[[Callable[..., Any]], Any]:
-    """An invoke task with our error handling and no auto-generated short flags (only those
-    SHORTFLAGS gives: argument name -> letter)."""
+    *,
+    name: str | None = None,
+    help: Mapping[str, str] | None = None,
+    positional: list[str] | None = None,
+    optional: list[str] | None = None,
+    iterable: list[str] | None = None,
+    names: str | None = None,
+    pairs: list[str] | None = None,
+    shortflags: Mapping[str, str] | None = None,
+    after_dashes: str | None = None,
+    examples: list[str] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A task with our error handling, registered under NAME (default: the function's name,
+    dashed). NAMES: an iterable option whose values may also be given as bare words;
+    PAIRS: options whose NAME=VALUE may be written as two words (as nix takes
+    --override-input); SHORTFLAGS: parameter -> a one-letter flag (no others are made);
+    AFTER_DASHES: how the usage shows the words the task reads after "--" (it reads them
+    itself); EXAMPLES: command lines for its help."""
 
-    def decorate(body: Callable[..., Any]) -> Any:
-        extra = {"name": name} if name else {}
-        made = task(auto_shortflags=False, klass=_Task, **extra, **options)(reports_errors(body))
-        made.shortflags = dict(shortflags or {})
-        return made
+    def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
+        wrapped = reports_errors(body)
+        task_name = name or body.__name__.replace("_", "-")
+        TASKS[task_name] = TaskSpec(
+            name=task_name,
+            body=wrapped,
+            help=dict(help or {}),
+            positional=None if positional is None else tuple(positional),
+            optional=tuple(optional or ()),
+            iterable=tuple(iterable or ()),
+            names=names,
+            pairs=tuple(pairs or ()),
+            shortflags=dict(shortflags or {}),
+            after_dashes=after_dashes,
+            examples=tuple(examples or ()),
+        )
+        return wrapped
 
     return decorate
 

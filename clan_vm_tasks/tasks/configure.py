@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from invoke.context import Context
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.render import notice
 from clan_vm_tasks.tasks.common import NAME_HELP, number, on_host, open_store, say, vm_task
+
+if TYPE_CHECKING:
+    from invoke.context import Context
 
 NETWORK_MODES = ("user", "nat", "bridge", "tap", "none")
 
@@ -15,6 +18,7 @@ NETWORK_MODES = ("user", "nat", "bridge", "tap", "none")
 @vm_task(
     name="set",
     iterable=["forward", "no_forward"],
+    examples=["set web --cpus 4 --memory 4096", "set web --no-forward 2222 --forward tcp:2222:80"],
     help={
         "name": NAME_HELP,
         "cpus": "virtual CPUs",
@@ -43,7 +47,9 @@ def set_(
     forward: list[str] | None = None,
     no_forward: list[str] | None = None,
 ) -> None:
-    """Change a VM made on the command line: at once when it is stopped, at its next start
+    """Change a VM made on the command line.
+
+    Change a VM made on the command line: at once when it is stopped, at its next start
     when it runs (show and status say what waits)."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.models import PortForward

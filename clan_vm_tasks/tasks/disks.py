@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import re
-
-from invoke.context import Context
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks import render
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.tasks.common import NAME_HELP, number, on_host, open_store, say, vm_task
 
+if TYPE_CHECKING:
+    from invoke.context import Context
+
 
 @vm_task(
+    examples=["snapshot web before-upgrade", "snapshot web before-upgrade --delete"],
     help={
         "name": NAME_HELP,
         "snap": "name of the snapshot",
         "delete": "delete the snapshot instead of taking it",
         "live": "require a running VM (snapshot with memory state); fail if it is stopped",
-    }
+    },
 )
 def snapshot(c: Context, name: str, snap: str, delete: bool = False, live: bool = False) -> None:
-    """Take a snapshot: with memory state if the VM runs, of the disk if it is stopped."""
+    """Take a snapshot of a VM (with memory while it runs).
+
+    Take a snapshot: with memory state if the VM runs, of the disk if it is stopped."""
     from clan_vm_tasks.vm import snapshots
 
     check_name(name)
@@ -34,9 +39,14 @@ def snapshot(c: Context, name: str, snap: str, delete: bool = False, live: bool 
     say(f"took snapshot '{snap}' of VM '{name}'{on_host(store.host_of(name))} {what}")
 
 
-@vm_task(help={"name": NAME_HELP, "snap": "name of the snapshot"})
+@vm_task(
+    help={"name": NAME_HELP, "snap": "name of the snapshot"},
+    examples=["revert web before-upgrade"],
+)
 def revert(c: Context, name: str, snap: str) -> None:
-    """Revert a VM to a snapshot: a running VM gets memory and disk back, a stopped one its disk."""
+    """Revert a VM to one of its snapshots.
+
+    Revert a VM to a snapshot: a running VM gets memory and disk back, a stopped one its disk."""
     from clan_vm_tasks.vm import snapshots
 
     check_name(name)
@@ -50,7 +60,7 @@ def revert(c: Context, name: str, snap: str) -> None:
         say(f"reverted the disk of VM '{name}' to snapshot '{snap}'{note}")
 
 
-@vm_task(help={"name": NAME_HELP, "json": "print a JSON array"})
+@vm_task(help={"name": NAME_HELP, "json": "print a JSON array"}, examples=["snapshots web"])
 def snapshots(c: Context, name: str, json: bool = False) -> None:
     """List a VM's snapshots: name, date, size of saved memory state."""
     from clan_vm_tasks.vm import snapshots as snaps
@@ -75,7 +85,10 @@ def snapshots(c: Context, name: str, json: bool = False) -> None:
     )
 
 
-@vm_task(help={"name": NAME_HELP, "disk": "new disk size in MiB (only growing is allowed)"})
+@vm_task(
+    help={"name": NAME_HELP, "disk": "new disk size in MiB (only growing is allowed)"},
+    examples=["resize web --disk 40960"],
+)
 def resize(c: Context, name: str, disk: str | None = None) -> None:
     """Grow the disk of a stopped VM."""
     from clan_vm_tasks.errors import InvalidInput
@@ -96,6 +109,7 @@ def resize(c: Context, name: str, disk: str | None = None) -> None:
 @vm_task(
     name="kept-disks",
     iterable=["remove"],
+    examples=["kept-disks", "kept-disks --older-than 30"],
     help={
         "json": "print a JSON array",
         "remove": "remove this kept disk (a path as listed; repeatable)",
@@ -105,7 +119,9 @@ def resize(c: Context, name: str, disk: str | None = None) -> None:
 def kept_disks(
     c: Context, json: bool = False, remove: list[str] | None = None, older_than: str | None = None
 ) -> None:
-    """List the disks kept from deleted VMs (VM, size on disk, when kept, path), or remove them."""
+    """List or remove the disks kept from deleted VMs.
+
+    List the disks kept from deleted VMs (VM, size on disk, when kept, path), or remove them."""
     from clan_vm_tasks.state import history, kept
 
     days = None

@@ -6,15 +6,15 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import BinaryIO
-
-from invoke.context import Context
-from invoke.exceptions import Exit
+from typing import TYPE_CHECKING, BinaryIO
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.render import notice, show_progress
 from clan_vm_tasks.tasks.common import NAME_HELP, after_double_dash, number, open_store, vm_task
+
+if TYPE_CHECKING:
+    from invoke.context import Context
 
 _REMOTE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*):(/.*)")
 _SIZE = re.compile(r"([0-9]+)([KMGT]?)(i?B)?", re.IGNORECASE)
@@ -62,6 +62,8 @@ def _stdin() -> BinaryIO | None:
 
 @vm_task(
     name="exec",
+    after_dashes="-- CMD [ARG...]",
+    examples=["exec web -- uname -a", "exec web --timeout 300 -- nixos-rebuild switch"],
     help={
         "name": NAME_HELP,
         "timeout": "seconds the command may run, and the guest agent may take to answer after "
@@ -70,7 +72,9 @@ def _stdin() -> BinaryIO | None:
     },
 )
 def exec_(c: Context, name: str, timeout: str | None = None, tty: bool = False) -> None:
-    """Run a command in the guest through its agent: exec NAME -- CMD [ARG...]; input that is
+    """Run a command in a running guest, through its agent.
+
+    Run a command in the guest through its agent: exec NAME -- CMD [ARG...]; input that is
     not a terminal reaches it, its output and exit code become ours."""
     from clan_vm_tasks.vm import guest
 
@@ -93,12 +97,13 @@ def exec_(c: Context, name: str, timeout: str | None = None, tty: bool = False) 
     if result.truncated:
         notice(TRUNCATED)
     if result.exit_code:
-        raise Exit(code=result.exit_code)
+        raise SystemExit(result.exit_code)
 
 
 @vm_task(
     positional=["source", "target"],
     shortflags={"recursive": "r"},
+    examples=["copy notes.txt web:/root/", "copy -r web:/etc/nixos ./nixos"],
     help={
         "source": "a host file (or directory, with -r), or NAME:/PATH in the guest",
         "target": "NAME:/PATH in the guest, or a host path; an existing directory receives it",
@@ -116,7 +121,9 @@ def copy(
     max_size: str | None = None,
     timeout: str | None = None,
 ) -> None:
-    """Copy files into or out of a running guest through its agent (exactly one side is
+    """Copy files into or out of a running guest.
+
+    Copy files into or out of a running guest through its agent (exactly one side is
     NAME:/PATH); -r for directory trees. The destination appears only complete."""
     from clan_vm_tasks.vm import copying, trees
 
@@ -158,10 +165,14 @@ def copy(
         "name": NAME_HELP,
         "user": "the guest user (default: the VM's sshUser, root)",
         "timeout": "seconds to wait for the guest agent and the guest's sshd (default 60)",
-    }
+    },
+    after_dashes="[-- CMD...]",
+    examples=["ssh web", "ssh web --user alice -- uptime"],
 )
 def ssh(c: Context, name: str, user: str | None = None, timeout: str | None = None) -> None:
-    """Open SSH to the guest (ssh NAME [-- CMD...]) with a key of the VM's own, installed and
+    """Open SSH to a running guest, with a key of the VM's own.
+
+    Open SSH to the guest (ssh NAME [-- CMD...]) with a key of the VM's own, installed and
     the host key pinned through the guest agent; later calls reuse the connection."""
     from clan_vm_tasks.vm import ssh as vm_ssh
 

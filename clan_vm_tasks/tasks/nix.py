@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-from invoke.context import Context
-from invoke.exceptions import Exit
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks import render
+from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.names import check_name
 from clan_vm_tasks.render import notice, show_progress
 from clan_vm_tasks.tasks.common import (
@@ -29,6 +28,9 @@ from clan_vm_tasks.tasks.common import (
     vm_task,
 )
 
+if TYPE_CHECKING:
+    from invoke.context import Context
+
 
 def _names(names: list[str] | None) -> list[str]:
     for name in names or []:
@@ -39,6 +41,9 @@ def _names(names: list[str] | None) -> list[str]:
 @vm_task(
     name="eval",
     iterable=["vm", "override_input"],
+    pairs=["override_input"],
+    names="vm",
+    examples=["eval", "eval web db --flake ~/infra"],
     help={
         "vm": "a VM to show (repeatable; default: all)",
         "flake": FLAKE_HELP,
@@ -73,6 +78,9 @@ def eval_(
 
 @vm_task(
     iterable=["vm", "override_input"],
+    pairs=["override_input"],
+    names="vm",
+    examples=["build", "build web"],
     help={
         "vm": "a VM to build (repeatable; default: all)",
         "flake": FLAKE_HELP,
@@ -87,7 +95,9 @@ def build(
     quiet: bool = False,
     override_input: list[str] | None = None,
 ) -> None:
-    """Build all that declared VMs refer to (kernels, initrds, systems, ...), keep it from the
+    """Build what declared VMs refer to; keep it from the GC.
+
+    Build all that declared VMs refer to (kernels, initrds, systems, ...), keep it from the
     garbage collector and print the store paths."""
     from clan_vm_tasks.nix import flakes, origin
     from clan_vm_tasks.nix.declared import declared, require, to_config
@@ -117,6 +127,12 @@ def build(
 @vm_task(
     name="boot-test",
     iterable=["vm", "check", "override_input"],
+    pairs=["override_input"],
+    names="vm",
+    examples=[
+        "boot-test --junit results.xml",
+        "boot-test web --check 'systemctl is-system-running'",
+    ],
     help={
         "vm": "a VM to boot (repeatable; default: every declared VM)",
         "flake": FLAKE_HELP,
@@ -142,7 +158,9 @@ def boot_test(
     allow_shares: bool = False,
     override_input: list[str] | None = None,
 ) -> None:
-    """Build and boot declared VMs in parallel, wait until each is ready, run its checks in the
+    """Boot declared VMs in parallel and check them (CI).
+
+    Build and boot declared VMs in parallel, wait until each is ready, run its checks in the
     guest, power them off (CI)."""
     from clan_vm_tasks.nix import boot_test as runner
     from clan_vm_tasks.nix import flakes
@@ -183,13 +201,15 @@ def boot_test(
             print(f"{r.name}: {r.message}\n{detail}", file=sys.stderr, flush=True)
     failed = [r.name for r in results if not r.passed]
     if failed:
-        raise Exit(f"error: boot test failed for {', '.join(failed)}", code=1)
+        raise ClanVMError(f"boot test failed for {', '.join(failed)}")
     if not results:
-        raise Exit("error: the flake declares no VMs to boot", code=1)
+        raise ClanVMError("the flake declares no VMs to boot")
 
 
 @vm_task(
     iterable=["override_input"],
+    pairs=["override_input"],
+    examples=["switch web", "switch web --restart --wait-for 'login:'"],
     help={
         "name": NAME_HELP,
         "flake": "build the VM from this flake (default: the flake it was created from)",
@@ -215,7 +235,9 @@ def switch(
     override_input: list[str] | None = None,
     quiet: bool = False,
 ) -> None:
-    """Build the changed configuration of a running NixOS VM and activate it in the guest
+    """Activate a NixOS VM's changed configuration in the guest.
+
+    Build the changed configuration of a running NixOS VM and activate it in the guest
     (its switch-to-configuration test, through the guest agent; the guest sees the host's
     store); its output and exit code are the command's."""
     from clan_vm_tasks.nix import switch as switching
@@ -255,4 +277,4 @@ def switch(
             f"(clan-vm-manager switch {name} --restart)"
         )
     if result.exit_code:
-        raise Exit(code=result.exit_code)
+        raise SystemExit(result.exit_code)

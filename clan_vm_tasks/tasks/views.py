@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
-
-from invoke.context import Context
+from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks import render
 from clan_vm_tasks.errors import InvalidInput
@@ -22,6 +20,9 @@ from clan_vm_tasks.tasks.common import (
     vm_task,
 )
 
+if TYPE_CHECKING:
+    from invoke.context import Context
+
 
 def _describe_declared(name: str, definition: dict[str, Any]) -> str:
     pairs: list[tuple[str, object]] = [("name", name), ("state", "not created (declared)")]
@@ -34,7 +35,9 @@ def _describe_declared(name: str, definition: dict[str, Any]) -> str:
 @vm_task(
     name="list",
     optional=["flake"],
+    examples=["list", "list --filter running --json", "list --flake"],
     iterable=["override_input"],
+    pairs=["override_input"],
     help={
         "override_input": OVERRIDE_INPUT_HELP,
         "filter": "only VMs in this state: " + ", ".join(STATES),
@@ -118,14 +121,28 @@ def _host(host: str | None) -> str | None:
     return host.split("?", 1)[0] if host else None  # a URI's parameters are noise here
 
 
-@vm_task(help={"name": NAME_HELP, "json": "print a JSON object"})
-def status(c: Context, name: str, json: bool = False) -> None:
-    """Show whether a VM runs, checked against its process and QMP."""
+@vm_task(
+    help={
+        "name": NAME_HELP,
+        "json": "print a JSON object",
+        "wait_agent": "wait for the guest agent to answer (up to --timeout) before telling",
+        "timeout": "seconds --wait-agent waits (default 60)",
+    },
+    examples=["status web", "status web --json --wait-agent"],
+)
+def status(
+    c: Context, name: str, json: bool = False, wait_agent: bool = False, timeout: str | None = None
+) -> None:
+    """Show whether a VM runs, and whether its agent answers.
+
+    Show whether a VM runs, checked against its process and QMP, and whether its guest
+    agent answers."""
     from clan_vm_tasks.vm.status import status as vm_status
 
     check_name(name)
+    seconds = number(timeout, "timeout", 60, float)
     store, _ = open_store(create=False)
-    info = vm_status(store, name)
+    info = vm_status(store, name, seconds if wait_agent else 0.0)
     where = f", on {_host(info.get('host'))}" if info.get("host") else ""
     waits = f"; at its next start: {info['pending']['summary']}" if info.get("pending") else ""
     say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}{waits}")
@@ -133,6 +150,8 @@ def status(c: Context, name: str, json: bool = False) -> None:
 
 @vm_task(
     iterable=["override_input"],
+    pairs=["override_input"],
+    examples=["show web", "show web --json"],
     help={
         "name": NAME_HELP,
         "json": "print a JSON object",
@@ -147,7 +166,9 @@ def show(
     flake: str | None = None,
     override_input: list[str] | None = None,
 ) -> None:
-    """Show a VM's configuration, paths, process, accelerator, forwards and disks."""
+    """Show everything about a VM.
+
+    Show a VM's configuration, paths, process, accelerator, forwards and disks."""
     from clan_vm_tasks.vm.status import show as vm_show
 
     check_name(name)
@@ -209,15 +230,20 @@ def show(
     )
 
 
-@vm_task(help={"name": NAME_HELP, "log": "print the console output so far instead of attaching"})
+@vm_task(
+    help={"name": NAME_HELP, "log": "print the console output so far instead of attaching"},
+    examples=["console web", "console web --log"],
+)
 def console(c: Context, name: str, log: bool = False) -> None:
-    """Attach to a VM's serial console (Ctrl-] detaches); without a TTY, relay stdin/stdout."""
+    """Attach to a VM's serial console.
+
+    Attach to a VM's serial console (Ctrl-] detaches); without a TTY, relay stdin/stdout."""
     from clan_vm_tasks.vm.console import attach_console, console_log
 
     check_name(name)
     store, _ = open_store(create=False)
     if log:
-        sys.stdout.buffer.write(console_log(store, name))
+        sys.stdout.buffer.write(render.for_output(sys.stdout.fileno())(console_log(store, name)))
         sys.stdout.flush()
         return
     why = attach_console(store, name)
@@ -226,11 +252,12 @@ def console(c: Context, name: str, log: bool = False) -> None:
 
 
 @vm_task(
+    examples=["history", "history --vm web --limit 10"],
     help={
         "vm": "only events of this VM",
         "limit": "at most this many events",
         "json": "print a JSON array",
-    }
+    },
 )
 def history(
     c: Context, vm: str | None = None, limit: str | None = None, json: bool = False

@@ -7,9 +7,8 @@ declares the VM) is evaluated and built first.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
-
-from invoke.context import Context
 
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.names import check_name, check_new_name
@@ -31,6 +30,8 @@ from clan_vm_tasks.tasks.common import (
 )
 
 if TYPE_CHECKING:
+    from invoke.context import Context
+
     from clan_vm_tasks.vm.start import Started
 
 
@@ -63,7 +64,12 @@ def _create_from_flake(
 
 @vm_task(
     iterable=["qemu_arg", "forward", "override_input"],
+    pairs=["override_input"],
     optional=["flake"],
+    examples=[
+        "create web --cpus 2 --memory 1024 --kernel vmlinuz --initrd initrd --forward tcp:auto:22",
+        "create web --flake",
+    ],
     help={
         "name": NAME_HELP,
         "cpus": "virtual CPUs (default 2)",
@@ -119,7 +125,9 @@ def create(
     quiet: bool = False,
     override_input: list[str] | None = None,
 ) -> None:
-    """Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
+    """Create a VM: its definition, its disk.
+
+    Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.models import PortForward, VMConfig, validate
     from clan_vm_tasks.vm.create import create as create_vm
@@ -182,7 +190,9 @@ def _running(host: str | None, started: Started) -> str:
 
 
 @vm_task(
+    examples=["start web --wait-for 'clan-guest: READY'", "start web --foreground"],
     iterable=["override_input"],
+    pairs=["override_input"],
     help={
         "name": NAME_HELP,
         "foreground": "run QEMU attached to this command and stream the console",
@@ -216,7 +226,9 @@ def start(
     override_input: list[str] | None = None,
     wait_for_ssh: bool = False,
 ) -> None:
-    """Start a VM; returns once QEMU answers on QMP (and --wait-for text appeared, and with
+    """Start a VM.
+
+    It returns once QEMU answers on QMP (and --wait-for text appeared, and with
     --wait-for-agent the guest agent answered, with --wait-for-ssh its sshd)."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.nix import launch
@@ -233,6 +245,12 @@ def start(
     def boot() -> Started:
         if foreground:  # start only returns when the VM is gone again
             sync.push(store, name, clan, notice)
+            if sys.stdin.isatty():
+                notice(
+                    f"the console shows here but takes no input: type into it with "
+                    f"'clan-vm-manager console {name}' from another terminal; Ctrl-C stops "
+                    "the VM"
+                )
         return start_vm(
             store,
             settings,
@@ -257,14 +275,17 @@ def start(
 
 
 @vm_task(
+    examples=["stop web", "stop web --force"],
     help={
         "name": NAME_HELP,
         "force": "skip the graceful steps: end QEMU at once",
         "timeout": "seconds the guest gets to power off after the ACPI button (default 30)",
-    }
+    },
 )
 def stop(c: Context, name: str, force: bool = False, timeout: str | None = None) -> None:
-    """Stop a VM: ACPI power button, then QMP quit, SIGTERM, SIGKILL; says which step ended it."""
+    """Stop a VM: the power button first, force last.
+
+    Stop a VM: ACPI power button, then QMP quit, SIGTERM, SIGKILL; says which step ended it."""
     from clan_vm_tasks.vm.stop import DEFAULT_STOP_TIMEOUT
     from clan_vm_tasks.vm.stop import stop as stop_vm
 
@@ -279,7 +300,9 @@ def stop(c: Context, name: str, force: bool = False, timeout: str | None = None)
 
 
 @vm_task(
+    examples=["restart web --wait-for 'clan-guest: READY'"],
     iterable=["override_input"],
+    pairs=["override_input"],
     help={
         "name": NAME_HELP,
         "timeout": "seconds the guest gets to power off (default 30)",
@@ -302,7 +325,9 @@ def restart(
     quiet: bool = False,
     override_input: list[str] | None = None,
 ) -> None:
-    """Stop a VM gracefully (if running) and start it again; a VM from a flake is evaluated
+    """Stop a VM gracefully and start it again.
+
+    Stop a VM gracefully (if running) and start it again; a VM from a flake is evaluated
     and built first (like start), and its changed definition applied in between."""
     from clan_vm_tasks.nix import launch
     from clan_vm_tasks.nix.request import Request
@@ -334,11 +359,12 @@ def restart(
 
 
 @vm_task(
+    examples=["delete web", "delete web --force"],
     help={
         "name": NAME_HELP,
         "force": "also stop a running VM and remove its disk image",
         "clan_dir": CLAN_DIR_HELP,
-    }
+    },
 )
 def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = None) -> None:
     """Delete a VM. Keeps its disk image (and says where) unless --force."""
@@ -364,7 +390,7 @@ def delete(c: Context, name: str, force: bool = False, clan_dir: str | None = No
             notice(unrooted)
 
 
-@vm_task(help={"name": NAME_HELP})
+@vm_task(help={"name": NAME_HELP}, examples=["pause web"])
 def pause(c: Context, name: str) -> None:
     """Freeze a running VM (its CPUs stop; memory and devices are kept)."""
     from clan_vm_tasks.vm.pause import pause as pause_vm
@@ -375,7 +401,7 @@ def pause(c: Context, name: str) -> None:
     say(f"paused VM '{name}'{on_host(store.host_of(name))}")
 
 
-@vm_task(help={"name": NAME_HELP})
+@vm_task(help={"name": NAME_HELP}, examples=["resume web"])
 def resume(c: Context, name: str) -> None:
     """Let a paused VM run again."""
     from clan_vm_tasks.vm.pause import resume as resume_vm

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke.context import Context
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.tasks.common import (
     CLAN_DIR_HELP,
@@ -13,10 +13,15 @@ from clan_vm_tasks.tasks.common import (
     vm_task,
 )
 
+if TYPE_CHECKING:
+    from invoke.context import Context
+
 
 @vm_task(
     optional=["flake"],
+    examples=["serve", "serve --listen 127.0.0.1:0 --flake"],
     iterable=["override_input"],
+    pairs=["override_input"],
     help={
         "override_input": OVERRIDE_INPUT_HELP,
         "listen": "address and port to serve on (default 127.0.0.1:8080; port 0: any free one)",
@@ -35,7 +40,9 @@ def serve(
     clan_dir: str | None = None,
     override_input: list[str] | None = None,
 ) -> None:
-    """Serve a web dashboard of every VM, live, with actions and consoles; prints the URL
+    """Serve a live web dashboard of every VM.
+
+    Serve a web dashboard of every VM, live, with actions and consoles; prints the URL
     to open (with a fresh token). Ctrl-C stops it; the VMs keep running."""
     from clan_vm_tasks.clan import sync
     from clan_vm_tasks.nix import flakes

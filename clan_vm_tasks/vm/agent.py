@@ -270,7 +270,8 @@ def session(store: Store, name: str, wait: float, hint: str = AFTER_BOOT) -> Ite
         deadline = time.monotonic() + wait
         while True:
             try:
-                raw = stack.enter_context(machine.agent(min(PING_TIMEOUT * 2, wait)))
+                probe = max(PING_TIMEOUT, min(PING_TIMEOUT * 2, wait))  # wait 0: one try
+                raw = stack.enter_context(machine.agent(probe))
                 break
             except AgentUnavailable as error:
                 if not machine.alive():

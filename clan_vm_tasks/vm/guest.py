@@ -24,7 +24,7 @@ from clan_vm_tasks.errors import (
 )
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import reconcile
-from clan_vm_tasks.vm.agent import PING_TIMEOUT, Agent, session
+from clan_vm_tasks.vm.agent import Agent, session
 
 AGENT_WAIT = 10.0  # how long copy and ssh wait for an agent that does not answer yet
 POLL = 0.05
@@ -45,15 +45,16 @@ class ExecResult:
     truncated: bool  # the agent caps captured output (16 MiB in QEMU 7.2)
 
 
-def ping(store: Store, name: str) -> bool | None:
-    """Whether the agent answers (None when the VM is not running)."""
+def ping(store: Store, name: str, wait: float = 0.0) -> bool | None:
+    """Whether the agent answers (None when the VM is not running), waiting up to WAIT
+    seconds for it (none: a guest whose agent has not opened its port is told at once)."""
     state = reconcile.current(store, name)
     if state.status not in reconcile.ACTIVE:
         return None
     if store.read_config(name).get("agent", True) is False:
         return False
     try:
-        with session(store, name, wait=PING_TIMEOUT) as agent:
+        with session(store, name, wait=wait) as agent:
             agent.ping()
     except (AgentUnavailable, AgentError, AgentInvalidReply):
         return False
@@ -132,7 +133,7 @@ def remove(agent: Agent, path: str) -> None:
 
 def _wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
     deadline = time.monotonic() + timeout
-    pause = POLL
+    pause = POLL / 16  # a short command is done in a few ms: look again soon
     while True:
         # The reply carries all captured output once it exited: give it time to arrive.
         status = agent.exec_status(pid, max(30.0, deadline - time.monotonic()))
@@ -144,7 +145,7 @@ def _wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult
                 "it: it may still run in the guest)"
             )
         time.sleep(pause)
-        pause = min(pause * 1.5, POLL_MAX)
+        pause = min(pause * 2, POLL_MAX)
 
 
 def run(

@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.errors import ClanVMError
-from clan_vm_tasks.models import VMConfig, validate
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store, VMState
+
+if TYPE_CHECKING:  # the schema is imported where it is used: status only looks for a file
+    from clan_vm_tasks.models import VMConfig
 
 NEXT = "next.json"
 LATE = " (recorded after the command that did it was killed)"
@@ -39,6 +41,8 @@ def load(store: Store, name: str) -> VMConfig | None:
         raw = path(store, name).read_bytes()
     except FileNotFoundError:
         return None
+    from clan_vm_tasks.models import VMConfig, validate
+
     try:
         return validate(VMConfig, json.loads(raw), "pending definition")
     except (ClanVMError, ValueError):
@@ -125,6 +129,7 @@ def finish(store: Store, name: str, action: str, expect: dict[str, Any], since: 
     """After a killed command that was applying EXPECT["config"] (or, EXPECT["pending"], was
     keeping it for the next start): finish it and record its event if it was not (the
     caller holds the lock)."""
+    from clan_vm_tasks.models import VMConfig, validate
     from clan_vm_tasks.vm import definition, reconcile
 
     try:

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from clan_vm_tasks.backends.base import Launched, Machine
-from clan_vm_tasks.errors import ClanVMError, Interrupted, InvalidInput, StateConflict
+from clan_vm_tasks.errors import (
+    ClanVMError,
+    Interrupted,
+    InterruptedWait,
+    InvalidInput,
+    StateConflict,
+)
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.settings import Settings
@@ -182,6 +188,51 @@ def start(
     store.require(name)  # before locking: an unknown name leaves no lock file
     with store.lock(name):
         machine, launched, state = _launch(store, name, settings, accel, foreground, notify, action)
+    try:
+        waiting = _Waiting(wait_for, timeout, wait_for_agent, wait_for_ssh)
+        _wait(store, name, machine, state, began, waiting, notify)
+    except KeyboardInterrupt:
+        if foreground:  # Ctrl-C stops a VM in the foreground, as it does once it is up
+            _stop_on_interrupt(store, name, notify)
+            raise
+        what = (
+            f"{wait_for!r} on the console of"
+            if wait_for
+            else "the sshd of"
+            if wait_for_ssh
+            else "the guest agent of"
+        )
+        message = f"interrupted while waiting for {what} '{name}'"
+        _record_failed_start(store, name, message)
+        raise InterruptedWait(
+            f"{message}; the VM is still running (clan-vm-manager stop {name})"
+        ) from None
+    seconds = time.monotonic() - began
+    if foreground:
+        _follow_foreground(store, name, machine, state.console_offset, notify)
+    return Started(name, launched.pid, launched.accel, seconds)
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    text: str | None  # on the console
+    timeout: float  # in all, from the start's beginning
+    agent: bool  # the guest agent answers
+    ssh: bool  # the guest's sshd takes the VM's key
+
+
+def _wait(
+    store: Store,
+    name: str,
+    machine: Machine,
+    state: VMState,
+    began: float,
+    waiting: _Waiting,
+    notify: Notify,
+) -> None:
+    """Until the text appeared on the console, and the agent (or sshd) answered."""
+    wait_for, timeout = waiting.text, waiting.timeout
+    wait_for_agent, wait_for_ssh = waiting.agent, waiting.ssh
     if wait_for is not None and not machine.wait_for_text(
         wait_for, state.console_offset, timeout - (time.monotonic() - began), machine.alive
     ):
@@ -210,10 +261,6 @@ def start(
             message = f"{error}; the VM is still running (clan-vm-manager stop {name})"
             _record_failed_start(store, name, message)
             raise ClanVMError(message) from None
-    seconds = time.monotonic() - began
-    if foreground:
-        _follow_foreground(store, name, machine, state.console_offset, notify)
-    return Started(name, launched.pid, launched.accel, seconds)
 
 
 # What a failed boot printed, and what the user can do about it.
@@ -236,18 +283,18 @@ def console_hints(machine: Machine, offset: int) -> list[str]:
     return [hint for text, hint in CONSOLE_HINTS if text in printed]
 
 
-def _follow_foreground(
-    store: Store, name: str, machine: Machine, offset: int, notify: Notify
-) -> None:
-    """Stream the console until the VM ends; Ctrl-C or SIGTERM stop it gracefully."""
-
+def _stop_on_interrupt(store: Store, name: str, notify: Notify) -> None:
     def tolerant(message: str) -> None:
         with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
             notify(message)
 
-    def on_interrupt() -> None:
-        tolerant(f"stopping '{name}'...")
-        stop(store, name, notify=tolerant)
+    tolerant(f"stopping '{name}'...")
+    stop(store, name, notify=tolerant)
 
-    machine.follow(offset, on_interrupt)
+
+def _follow_foreground(
+    store: Store, name: str, machine: Machine, offset: int, notify: Notify
+) -> None:
+    """Stream the console until the VM ends; Ctrl-C or SIGTERM stop it gracefully."""
+    machine.follow(offset, lambda: _stop_on_interrupt(store, name, notify))
     reconcile.current(store, name)

@@ -8,7 +8,7 @@ from typing import Any
 from clan_vm_tasks.errors import ClanVMError, HostUnreachable
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import definition, guest, listing, machines, pending, reconcile
+from clan_vm_tasks.vm import guest, listing, machines, pending, reconcile
 
 
 def _unreachable(store: Store, name: str, error: HostUnreachable) -> dict[str, Any]:
@@ -18,9 +18,10 @@ def _unreachable(store: Store, name: str, error: HostUnreachable) -> dict[str, A
     return info
 
 
-def status(store: Store, name: str) -> dict[str, Any]:
+def status(store: Store, name: str, wait_agent: float = 0.0) -> dict[str, Any]:
     """list's object for one VM, checked against the hypervisor when the VM is alive (and,
-    on a libvirt host, always)."""
+    on a libvirt host, always). The agent is asked once, at once (a guest without one is
+    told without waiting), or for up to WAIT_AGENT seconds."""
     store.require(name)
     try:
         state = reconcile.current(store, name)
@@ -32,6 +33,8 @@ def status(store: Store, name: str) -> dict[str, Any]:
         config = None
     info = listing.view(name, state, config)
     if info["error"]:
+        from clan_vm_tasks.vm import definition  # lazy: its schema is for show and start
+
         raise definition.Broken(name, info["error"])
     info["qmp"] = None
     if state.status in reconcile.ACTIVE:
@@ -39,7 +42,9 @@ def status(store: Store, name: str) -> dict[str, Any]:
         info["qmp"] = run_state is not None  # alive but not answering: hung, or a client attached
         if run_state is not None:
             info["state"] = run_state
-    info["agent"] = guest.ping(store, name) if info["state"] == "running" else None
+    info["agent"] = None
+    if info["state"] == "running":
+        info["agent"] = guest.ping(store, name, wait_agent)
     info["pending"] = _pending(store, name)
     return info
 
@@ -48,6 +53,8 @@ def _pending(store: Store, name: str) -> dict[str, Any] | None:
     """What the VM's next start changes (``set`` while it ran, a flake's new definition)."""
     if not pending.path(store, name).exists():
         return None
+    from clan_vm_tasks.vm import definition  # lazy: the schema, only when a change waits
+
     try:
         return pending.summary(store, name, definition.load(store, name))
     except ClanVMError:
@@ -56,6 +63,8 @@ def _pending(store: Store, name: str) -> dict[str, Any] | None:
 
 def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
     """Everything about one VM: status, configuration, paths, accelerator, disk."""
+    from clan_vm_tasks.vm import definition
+
     info = status(store, name)
     if info["state"] == "unreachable":
         raise ClanVMError(

@@ -27,7 +27,9 @@ from tests.guests.fake_agent import FakeAgent, Files, agent_socket, endless, exe
 from tests.vmhelpers import PUBLIC_KEY, one_error, peak
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("hostile")]
-NO_AGENT = "console=ttyS0 quiet no_timer_check clan.noagent"
+# The guests run their agent, so QEMU sees their agent port open (a guest whose port is closed
+# has no agent to ask); the tests' fake agent takes over the socket on the host's side.
+APPEND = "console=ttyS0 quiet no_timer_check"
 INVALID = "the guest agent of VM '{}' sent an invalid reply"
 TAP_NET = "10.203.{}.0/24"
 
@@ -51,7 +53,7 @@ def evil(tmp_path_factory: pytest.TempPathFactory, guest: Guest) -> Iterator[CLI
     """Running VMs whose agent sockets the tests take over: 'evil' (user networking, guest
     port 22 forwarded)."""
     cli = CLI(tmp_path_factory.mktemp("hostile") / "state")
-    cli.create_guest("evil", guest, "--forward", "tcp:auto:22", append=NO_AGENT)
+    cli.create_guest("evil", guest, "--forward", "tcp:auto:22", append=APPEND)
     cli.ok("start", "evil")
     try:
         yield cli
@@ -101,7 +103,7 @@ def test_status_and_start_wait_for_agent_survive_a_malformed_ping(evil: CLI, gue
     with hostile(evil, bad_ping):
         status = json.loads(evil.ok("status", "evil", "--json").out)
     assert status["agent"] is False and status["state"] == "running"
-    evil.create_guest("evstart", guest, append=NO_AGENT)
+    evil.create_guest("evstart", guest, append=APPEND)
     with taken_over_when_made(agent_socket(evil.state_dir, "evstart"), bad_ping):
         started = evil.run("start", "evstart", "--wait-for-agent", "--timeout", "60")
     line = one_error(started)
@@ -214,7 +216,7 @@ def test_ssh_goes_only_to_an_address_in_the_vms_network(
     ifname, host = tap
     prefix = host.rsplit(".", 1)[0]
     cli = CLI(tmp_path / "state")
-    cli.create_guest("evtap", guest, "--network", "tap", "--tap", ifname, append=NO_AGENT)
+    cli.create_guest("evtap", guest, "--network", "tap", "--tap", ifname, append=APPEND)
     cli.ok("start", "evtap")
     marker = tmp_path / "pwned"
     lies = [

@@ -15,6 +15,7 @@ import tty
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from clan_vm_tasks import render
 from clan_vm_tasks.backends.libvirt.connection import Host, LibvirtFailure, lib
 from clan_vm_tasks.errors import StateConflict
 
@@ -125,7 +126,8 @@ def attach(host: Host, dom: Any) -> str:
     """Relay the console to this terminal (Ctrl-] detaches); without one, send stdin and
     print what the guest says until it has been quiet for a second. Returns why it ended."""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    console = Console(host, dom, take_over=False, on_data=lambda data: _write(stdout, data))
+    shown = render.for_output(stdout)
+    console = Console(host, dom, take_over=False, on_data=lambda data: _write(stdout, shown(data)))
     interactive = os.isatty(stdin)
     try:
         with _raw_terminal(stdin) if interactive else contextlib.nullcontext():

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from clan_vm_tasks import render
 from clan_vm_tasks.errors import ClanVMError
 
 DETACH = b"\x1d"  # Ctrl-]
@@ -83,6 +84,7 @@ def relay(sock: socket.socket, stdin: int, stdout: int, idle_after_eof: float = 
     Returns why it ended: "detached", "input ended" or "console closed".
     """
     interactive = os.isatty(stdin)
+    shown = render.for_output(stdout)
     with _raw_terminal(stdin) if interactive else contextlib.nullcontext():
         if interactive:
             os.write(
@@ -98,7 +100,7 @@ def relay(sock: socket.socket, stdin: int, stdout: int, idle_after_eof: float = 
                 data = sock.recv(65536)
                 if not data:
                     return "console closed"
-                os.write(stdout, data)
+                os.write(stdout, shown(data))
             if stdin in ready:
                 data = os.read(stdin, 4096)
                 if interactive and DETACH in data:

@@ -12,13 +12,12 @@ import contextlib
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from clan_vm_tasks import render
 from clan_vm_tasks.backends.base import (
     AccelChoice,
     Ending,
@@ -28,10 +27,12 @@ from clan_vm_tasks.backends.base import (
     StopStep,
 )
 from clan_vm_tasks.backends.qemu import console, events, process
-from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.errors import AgentUnavailable, ClanVMError
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
+    import subprocess
+
     from clan_vm_tasks.backends.qemu.agent import AgentSession
     from clan_vm_tasks.backends.qemu.qmp import Monitor
     from clan_vm_tasks.models import VMConfig
@@ -69,6 +70,8 @@ def _qmp_start_timeout() -> float:
 
 
 def _parse_snapshot(entry: dict[str, Any]) -> Snapshot:
+    from datetime import UTC, datetime
+
     seconds = int(entry.get("date-sec", 0)) + int(entry.get("date-nsec", 0)) / 1e9
     return Snapshot(
         name=str(entry.get("name", "")),
@@ -219,9 +222,11 @@ class QemuMachine:
         def on_signal(signum: int, frame: object) -> None:
             raise KeyboardInterrupt
 
+        shown = render.for_output(sys.stdout.fileno())
+
         def show(chunk: bytes) -> None:
             with contextlib.suppress(OSError):  # a terminal that went away reads nothing
-                os.write(sys.stdout.fileno(), chunk)
+                os.write(sys.stdout.fileno(), shown(chunk))
 
         # SIGHUP (the terminal closed) stops the VM like SIGTERM and Ctrl-C.
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -396,7 +401,23 @@ class QemuMachine:
     def agent(self, timeout: float) -> AgentSession:
         from clan_vm_tasks.backends.qemu.agent import AgentSession
 
+        if self._agent_port_open() is False:  # nothing in the guest listens: no waiting for it
+            raise AgentUnavailable("no agent in the guest has opened its port")
         return AgentSession(self.paths.agent_socket, timeout)
+
+    def _agent_port_open(self) -> bool | None:
+        """Whether the guest has opened its agent's virtio-serial port, as QEMU sees it (a
+        running qemu-ga keeps it open); None when QMP cannot tell."""
+        try:
+            with self._monitor(timeout=2.0) as mon:
+                chardevs = mon.execute("query-chardev")
+        except ClanVMError:
+            return None
+        ours = f"unix:{self.paths.agent_socket},"  # the chardev that serves our socket
+        for chardev in chardevs if isinstance(chardevs, list) else []:
+            if ours in str(chardev.get("filename")):
+                return bool(chardev.get("frontend-open"))
+        return None
 
     # --- its console ----------------------------------------------------------------------------
 

@@ -14,13 +14,16 @@ import itertools
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clan_vm_tasks.errors import ClanVMError
+
+if TYPE_CHECKING:
+    import subprocess  # lazy below: status and list only look at processes
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ def launch_daemon(
 ) -> ProcessId:
     """Run QEMU with -daemonize: it returns once the VM is set up (sockets listening). FDS
     are passed on (the shared directories its arguments name as /proc/self/fd/N)."""
+    import subprocess
+
     pidfile.unlink(missing_ok=True)
     try:
         result = subprocess.run(
@@ -159,6 +164,8 @@ def launch_foreground(
 ) -> subprocess.Popen[bytes]:
     """Run QEMU as our child in its own session (the terminal's Ctrl-C reaches us, not it),
     with FDS passed on."""
+    import subprocess
+
     try:
         with log.open("wb") as err:
             return subprocess.Popen(

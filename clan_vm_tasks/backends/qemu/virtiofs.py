@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from clan_vm_tasks.backends.qemu import process
 from clan_vm_tasks.errors import ClanVMError
 
 if TYPE_CHECKING:
+    import subprocess
+
     from clan_vm_tasks.models import VMConfig
     from clan_vm_tasks.state.store import VMPaths
 
@@ -132,6 +133,8 @@ def problem(config: VMConfig, *, installed: bool, root: bool, userns: bool) -> s
 
 
 def _probe(argv: list[str]) -> bool:
+    import subprocess  # lazy (here and below): status and list never start one
+
     try:
         return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
@@ -177,6 +180,8 @@ class _Daemon:
 
 
 def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
+    import subprocess
+
     root = os.geteuid() == 0 and _private_mounts()  # as share_problem decided
     for tag, share in sorted(config.shares.items()):
         if share.type != "virtiofs":
@@ -218,6 +223,8 @@ def serving(config: VMConfig, paths: VMPaths) -> Iterator[None]:
     (each serves the directory its share's identity names, see ``share_dirs``).
     Whatever fails or interrupts the block ends them; a failure says why one of them
     ended, if one did (its own words, from its log)."""
+    import subprocess
+
     end(paths)  # of a boot before, should one be left
     started: list[_Daemon] = []
     try:

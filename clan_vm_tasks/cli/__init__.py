@@ -1,0 +1,110 @@
+"""``clan-vm-manager``: the tasks' own command line.
+
+It parses with the tasks' declarations (``cli.parse``) and calls the task, so a command
+pays only for what it does: invoke, which runs the same tasks for ``invoke TASK`` in a
+checkout, is never imported here. Completion (``cli.completion``) is answered before
+anything else is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from clan_vm_tasks import __version__
+
+TYPE_CHECKING = False  # typing itself costs a Tab more than the rest of its answer
+if TYPE_CHECKING:
+    from typing import Any
+
+PROGRAM = "clan-vm-manager"
+
+
+def _usage_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class _Context:
+    """What a task gets as its invoke context: made only if a task ever asks for it."""
+
+    def __getattr__(self, name: str) -> Any:
+        from invoke.context import Context
+
+        context = Context()
+        self.__dict__.update(context=context)
+        return getattr(context, name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    given = list(sys.argv if argv is None else argv)
+    words = given[1:]
+    if words[:1] == ["__complete"]:  # a shell asking on every Tab: nothing else loaded
+        from clan_vm_tasks.cli import completion
+
+        completion.answer(words[1:])
+        return
+    try:
+        _run(given, words)
+    except BrokenPipeError:
+        from clan_vm_tasks.tasks.common import reader_gone
+
+        reader_gone()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get("CLAN_VM_DEBUG"):
+            raise
+        print(f"error: internal error: {error!r} (CLAN_VM_DEBUG=1 shows where)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _run(given: list[str], words: list[str]) -> None:
+    from clan_vm_tasks.cli.parse import HELP_FLAGS, UsageError, WantsHelp, parse, suggest
+    from clan_vm_tasks.tasks import common
+
+    first = words[0] if words else None
+    if first is None or first in HELP_FLAGS:
+        from clan_vm_tasks.cli import help as helptext
+
+        topic = words[1] if len(words) > 1 else None
+        if topic is None:
+            print(helptext.overview(__version__))
+        elif topic in common.TASKS:
+            print(helptext.task_help(common.TASKS[topic]))
+        elif topic in helptext.BUILTINS:
+            print(helptext.BUILTINS[topic][0])
+        else:
+            _usage_error(f"no task named {topic!r}{suggest(topic, list(common.TASKS))}")
+        return
+    if first in ("-V", "--version"):
+        print(f"{PROGRAM} {__version__}")
+        return
+    if first in ("-l", "--list"):
+        print("\n".join(sorted(common.TASKS)))
+        return
+    if first == "completion":
+        from clan_vm_tasks.cli import completion
+
+        completion.script_command(words[1:])
+        return
+    spec = common.TASKS.get(first)
+    if spec is None:
+        from clan_vm_tasks.cli import help as helptext
+
+        if first.startswith("-"):
+            _usage_error(f"unknown option {first} (see: {PROGRAM} --help)")
+        choices = [*common.TASKS, *helptext.BUILTINS]
+        _usage_error(f"no task named {first!r}{suggest(first, choices)} (see: {PROGRAM} --help)")
+    assert spec is not None
+    try:
+        kwargs = parse(spec, words[1:])
+    except WantsHelp:
+        from clan_vm_tasks.cli import help as helptext
+
+        print(helptext.task_help(spec))
+        return
+    except UsageError as error:
+        _usage_error(str(error))
+    common.COMMAND_LINE[:] = given  # exec and ssh take the words after "--" exactly as given
+    spec.body(_Context(), **kwargs)
