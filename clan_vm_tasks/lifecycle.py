@@ -12,6 +12,7 @@ The functions raise ``ClanVMError`` subclasses and print nothing but notices.
 
 from __future__ import annotations
 
+from clan_vm_tasks.clan.opening import open_store as opened
 from clan_vm_tasks.models import VMConfig
 from clan_vm_tasks.state.kept import KeptDisk, list_kept
 from clan_vm_tasks.state.kept import remove as remove_kept
@@ -26,7 +27,6 @@ from clan_vm_tasks.vm.guest import ExecResult, wait_for_agent
 from clan_vm_tasks.vm.guest import execute as _execute
 from clan_vm_tasks.vm.listing import list_vms
 from clan_vm_tasks.vm.pause import pause, resume
-from clan_vm_tasks.vm.recovery import recover
 from clan_vm_tasks.vm.resize import resize
 from clan_vm_tasks.vm.restart import restart
 from clan_vm_tasks.vm.snapshots import delete as delete_snapshot
@@ -83,6 +83,4 @@ def exec(store: Store, name: str, argv: list[str], timeout: float = 60.0) -> Exe
 def open_store(settings: Settings) -> Store:
     """The state directory SETTINGS name, created (mode 0700) if needed, with what killed
     commands left finished."""
-    store = Store(settings.state_dir).ensure()
-    recover(store)
-    return store
+    return opened(settings.state_dir, create=True)

@@ -164,20 +164,10 @@ def number(value: str | int | float | None, option: str, default: float, kind: t
 def open_store(accel: str | None = None, *, create: bool = True) -> tuple[Store, Settings]:
     """The state directory, with what killed commands left finished. A read-only command
     (CREATE false) creates nothing: without a state directory there is nothing to read."""
-    from clan_vm_tasks.state.store import Store
-    from clan_vm_tasks.vm.recovery import recover
+    from clan_vm_tasks.clan.opening import open_store as opened
 
     settings = Settings.load(accel=accel)
-    store = Store(settings.state_dir)
-    if create:
-        store.ensure()
-    if store.root.is_dir():
-        recover(store)
-        if store.unlisting_work():  # a killed delete: its VM still in a clan's inventory
-            from clan_vm_tasks.clan import sync
-            from clan_vm_tasks.render import notice
-
-            sync.finish(store, notice)
+    store = opened(settings.state_dir, create=create)
     return store, settings
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clan_vm_tasks.clan.opening import open_store as opened
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm.recovery import recover
 
 if TYPE_CHECKING:
     from clan_vm_tasks.nix.flakes import Flake
@@ -24,17 +24,7 @@ class Context:
     def store(self, *, create: bool = False) -> Store:
         """The state directory with what killed commands left finished, as every command
         of the CLI starts; a read-only request (CREATE false) creates nothing."""
-        store = Store(self.settings.state_dir)
-        if create:
-            store.ensure()
-        if store.root.is_dir():
-            recover(store)
-            if store.unlisting_work():  # a killed delete: its VM still in a clan's inventory
-                from clan_vm_tasks.clan import sync
-                from clan_vm_tasks.render import notice
-
-                sync.finish(store, notice)
-        return store
+        return opened(self.settings.state_dir, create=create)
 
     def quick_store(self) -> Store:
         """For the poller, which only lists (``list_vms`` reconciles what it reads)."""
