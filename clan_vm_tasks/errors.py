@@ -78,6 +78,13 @@ class StateConflict(ClanVMError):
     """The operation makes no sense in the VM's current state (e.g. stop a stopped VM)."""
 
 
+class Busy(StateConflict):
+    """Another command still holds what this one needs (a VM's lock, its guest agent)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} is busy: another command is still working on it")
+
+
 class AlreadyExists(StateConflict):
     """A VM of that name exists (made meanwhile by another command, perhaps)."""
 

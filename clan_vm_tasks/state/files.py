@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from clan_vm_tasks.errors import ClanVMError
+from clan_vm_tasks.errors import Busy, ClanVMError
 
 
 def private_dir(path: Path) -> Path:
@@ -99,7 +99,7 @@ def locked(path: Path, what: str, timeout: float) -> Iterator[int]:
     deadline = time.monotonic() + timeout
     while (fd := _open_lock(path)) is None:
         if time.monotonic() >= deadline:
-            raise ClanVMError(f"{what} is busy: another command is still working on it")
+            raise Busy(what)
         time.sleep(0.02)
     try:
         yield fd

@@ -251,9 +251,13 @@ AFTER_BOOT = " (after a boot, clan-vm-manager start {name} --wait-for-agent wait
 
 
 @contextlib.contextmanager
-def session(store: Store, name: str, wait: float, hint: str = AFTER_BOOT) -> Iterator[Agent]:
+def session(
+    store: Store, name: str, wait: float, hint: str = AFTER_BOOT, queue: float | None = None
+) -> Iterator[Agent]:
     """A session with the agent of running VM NAME, waiting up to WAIT seconds for it to
-    answer (an agent still starting in a booting guest); HINT ends the error if it does not."""
+    answer (an agent still starting in a booting guest); HINT ends the error if it does not.
+    Sessions of one VM take turns: QUEUE seconds (default WAIT + 60) for another command's
+    to end, else ``Busy``."""
     store.require(name)
     state = reconcile.current(store, name)
     if state.status not in reconcile.ACTIVE:
@@ -261,10 +265,14 @@ def session(store: Store, name: str, wait: float, hint: str = AFTER_BOOT) -> Ite
     if not _agent_enabled(store, name):
         raise ClanVMError(f"VM '{name}' has no guest agent channel (agent = false)")
     machine = machines.machine(store, name, state)
-    files.private_dir(store.locks)
-    lock = store.locks / f"{name}.agent"
+    # In the VM's runtime directory, not the state directory: status, which asks the agent,
+    # is a read-only command and creates nothing there.
+    run = store.paths(name).run
+    files.private_dir(run.parent)
+    files.private_dir(run)
+    turns = wait + 60 if queue is None else queue
     with (
-        files.locked(lock, f"the guest agent of '{name}'", wait + 60),
+        files.locked(run / "agent.lock", f"the guest agent of '{name}'", turns),
         contextlib.ExitStack() as stack,
     ):
         deadline = time.monotonic() + wait

@@ -19,6 +19,7 @@ from clan_vm_tasks.errors import (
     AgentError,
     AgentInvalidReply,
     AgentUnavailable,
+    Busy,
     ClanVMError,
     GuestCommandFailed,
 )
@@ -46,16 +47,20 @@ class ExecResult:
 
 
 def ping(store: Store, name: str, wait: float = 0.0) -> bool | None:
-    """Whether the agent answers (None when the VM is not running), waiting up to WAIT
-    seconds for it (none: a guest whose agent has not opened its port is told at once)."""
+    """Whether the agent answers, waiting up to WAIT seconds for it (none: a guest whose
+    agent has not opened its port is told at once). None when the VM is not running, or
+    when another command's session with the agent does not end within WAIT (a long exec or
+    copy): it is not known, and ``status`` does not wait for it."""
     state = reconcile.current(store, name)
     if state.status not in reconcile.ACTIVE:
         return None
     if store.read_config(name).get("agent", True) is False:
         return False
     try:
-        with session(store, name, wait=wait) as agent:
+        with session(store, name, wait=wait, queue=wait) as agent:
             agent.ping()
+    except Busy:
+        return None
     except (AgentUnavailable, AgentError, AgentInvalidReply):
         return False
     return True

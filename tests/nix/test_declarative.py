@@ -137,12 +137,21 @@ def test_extra_disks_and_a_display_are_declared_like_the_rest(
     ncli: NixCLI, own_flake: Path
 ) -> None:
     flake = str(own_flake)
-    edit(own_flake, "memory = 192;", "memory = 192; extraDisks.data.size = 16; graphics = true;")
+    edit(
+        own_flake,
+        "memory = 192;",
+        "memory = 192; extraDisks.data.size = 16; extraDisks.x10.size = 2; "
+        "extraDisks.x2.size = 4; graphics = true;",
+    )
     ncli.ok("start", "alpha", "--flake", flake, "--wait-for", READY, "--timeout", "120")
     assert "clan-guest: disk vdb 16 MiB" in ncli.ok("console", "alpha", "--log").out
     shown = json.loads(ncli.ok("show", "alpha", "--json").out)
     assert Path(shown["spice_socket"]).is_socket()  # remote-viewer spice+unix://...
-    assert [d["virtual_size"] for d in shown["disks"]] == [64, 16]
+    # In the order the guest sees them (x2 before x10), as /dev/vdb, vdc, vdd.
+    assert [d["virtual_size"] for d in shown["disks"]] == [64, 16, 4, 2]
+    assert [Path(d["path"]).name for d in shown["disks"][1:]] == [
+        "disk-data.qcow2", "disk-x2.qcow2", "disk-x10.qcow2",
+    ]  # fmt: skip
     ncli.ok("stop", "alpha")
     edit(own_flake, "extraDisks.data.size = 16;", "extraDisks.data.size = 8;")
     kept = ncli.ok("create", "alpha", "--flake", flake)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -39,6 +40,33 @@ def test_exec_relays_output_arguments_and_exit_codes(cli: CLI, guest: Guest) -> 
     assert hung.code == 1 and hung.err.startswith("error: sleep did not finish within 2s")
     missing = cli.run("exec", "inside")
     assert missing.code == 2 and "exec needs a command" in missing.err
+
+
+def test_status_during_a_long_exec_neither_waits_nor_writes_into_the_state(
+    cli: CLI, guest: Guest
+) -> None:
+    """Another command's session keeps the agent busy: status says it does not know
+    (agent null) at once, and, read-only, leaves the state directory as it was."""
+    boot_with_agent(cli, "busy", guest)
+    long = subprocess.Popen(
+        [*cli.command(), "exec", "busy", "--", "sleep", "15"],
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3)  # the exec has its session
+        before = sorted(str(p) for p in cli.state_dir.rglob("*"))
+        began = time.monotonic()
+        during = status(cli, "busy")
+        took = time.monotonic() - began
+        assert (during["state"], during["agent"]) == ("running", None)
+        assert took < 5, took
+        assert sorted(str(p) for p in cli.state_dir.rglob("*")) == before
+        assert long.poll() is None  # the exec was still running all along
+    finally:
+        long.wait(60)
+    assert status(cli, "busy")["agent"] is True
 
 
 def test_output_beyond_the_agents_cap_is_never_cut_silently(cli: CLI, guest: Guest) -> None:

@@ -353,10 +353,12 @@ class QemuMachine:
 
     def details(self, config: VMConfig) -> dict[str, Any]:
         from clan_vm_tasks.backends import image
+        from clan_vm_tasks.models import disk_order
 
         paths = self.paths
         disks = [image.described(paths.disk, backing=True)]
-        disks += [image.described(paths.extra_disk(n)) for n in sorted(config.extra_disks)]
+        order = sorted(config.extra_disks, key=disk_order)  # as the guest sees them
+        disks += [image.described(paths.extra_disk(n)) for n in order]
         return {
             "disks": disks,
             "console_log": str(paths.console_log),
