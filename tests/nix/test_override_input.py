@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import READY, Guest
 from tests.nix_fixtures import NixCLI, git, make_flake, ncli, needs_nix
+from tests.web.served import serve
 
 __all__ = ["ncli"]
 pytestmark = needs_nix
@@ -59,6 +60,13 @@ def test_every_command_that_evaluates_takes_override_input(
     assert {row["name"]: row["memory"] for row in listed} == {"alpha": 160, "beta": 160}
     shown = json.loads(ncli.ok("show", "alpha", *refs, *local, "--json").out)
     assert shown["memory"] == 160
+    # The dashboard lists the declared VMs as list --flake does.
+    served = serve(ncli, *refs, *local, cwd=flake)
+    try:
+        declared = {vm["name"]: vm["memory"] for vm in served.ok("GET", "/api/vms")}
+    finally:
+        served.stop()
+    assert declared == {"alpha": 160, "beta": 160}
     # NAME=REF is the same (invoke's own command line takes only that form).
     ncli.ok("create", "alpha", *refs, "--override-input", f"dep=git+file://{dep}")
     # The VM remembers the inputs it was made with: start and restart need no repetition.
