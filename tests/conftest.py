@@ -148,3 +148,16 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def cli(state_dir: Path) -> CLI:
     return CLI(state_dir)
+
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def as_nobody(*argv: str) -> None:
+    """Run ARGV as another local user (nobody), as an attacker on this machine would. Where
+    nobody cannot run a program at all (a root file system only root may enter, as in a
+    chroot made in a private directory) the test is skipped, saying so."""
+    probe = subprocess.run([*NOBODY, "true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"another user cannot run programs here: {probe.stderr.strip()}")
+    subprocess.run([*NOBODY, *argv], check=True)

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         _run(given, words)
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at exit
     except BrokenPipeError:
         from clan_vm_tasks.tasks.common import reader_gone
 

@@ -24,6 +24,7 @@ from clan_vm_tasks.clan.inventory import (
     push,
     remove,
 )
+from tests.conftest import as_nobody
 
 INV = "inventory.json"
 OLD_NS = 1_000_000_000  # a pinned mtime: any rewrite would move it
@@ -807,11 +808,6 @@ def shared_clan() -> Iterator[Path]:
     shutil.rmtree(shared, ignore_errors=True)
 
 
-def _as_nobody(*argv: str) -> None:
-    setpriv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    subprocess.run([*setpriv, *argv], check=True)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_a_planted_lock_link_is_never_followed(tmp_path: Path, shared_clan: Path) -> None:
     clan_dir = shared_clan
@@ -819,7 +815,7 @@ def test_a_planted_lock_link_is_never_followed(tmp_path: Path, shared_clan: Path
     victim.write_text("root's own\n")
     victim.chmod(0o600)
     os.utime(victim, ns=(OLD_NS, OLD_NS))
-    _as_nobody("ln", "-s", str(victim), str(clan_dir / LOCK_FILE))
+    as_nobody("ln", "-s", str(victim), str(clan_dir / LOCK_FILE))
     with pytest.raises(InventoryError, match="is a symbolic link; refusing to follow it"):
         push(clan_dir, "dev-vm", ssh_port=2222)
     assert victim.read_text() == "root's own\n" and victim.stat().st_mtime_ns == OLD_NS
@@ -828,7 +824,7 @@ def test_a_planted_lock_link_is_never_followed(tmp_path: Path, shared_clan: Path
     # A dangling link: following it would make a file of root's wherever it points.
     os.unlink(clan_dir / LOCK_FILE)
     made = tmp_path / "made-through-the-link"
-    _as_nobody("ln", "-s", str(made), str(clan_dir / LOCK_FILE))
+    as_nobody("ln", "-s", str(made), str(clan_dir / LOCK_FILE))
     with pytest.raises(InventoryError, match="is a symbolic link"):
         push(clan_dir, "dev-vm", ssh_port=2222)
     assert not made.exists()
@@ -837,7 +833,7 @@ def test_a_planted_lock_link_is_never_followed(tmp_path: Path, shared_clan: Path
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_a_lock_file_of_another_user_is_shared_and_never_truncated(shared_clan: Path) -> None:
     clan_dir = shared_clan
-    _as_nobody("sh", "-c", f"echo theirs > {clan_dir / LOCK_FILE}")
+    as_nobody("sh", "-c", f"echo theirs > {clan_dir / LOCK_FILE}")
     push(clan_dir, "dev-vm", ssh_port=2222)
     assert (clan_dir / LOCK_FILE).read_text() == "theirs\n"
     assert "dev-vm" in read(clan_dir)["machines"]
@@ -855,7 +851,7 @@ def test_an_inventory_link_of_another_user_is_not_followed(
     victim = tmp_path / "victim.json"
     victim.write_text("{}\n")
     os.unlink(clan_dir / INV)
-    _as_nobody("ln", "-s", str(victim), str(clan_dir / INV))
+    as_nobody("ln", "-s", str(victim), str(clan_dir / INV))
     with pytest.raises(InventoryError, match="symbolic link of another user"):
         push(clan_dir, "dev-vm", ssh_port=2222)
     assert victim.read_text() == "{}\n"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, READY, Guest, kill_leftover_qemu
+from tests.conftest import CLI, READY, Guest, as_nobody, kill_leftover_qemu
 from tests.vmhelpers import PUBLIC_KEY, one_error, peak
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("guest-io")]
@@ -141,12 +141,6 @@ def shared_dir() -> Iterator[Path]:
     path.chmod(0o1777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def as_nobody(*argv: str) -> None:
-    subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv], check=True
-    )
 
 
 def test_copy_out_never_follows_a_link_another_user_planted(
