@@ -115,32 +115,28 @@ def test_virtiofs_shares_are_vhost_user_devices_on_shared_memory() -> None:
 def test_virtiofsd_runs_in_a_mount_namespace_and_is_named_by_its_socket() -> None:
     sock = Path("/run/c/virtiofs-data.sock")
     argv = virtiofs.command(
-        Path("/srv/a"), sock, 4, read_only=True, parent=77, root=True, python="/py",
-        identity="2049:1234",
-    )  # fmt: skip
+        sock, 4, read_only=True, parent=77, root=True, python="/py", identity="2049:1234"
+    )
     assert argv == [
         "unshare", "--mount", "--propagation", "private", "--",
         "/py", "-IS", "-c", virtiofs.SCRIPT,
-        # The source, if it is still the directory the launch checked (device:inode), is
-        # bind-mounted (read-only) onto a directory of the VM's own, which is served.
-        "virtiofsd:/run/c/virtiofs-data.sock", "/srv/a", "2049:1234",
+        # Started in the shared directory, it bind-mounts that (read-only) onto a directory
+        # of the VM's own, which is served, if it is the one checked (device:inode).
+        "virtiofsd:/run/c/virtiofs-data.sock", "2049:1234",
         "/run/c/virtiofs-data.root", "ro", "77", "/usr/lib/qemu/virtiofsd", "--fd=4",
         "-o", "source=/run/c/virtiofs-data.root,sandbox=namespace,xattr",
     ]  # fmt: skip
     odd = virtiofs.command(
-        Path("/srv/a,b"), Path("/run/c,d/v.sock"), 4, read_only=True, parent=77, root=True,
-        python="/py",
-    )  # fmt: skip
+        Path("/run/c,d/v.sock"), 4, read_only=True, parent=77, root=True, python="/py"
+    )
     assert odd[-1] == "source=/run/c\\,d/v.root,sandbox=namespace,xattr"  # commas escaped
     # Writable: bind-mounted, not made read-only; not root: a user namespace too.
-    writable = virtiofs.command(
-        Path("/srv"), sock, 4, read_only=False, parent=77, root=False, python="/py"
-    )
+    writable = virtiofs.command(sock, 4, read_only=False, parent=77, root=False, python="/py")
     assert writable[:7] == [
         "unshare", "--mount", "--propagation", "private", "--user", "--map-root-user", "--",
     ]  # fmt: skip
-    assert writable[11:16] == [
-        "virtiofsd:/run/c/virtiofs-data.sock", "/srv", "", "/run/c/virtiofs-data.root", "",
+    assert writable[11:15] == [
+        "virtiofsd:/run/c/virtiofs-data.sock", "", "/run/c/virtiofs-data.root", "",
     ]  # fmt: skip
 
 

@@ -188,16 +188,31 @@ def test_the_launch_shares_the_directory_that_was_checked(
     assert line and "no longer leads to the directory that was checked" in line[0]
     assert f"but to {swapped}" in line[0]
     assert json.loads(ncli.ok("status", "alpha", "--json").out)["state"] == "stopped"
-    if kind != "9p":
-        return
-    # Unhindered, QEMU is handed the opened directory (no path of it to look up again).
+    # Unhindered, only the command itself names the share (to check it, then to open it
+    # once): QEMU is handed the opened directory, virtiofsd is started in it.
     link.unlink()
     link.symlink_to(checked)
-    ncli.ok("start", "alpha", "--flake", flake, "--timeout", "120")
-    pid = json.loads(ncli.ok("status", "alpha", "--json").out)["pid"]
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    fsdev = next(a.decode() for a in cmdline if a.startswith(b"local,id=fs-data"))
-    assert ",path=/proc/self/fd/" in fsdev and str(link) not in fsdev
-    fd = fsdev.split("path=/proc/self/fd/")[1].split(",")[0]
-    assert os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(checked)
-    ncli.ok("stop", "alpha", "--force")
+    names = tmp_path / "names.log"
+    traced = [
+        "strace", "-f", "--seccomp-bpf", "-qq", "-o", str(names), "-e", "trace=%file",
+        *ncli.command(), "start", "alpha", "--flake", flake, "--timeout", "120",
+    ]  # fmt: skip
+    tracer = subprocess.Popen(traced, env=ncli.env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while json.loads(ncli.ok("status", "alpha", "--json").out)["state"] != "running":
+            assert tracer.poll() is None and time.monotonic() < deadline, "it never started"
+            time.sleep(0.5)
+        pid = json.loads(ncli.ok("status", "alpha", "--json").out)["pid"]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        if kind == "9p":  # QEMU holds the opened directory, not a path of it
+            fsdev = next(a for a in cmdline if a.startswith("local,id=fs-data"))
+            assert ",path=/proc/self/fd/" in fsdev and str(link) not in fsdev
+            fd = fsdev.split("path=/proc/self/fd/")[1].split(",")[0]
+            assert os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(checked)
+        ncli.ok("stop", "alpha", "--force")  # QEMU and virtiofsd end, and so does strace
+        tracer.wait(timeout=120)
+    finally:
+        tracer.kill()
+    naming = [line.split()[0] for line in names.read_text().splitlines() if f'"{link}' in line]
+    assert naming and len(set(naming)) == 1, sorted(set(naming))

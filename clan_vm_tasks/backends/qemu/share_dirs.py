@@ -2,11 +2,11 @@
 
 QEMU gets a 9p share's directory as ``/proc/self/fd/N`` of a descriptor it inherits, so it
 shares the directory that was opened and checked here, never whatever its name leads to a
-moment later. virtiofsd runs in a mount namespace of its own, where a descriptor of this one
-cannot be bind-mounted: there the source is opened again and bind-mounted only if it is
-the same directory (device and inode) as the one opened here. A share whose definition
-pins the directory (``identity``, set when it was checked and allowed) is refused when its
-source now leads to another one.
+moment later. A virtiofs share's virtiofsd is started in that directory (its working
+directory, set through the same descriptor), which its mount namespace carries over and it
+bind-mounts as ``.``: no name is looked up again either. A share whose definition pins the
+directory (``identity``, set when it was checked and allowed) is refused when its source
+now leads to another one.
 """
 
 from __future__ import annotations
@@ -47,25 +47,25 @@ def _open(name: str, tag: str, source: Path, identity: str | None) -> int:
 
 @contextlib.contextmanager
 def opened(config: VMConfig) -> Iterator[tuple[VMConfig, tuple[int, ...]]]:
-    """CONFIG with each share's directory opened here: a 9p share's source replaced by it
-    (as /proc/self/fd/N, its descriptor to pass on to QEMU; closed after the block), a
-    virtiofs share's pinned to it (its device and inode)."""
+    """CONFIG with each share's source replaced by its directory opened here, as
+    /proc/self/fd/N (closed after the block), and pinned to it (its device and inode); the
+    descriptors of the 9p shares, to pass on to QEMU. A virtiofs share's descriptor is
+    close-on-exec: its virtiofsd is started in the directory, not given it."""
     fds: list[int] = []
+    for_qemu: list[int] = []
     try:
         shares = dict(config.shares)
         for tag, share in sorted(config.shares.items()):
             if share.source is None:
                 continue
             fd = _open(config.name, tag, share.source, share.identity)
-            if share.type == "virtiofs":
-                info = os.fstat(fd)
-                os.close(fd)
-                identity = f"{info.st_dev}:{info.st_ino}"
-                shares[tag] = share.model_copy(update={"identity": identity})
-                continue
             fds.append(fd)
-            shares[tag] = share.model_copy(update={"source": fd_path(fd)})
-        yield config.model_copy(update={"shares": shares}), tuple(fds)
+            if share.type != "virtiofs":
+                for_qemu.append(fd)
+            info = os.fstat(fd)
+            update = {"source": fd_path(fd), "identity": f"{info.st_dev}:{info.st_ino}"}
+            shares[tag] = share.model_copy(update=update)
+        yield config.model_copy(update={"shares": shares}), tuple(for_qemu)
     finally:
         for fd in fds:
             os.close(fd)

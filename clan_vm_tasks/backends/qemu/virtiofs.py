@@ -36,28 +36,29 @@ UNSHARE = "unshare"
 MARK = "virtiofsd:"  # argv[0] of a virtiofsd of ours: MARK and the socket it serves
 NINE_P = 'use type = "9p" (QEMU enforces readOnly itself)'
 
-# Run by ``python -IS`` inside the new mount namespace; then it becomes virtiofsd. The
-# source is opened once and, if it is the directory the launch opened and checked (its
-# device and inode: IDENTITY, empty for the VM's own), bind-mounted through that descriptor
-# onto an empty directory of the VM's own, which is what virtiofsd serves: nothing renamed
-# meanwhile can replace it. A read-only one is made read-only with its submounts
-# (mount_setattr, Linux 5.12). The check of the parent closes the gap before the exec: a
-# start killed until then leaves no virtiofsd, and from the exec on argv[0] names it.
+# Run by ``python -IS`` inside the new mount namespace; then it becomes virtiofsd. Its
+# working directory is the share's directory the launch opened and checked: set from that
+# descriptor (``/proc/self/fd/N``) before ``unshare``, which moves it into the new namespace,
+# so the directory is bind-mounted as ``.``, never looked up by name again, onto an empty
+# directory of the VM's own, which is what virtiofsd serves. Its device and inode are
+# compared with IDENTITY (empty for the VM's own) all the same. A read-only one is made
+# read-only with its submounts (mount_setattr, Linux 5.12). The check of the parent closes
+# the gap before the exec: a start killed until then leaves no virtiofsd, and from the exec
+# on argv[0] names it.
 SCRIPT = """\
 import ctypes, os, struct, sys
-mark, source, identity, target, ro, parent, binary, *args = sys.argv[1:]
+mark, identity, target, ro, parent, binary, *args = sys.argv[1:]
 libc = ctypes.CDLL(None, use_errno=True)
 def must(result, what):
     if result != 0:
-        sys.exit(f"virtiofsd: cannot {what} {source}: {os.strerror(ctypes.get_errno())}")
-fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
-info = os.fstat(fd)
+        error = os.strerror(ctypes.get_errno())
+        sys.exit(f"virtiofsd: cannot {what} the shared directory: {error}")
+info = os.stat(".")
 if identity and f"{info.st_dev}:{info.st_ino}" != identity:
-    sys.exit(f"virtiofsd: {source} is no longer the directory that was checked")
+    sys.exit("virtiofsd: the shared directory is not the one that was checked")
 into = target.encode()
-opened = f"/proc/self/fd/{fd}".encode()
-must(libc.mount(opened, into, None, ctypes.c_ulong(0x5000), None), "bind-mount")
-os.close(fd)
+must(libc.mount(b".", into, None, ctypes.c_ulong(0x5000), None), "bind-mount")
+os.chdir("/")
 if ro:
     attr = struct.pack("QQQQ", 1, 0, 0, 0)
     size = ctypes.c_size_t(len(attr))
@@ -85,7 +86,6 @@ def _fuse_escape(value: str) -> str:
 
 
 def command(
-    source: Path,
     sock: Path,
     fd: int,
     *,
@@ -96,14 +96,15 @@ def command(
     identity: str | None = None,
 ) -> list[str]:
     """The virtiofsd of one share, serving the listening socket FD (made at SOCK), in a mount
-    namespace of its own (a user namespace too when not ROOT); a pure function."""
+    namespace of its own (a user namespace too when not ROOT); it is to be started in the
+    shared directory (see SCRIPT). A pure function."""
     userns = [] if root else ["--user", "--map-root-user"]
     served = mount_point(sock)
     options = f"source={_fuse_escape(str(served))},sandbox=namespace,xattr"
     return [
         UNSHARE, "--mount", "--propagation", "private", *userns, "--",
         python, "-IS", "-c", SCRIPT,
-        MARK + str(sock), str(source), identity or "", str(served), "ro" if read_only else "",
+        MARK + str(sock), identity or "", str(served), "ro" if read_only else "",
         str(parent), str(VIRTIOFSD), f"--fd={fd}", "-o", options,
     ]  # fmt: skip
 
@@ -194,7 +195,6 @@ def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
             listener.bind(str(sock))
             listener.listen(1)
             argv = command(
-                share.source or paths.share_dir(tag),
                 sock,
                 listener.fileno(),
                 read_only=share.read_only,
@@ -210,6 +210,8 @@ def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
                     stdout=err,
                     stderr=err,
                     pass_fds=(listener.fileno(),),
+                    # The opened directory (share_dirs): the child's copy of the descriptor.
+                    cwd=share.source or paths.share_dir(tag),
                     start_new_session=True,  # a Ctrl-C or a closed terminal is not for it
                 )
             except OSError as error:
@@ -220,7 +222,7 @@ def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
 @contextlib.contextmanager
 def serving(config: VMConfig, paths: VMPaths) -> Iterator[None]:
     """Start the virtiofsd of every virtiofs share, for the QEMU launched inside the block
-    (each serves the directory its share's identity names, see ``share_dirs``).
+    (each is started in the directory ``share_dirs`` opened for its share, and serves it).
     Whatever fails or interrupts the block ends them; a failure says why one of them
     ended, if one did (its own words, from its log)."""
     import subprocess
