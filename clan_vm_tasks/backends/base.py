@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
+    from clan_vm_tasks.backends.netinfo import Address, Network
     from clan_vm_tasks.models import VMConfig
     from clan_vm_tasks.state.store import Store, VMPaths, VMState
 
@@ -266,6 +267,11 @@ class Backend(Protocol):
 
     def guest_address(self, name: str) -> str | None:
         """The running guest's own IPv4 address (a bridged VM), if the host can tell."""
+
+    def networks(self, ifname: str) -> list[tuple[Network, Address | None]]:
+        """Where a guest attached to the host's interface IFNAME (a bridge, a tap) can be:
+        the host's addresses there with their prefix (and peer, for a point-to-point link),
+        as ``netinfo.parse`` gives them; ClanVMError when the host cannot be asked."""
 
     def survey(self, timeout: float) -> None:
         """Ask the host once for the state of all its VMs; until ``forget_survey`` its

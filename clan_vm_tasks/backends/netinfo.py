@@ -15,22 +15,16 @@ Network = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def networks(ifname: str) -> list[tuple[Network, Address | None]]:
-    """(address/prefix, point-to-point peer or None) of each address of IFNAME."""
-    ip = shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if ip is None:
-        raise ClanVMError("the ip command is missing (Debian: iproute2)")
-    result = subprocess.run(
-        [ip, "-j", "addr", "show", "dev", ifname],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"LC_ALL": "C"},
-    )
-    if result.returncode != 0:
-        return []
+def command(ifname: str, ip: str = "ip") -> list[str]:
+    """``ip`` listing IFNAME's addresses as JSON (on this machine or, over ssh, on a host)."""
+    return [ip, "-j", "addr", "show", "dev", ifname]
+
+
+def parse(text: str) -> list[tuple[Network, Address | None]]:
+    """(address/prefix, point-to-point peer or None) of each address in ``ip -j addr``'s
+    TEXT; what does not parse is left out. A pure function."""
     try:
-        found: Any = json.loads(result.stdout or "[]")
+        found: Any = json.loads(text or "[]")
     except ValueError:
         return []
     out: list[tuple[Network, Address | None]] = []
@@ -43,3 +37,15 @@ def networks(ifname: str) -> list[tuple[Network, Address | None]]:
             except (KeyError, TypeError, ValueError):
                 continue
     return out
+
+
+def networks(ifname: str) -> list[tuple[Network, Address | None]]:
+    """(address/prefix, point-to-point peer or None) of each address of IFNAME on this
+    machine ([] when there is no such interface)."""
+    ip = shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if ip is None:
+        raise ClanVMError("the ip command is missing (Debian: iproute2)")
+    result = subprocess.run(
+        command(ifname, ip), capture_output=True, text=True, check=False, env={"LC_ALL": "C"}
+    )
+    return parse(result.stdout) if result.returncode == 0 else []

@@ -131,8 +131,9 @@ def ssh_target(uri: str) -> SSHTarget | None:
     )
 
 
-def run(target: SSHTarget, *remote: str, what: str) -> None:
-    """Run REMOTE on the host with ssh; ClanVMError saying WHAT failed, and why."""
+def output(target: SSHTarget, *remote: str, what: str) -> str:
+    """Run REMOTE on the host with ssh and return what it printed; ClanVMError saying WHAT
+    failed, and why."""
     try:
         proc = subprocess.run(
             target.argv(*remote), capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False
@@ -144,3 +145,9 @@ def run(target: SSHTarget, *remote: str, what: str) -> None:
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise ClanVMError(f"{what}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+    return proc.stdout
+
+
+def run(target: SSHTarget, *remote: str, what: str) -> None:
+    """Run REMOTE on the host with ssh; ClanVMError saying WHAT failed, and why."""
+    output(target, *remote, what=what)

@@ -29,7 +29,7 @@ from clan_vm_tasks.backends.agent_wire import printable
 from clan_vm_tasks.errors import AgentError, ClanVMError, InvalidInput
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import guest, ssh_checks
+from clan_vm_tasks.vm import guest, machines, ssh_checks
 from clan_vm_tasks.vm.agent import Agent, session
 
 HOST_KEYS = tuple(f"/etc/ssh/ssh_host_{kind}_key.pub" for kind in ("ed25519", "ecdsa", "rsa"))
@@ -167,22 +167,14 @@ def target(store: Store, name: str, wait: float) -> tuple[str, int]:
         raise ClanVMError(f"VM '{name}' has no network (network mode none): use exec or console")
     with session(store, name, wait) as agent:
         reported = agent.addresses()
-    if config.get("host") is None:
-        from clan_vm_tasks.backends import netinfo
-
-        ifname = str(network.get("tap") if mode == "tap" else network.get("bridge") or "clan-br0")
-        networks = netinfo.networks(ifname)
-        where = f"the network of {ifname} ({', '.join(str(n) for n, _ in networks) or 'none'})"
-
-        def fits(address: ssh_checks.Address) -> bool:
-            return ssh_checks.usable(address, networks)
-
-    else:
-        where = "a network of a host"
-        fits = ssh_checks.routable
+    backend = machines.backend_of(store, name)
+    ifname = str(network.get("tap") if mode == "tap" else network.get("bridge") or "clan-br0")
+    networks = backend.networks(ifname)
+    on = f" on host {backend.label}" if backend.label else ""
+    where = f"the network of {ifname}{on} ({', '.join(str(n) for n, _ in networks) or 'none'})"
     for entry in reported:
         address = ssh_checks.parse_address(entry.address)
-        if address is not None and address.version == 4 and fits(address):
+        if address is not None and address.version == 4 and ssh_checks.usable(address, networks):
             return str(address), 22
     shown = ", ".join(printable(a.address, 60) for a in reported) or "none"
     raise ClanVMError(

@@ -92,15 +92,3 @@ def usable(address: Address, networks: Iterable[tuple[Network, Address | None]])
             continue
         return True
     return False
-
-
-def routable(address: Address) -> bool:
-    """For a guest whose network cannot be looked at from here (on a libvirt host): at least
-    an address of a host, not loopback, link-local, multicast or unspecified."""
-    return not (
-        address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_unspecified
-        or address.is_reserved
-    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from clan_vm_tasks.backends.ssh import SSHTarget, ssh_target
-from clan_vm_tasks.errors import InvalidInput
+from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.names import uri_problem
 from clan_vm_tasks.nix.remote import is_roots_dir, roots_dir
 
@@ -92,3 +92,12 @@ def test_roots_of_two_state_directories_do_not_meet_and_a_record_names_only_them
     assert a != b and a.startswith(".local/state/clan-vm-tasks/gcroots/") and a.endswith("-web")
     assert is_roots_dir(a, "web") and not is_roots_dir(a, "db")
     assert not is_roots_dir(a + "/../../..", "web") and not is_roots_dir("/", "web")
+
+
+def test_a_hosts_network_is_read_only_where_ssh_reaches_it() -> None:
+    """Where a bridged guest on a host may be is read on that host, over the URI's ssh;
+    a host reached otherwise cannot tell, and says so (ssh then goes nowhere)."""
+    from clan_vm_tasks.backends.libvirt.backend import LibvirtBackend
+
+    with pytest.raises(ClanVMError, match="network of br0 on host h: the host is not reached"):
+        LibvirtBackend("h", "qemu+tcp://h.example/system").networks("br0")

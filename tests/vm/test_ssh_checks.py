@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clan_vm_tasks.backends import netinfo
 from clan_vm_tasks.errors import InvalidInput
 from clan_vm_tasks.vm import ssh, ssh_checks
 from tests.vmhelpers import PUBLIC_KEY
@@ -44,9 +45,15 @@ def test_an_address_is_used_only_inside_the_vms_network() -> None:
     for lie in ("10.9.0.1", "10.9.0.0", "10.9.0.255", "10.9.1.7", "127.0.0.1", "-oX=y", "a b"):
         assert not usable(lie, bridge), lie
     assert usable("192.168.50.2", tap) and not usable("192.168.50.3", tap)
-    assert ssh_checks.routable(ipaddress.ip_address("192.0.2.10"))
-    for text in ("127.0.0.1", "169.254.1.1", "0.0.0.0", "224.0.0.1"):
-        assert not ssh_checks.routable(ipaddress.ip_address(text)), text
+    # What ip -j addr prints, on this machine or a host: addresses with prefix and peer.
+    printed = (
+        '[{"ifname": "t0", "addr_info": [{"local": "192.168.50.1", "address": "192.168.50.2",'
+        ' "prefixlen": 32}, {"local": "fe80::1", "prefixlen": 64}, {"local": "junk"}]}]'
+    )
+    assert netinfo.parse(printed) == [
+        *tap, (ipaddress.ip_interface("fe80::1/64"), None)
+    ]  # fmt: skip
+    assert netinfo.parse("not json") == [] and netinfo.parse('{"a": 1}') == []
 
 
 def test_the_ssh_command_line_never_prompts_and_reads_no_user_configuration() -> None:

@@ -23,6 +23,7 @@ from clan_vm_tasks.errors import ClanVMError, InvalidInput, StateConflict
 from clan_vm_tasks.state.store import owner_id
 
 if TYPE_CHECKING:
+    from clan_vm_tasks.backends.netinfo import Address, Network
     from clan_vm_tasks.models import VMConfig
     from clan_vm_tasks.state.store import Store, VMPaths, VMState
 
@@ -184,6 +185,25 @@ class LibvirtBackend:
                     if ipv4 and not str(addr.get("addr", "")).startswith("127."):
                         return str(addr["addr"])
         return None
+
+    def networks(self, ifname: str) -> list[tuple[Network, Address | None]]:
+        """Read on the host: here when it is this machine, else over the URI's ssh."""
+        from clan_vm_tasks.backends import netinfo, ssh
+
+        where = f"{ifname} on host {self.label}"
+        try:
+            target = ssh.ssh_target(self.uri)
+        except InvalidInput:
+            raise ClanVMError(
+                f"cannot tell the network of {where}: the host is not reached with ssh "
+                "(use a qemu+ssh:// URI)"
+            ) from None
+        if target is None:  # qemu:///system: the host is this machine
+            return netinfo.networks(ifname)
+        printed = ssh.output(
+            target, *netinfo.command(ifname), what=f"cannot read the addresses of {where}"
+        )
+        return netinfo.parse(printed)
 
     def may_run_unrecorded(self, vm_dir: str) -> bool:
         return True  # started there by someone else: only the host can tell

@@ -12,6 +12,7 @@ from clan_vm_tasks.errors import InvalidInput
 
 if TYPE_CHECKING:
     from clan_vm_tasks.backends.base import AccelChoice, Removed
+    from clan_vm_tasks.backends.netinfo import Address, Network
     from clan_vm_tasks.backends.qemu.machine import QemuMachine
     from clan_vm_tasks.models import VMConfig
     from clan_vm_tasks.state.store import Store, VMPaths, VMState
@@ -72,6 +73,11 @@ class QemuBackend:
 
     def guest_address(self, name: str) -> str | None:
         return None  # this machine has no view of a guest's address: its agent has
+
+    def networks(self, ifname: str) -> list[tuple[Network, Address | None]]:
+        from clan_vm_tasks.backends import netinfo
+
+        return netinfo.networks(ifname)
 
     def survey(self, timeout: float) -> None:
         pass  # each VM's process is looked at on its own (cheap: /proc)
