@@ -16,13 +16,14 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from clan_vm_tasks.backends.base import GuestAgent
 from clan_vm_tasks.errors import AgentInvalidReply, AgentUnavailable, ClanVMError, StateConflict
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import machines, reconcile
+from clan_vm_tasks.vm import guest_temp, machines, reconcile
 
 PING_TIMEOUT = 1.0
 EXEC_OUTPUT_CAP = 16 << 20  # what qemu-ga keeps of each stream of a command
@@ -87,9 +88,10 @@ def _shown(value: Any) -> str:
 class Agent:
     """A session with the guest agent of VM NAME, speaking in checked, typed values."""
 
-    def __init__(self, raw: GuestAgent, name: str) -> None:
+    def __init__(self, raw: GuestAgent, name: str, records: Path | None = None) -> None:
         self._raw = raw
         self.name = name
+        self.records = records  # where its temporary files in the guest are written ahead
         # Bytes of file data one command or reply carries on the way to this agent.
         self.read_chunk, self.write_chunk = raw.read_chunk, raw.write_chunk
 
@@ -252,12 +254,19 @@ AFTER_BOOT = " (after a boot, clan-vm-manager start {name} --wait-for-agent wait
 
 @contextlib.contextmanager
 def session(
-    store: Store, name: str, wait: float, hint: str = AFTER_BOOT, queue: float | None = None
+    store: Store,
+    name: str,
+    wait: float,
+    hint: str = AFTER_BOOT,
+    queue: float | None = None,
+    *,
+    tidy: bool = True,
 ) -> Iterator[Agent]:
     """A session with the agent of running VM NAME, waiting up to WAIT seconds for it to
     answer (an agent still starting in a booting guest); HINT ends the error if it does not.
     Sessions of one VM take turns: QUEUE seconds (default WAIT + 60) for another command's
-    to end, else ``Busy``."""
+    to end, else ``Busy``. It begins by removing what killed commands left in the guest
+    (``guest_temp``), unless not to TIDY (a read-only command)."""
     store.require(name)
     state = reconcile.current(store, name)
     if state.status not in reconcile.ACTIVE:
@@ -293,4 +302,7 @@ def session(
                         + hint.format(name=name)
                     ) from None
                 time.sleep(0.2)
-        yield Agent(raw, name)
+        agent = Agent(raw, name, store.paths(name).dir / guest_temp.FOLDER)
+        if tidy:
+            guest_temp.tidy(agent)
+        yield agent

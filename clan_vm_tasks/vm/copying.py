@@ -21,7 +21,7 @@ from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.render import progress
 from clan_vm_tasks.state import partials
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import guest
+from clan_vm_tasks.vm import guest, guest_temp
 from clan_vm_tasks.vm.agent import Agent, session
 from clan_vm_tasks.vm.signals import interruptible
 
@@ -31,15 +31,16 @@ PROGRESS_AFTER = 2.0  # seconds before a copy shows a progress line (on a termin
 SCRIPT_TIMEOUT = 60.0
 
 # Run by the guest's shell: where a copy of the host's $2 (kind $3: f a file, d a tree) to $1
-# goes (into $1 when that is a directory, as with cp), and a new temporary name beside it.
+# goes (into $1 when that is a directory, as with cp), and a new temporary name beside it
+# (made from the template $4: in $1 or in its parent, the directories ``guest_temp`` records).
 PLACE = r"""t=$1
 if [ -d "$t" ]; then t="${t%/}/$2"; fi
 if [ "$3" = d ] && { [ -e "$t" ] || [ -L "$t" ]; }; then echo "$t exists" >&2; exit 3; fi
 if [ "$3" = f ] && [ -d "$t" ]; then echo "$t is a directory" >&2; exit 3; fi
 d=${t%/*}; [ -n "$d" ] || d=/
 [ -d "$d" ] || { echo "there is no directory $d" >&2; exit 3; }
-if [ "$3" = d ]; then tmp=$(mktemp -d "$d/.clan-vm-copy.XXXXXXXX") || exit 4
-else tmp=$(mktemp "$d/.clan-vm-copy.XXXXXXXX") || exit 4; fi
+if [ "$3" = d ]; then tmp=$(mktemp -d "$d/$4") || exit 4
+else tmp=$(mktemp "$d/$4") || exit 4; fi
 printf '%s\n%s\n' "$t" "$tmp"
 """
 # The temporary file $1 becomes $2 with mode $3 (a guest without chmod keeps the agent's).
@@ -98,13 +99,20 @@ def _guest_script(agent: Agent, script: str, args: list[str], what: str) -> str:
     raise ClanVMError(f"{what} failed in VM '{agent.name}': {why}")
 
 
-def place(agent: Agent, target: str, source_name: str, kind: str) -> tuple[str, str]:
-    """(where the copy goes, a new temporary name beside it) in the guest."""
-    out = _guest_script(agent, PLACE, [target, source_name, kind], f"copy to {target}")
+def place(agent: Agent, target: str, source_name: str, kind: str, template: str) -> tuple[str, str]:
+    """(where the copy goes, a new temporary name beside it, from TEMPLATE) in the guest."""
+    out = _guest_script(agent, PLACE, [target, source_name, kind, template], f"copy to {target}")
     lines = out.split("\n")
     if len(lines) < 2 or not lines[0].startswith("/") or not lines[1].startswith("/"):
         raise ClanVMError(f"VM '{agent.name}' could not say where {target} is")
     return lines[0], lines[1]
+
+
+def beside(target: str) -> tuple[str, str]:
+    """Where PLACE may make the temporary file of a copy to TARGET (an absolute guest path):
+    in TARGET, if that is a directory, else in its parent."""
+    parent = target.rstrip("/").rpartition("/")[0] or "/"
+    return target, parent
 
 
 def send(agent: Agent, path: str, fd: int, deadline: float, meter: Meter) -> int:
@@ -138,16 +146,17 @@ def copy_in(
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
-        with session(store, name, wait) as agent, interruptible():
-            final, temporary = place(agent, target, source.name, "f")
+        with (
+            session(store, name, wait) as agent,
+            interruptible(),
+            guest_temp.recorded(agent, *beside(target)) as made,
+        ):
+            final, temporary = place(agent, target, source.name, "f", made.template("copy"))
             meter = Meter(f"{source} to {name}:{final}", info.st_size)
             try:
                 sent = send(agent, temporary, fd, deadline, meter)
                 mode = f"{info.st_mode & 0o7777:o}"
                 _guest_script(agent, FINISH_FILE, [temporary, final, mode], f"copy to {final}")
-            except BaseException:
-                guest.remove(agent, temporary)
-                raise
             finally:
                 meter.done()
     finally:

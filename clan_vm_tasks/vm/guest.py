@@ -8,7 +8,6 @@ hang.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from clan_vm_tasks.errors import (
     GuestCommandFailed,
 )
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import reconcile
+from clan_vm_tasks.vm import guest_temp, reconcile
 from clan_vm_tasks.vm.agent import Agent, session
 
 AGENT_WAIT = 10.0  # how long copy and ssh wait for an agent that does not answer yet
@@ -57,7 +56,7 @@ def ping(store: Store, name: str, wait: float = 0.0) -> bool | None:
     if store.read_config(name).get("agent", True) is False:
         return False
     try:
-        with session(store, name, wait=wait, queue=wait) as agent:
+        with session(store, name, wait=wait, queue=wait, tidy=False) as agent:
             agent.ping()
     except Busy:
         return None
@@ -103,21 +102,21 @@ def _run_quietly(agent: Agent, argv: list[str], timeout: float) -> ExecResult:
 
 def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
     """Start ARGV with CHUNKS as its stdin, written to a file in the guest first (the agent
-    takes a command's input in one message only)."""
-    try:
-        made = _run_quietly(agent, ["mktemp"], 30)
-    except GuestCommandFailed:
-        raise ClanVMError(
-            f"VM '{agent.name}' has no mktemp: input larger than {agent.write_chunk} bytes cannot "
-            "reach a command there through its agent"
-        ) from None
-    path = made.stdout.decode(errors="replace").strip()
-    if made.exit_code != 0 or not path.startswith("/") or "\n" in path:
-        raise ClanVMError(
-            f"could not make a file in VM '{agent.name}' for the command's input "
-            f"(mktemp exited {made.exit_code})"
-        )
-    try:
+    takes a command's input in one message only); the command's shell removes it."""
+    with guest_temp.recorded(agent, "/tmp") as temporary:
+        try:
+            made = _run_quietly(agent, ["mktemp", f"/tmp/{temporary.template('input')}"], 30)
+        except GuestCommandFailed:
+            raise ClanVMError(
+                f"VM '{agent.name}' has no mktemp: input larger than {agent.write_chunk} bytes "
+                "cannot reach a command there through its agent"
+            ) from None
+        path = made.stdout.decode(errors="replace").strip()
+        if made.exit_code != 0 or not path.startswith("/") or "\n" in path:
+            raise ClanVMError(
+                f"could not make a file in VM '{agent.name}' for the command's input "
+                f"(mktemp exited {made.exit_code})"
+            )
         handle = agent.open(path, "w")
         try:
             for chunk in chunks:
@@ -125,15 +124,6 @@ def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
         finally:
             agent.close(handle)
         return _start(agent, ["/bin/sh", "-c", FROM_SPOOL, path, *argv], None)
-    except BaseException:
-        remove(agent, path)
-        raise
-
-
-def remove(agent: Agent, path: str) -> None:
-    """Remove PATH in the guest, as far as it lets us (cleaning up after a failure)."""
-    with contextlib.suppress(ClanVMError):
-        _run_quietly(agent, ["rm", "-rf", "--", path], 30)
 
 
 def _wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:

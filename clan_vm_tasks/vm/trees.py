@@ -24,15 +24,15 @@ from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import partials
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import copying, guest
+from clan_vm_tasks.vm import copying, guest, guest_temp
 from clan_vm_tasks.vm.agent import Agent, session
 from clan_vm_tasks.vm.signals import interruptible
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Run by the guest's shell: pack directory $1 into a new temporary file, print its name;
-# exit 3 when $1 is no directory (then it is copied as a file).
+# Run by the guest's shell: pack directory $1 into a new temporary file in /tmp (named from
+# the template $2), print its name; exit 3 when $1 is no directory (then it is copied as a file).
 PACK = r"""[ -d "$1" ] || exit 3
-a=$(mktemp) || exit 4
+a=$(mktemp "/tmp/$2") || exit 4
 tar -cf "$a" -C "$1" . || { rm -f -- "$a"; exit 5; }
 printf '%s\n' "$a"
 """
@@ -169,8 +169,12 @@ def copy_tree_in(
     top = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         mode = f"{stat.S_IMODE(os.fstat(top).st_mode):o}"
-        with session(store, name, wait) as agent, interruptible():
-            final, temporary = copying.place(agent, target, source.name, "d")
+        with (
+            session(store, name, wait) as agent,
+            interruptible(),
+            guest_temp.recorded(agent, *copying.beside(target)) as made,
+        ):
+            final, temporary = copying.place(agent, target, source.name, "d", made.template("copy"))
             meter = copying.Meter(f"{source} to {name}:{final}", None)
             try:
                 handle = agent.open(f"{temporary}/archive.tar", "w")
@@ -182,9 +186,6 @@ def copy_tree_in(
                 finally:
                     agent.close(handle)
                 copying._guest_script(agent, UNPACK, [temporary, final, mode], f"copy to {final}")
-            except BaseException:
-                guest.remove(agent, temporary)
-                raise
             finally:
                 meter.done()
     finally:
@@ -328,11 +329,16 @@ def copy_tree_out(
         raise InvalidInput(f"{target} exists; copy -r does not merge into or replace it")
     if not target.parent.is_dir():
         raise InvalidInput(f"there is no directory {target.parent}")
-    with session(store, name, wait) as agent, interruptible():
+    with (
+        session(store, name, wait) as agent,
+        interruptible(),
+        guest_temp.recorded(agent, "/tmp") as made,
+    ):
         try:
-            out = copying._guest_script(agent, PACK, [source], f"copy of {source}")
+            packed = [source, made.template("archive")]
+            out = copying._guest_script(agent, PACK, packed, f"copy of {source}")
         except InvalidInput:
-            return None  # no directory: the caller copies it as a file
+            return None  # no directory (nothing made): the caller copies it as a file
         archive = out.split("\n")[0]
         try:
             handle = agent.open(archive, "r")
@@ -349,5 +355,5 @@ def copy_tree_out(
             finally:
                 agent.close(handle)
         finally:
-            guest.remove(agent, archive)
+            made.remove()
     return copying.Copied(stream.got, str(target))

@@ -58,7 +58,7 @@ APPEND = "console=ttyS0 quiet no_timer_check"
 # Everything worth killing at; a profile traces these, a sweep walks them.
 PROFILE_SYSCALLS = (
     "rename", "renameat", "renameat2", "link", "linkat", "unlink", "unlinkat", "rmdir",
-    "mkdir", "openat", "write", "pwrite64", "fsync", "fdatasync", "ftruncate", "flock",
+    "mkdir", "openat", "read", "write", "pwrite64", "fsync", "fdatasync", "ftruncate", "flock",
     "clone", "clone3", "fork", "vfork", "wait4", "kill", "tgkill", "pidfd_open",
     "pidfd_send_signal", "connect", "sendto", "sendmsg",
     "rt_sigaction",  # start sets and restores its SIGTERM and SIGHUP handlers
@@ -76,9 +76,19 @@ class GuestFiles(Protocol):
 # --- the operations ---------------------------------------------------------------------------
 
 Kind = Literal[
-    "create", "start", "stop", "delete", "resize", "snapshot", "set", "exec", "copy-out", "ssh"
+    "create",
+    "start",
+    "stop",
+    "delete",
+    "resize",
+    "snapshot",
+    "set",
+    "exec",
+    "copy-out",
+    "copy-in",
+    "ssh",
 ]
-GUEST_KINDS = ("exec", "copy-out", "ssh")  # see guest_ops
+GUEST_KINDS = ("exec", "copy-out", "copy-in", "ssh")  # see guest_ops
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("start-after-set", "start", set_before=True),
         Operation("exec", "exec", running_before=True),
         Operation("copy-out", "copy-out", running_before=True),
+        Operation("copy-in", "copy-in", running_before=True),
         Operation("ssh", "ssh", running_before=True),
     )
 }

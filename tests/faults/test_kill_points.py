@@ -69,6 +69,8 @@ PID_RECORDED = KillPoint("start", ("connect",), match=QMP, after=PID_RECORD, lab
 EXEC_STATUS = KillPoint(
     "exec", ("sendto",), match="guest-exec-status", label="waiting-for-the-command"
 )
+# How a message is split into sendto calls varies; the reads of the host's file do not.
+COPY_IN_WRITING = KillPoint("copy-in", ("read",), "middle", match=r"sent\.bin>", label="writing")
 PARTIAL = r"\.copied\.bin\.[0-9a-f]+\.partial"
 
 POINTS = [
@@ -147,6 +149,13 @@ POINTS = [
     ),
     KillPoint("copy-out", RENAMES, match=r"partials/\d+\.\w+\.new", label="record-partial"),
     KillPoint("copy-out", RENAMES, match=PARTIAL + r'", "copied\.bin"', label="rename-into-place"),
+    # copy in: its temporary file in the guest recorded on the host but not yet made; half
+    # written in the guest (killed, and interrupted: removed by itself); all of it written
+    # (the read that finds the end of the host's file), not yet renamed into place
+    KillPoint("copy-in", RENAMES, match=r"vms/fz/guest-temp/[0-9a-f]+", label="record-temp"),
+    COPY_IN_WRITING,
+    replace(COPY_IN_WRITING, signal="SIGTERM"),
+    replace(COPY_IN_WRITING, at="last", label="all-written"),
     # ssh (the Debian guest, which boots slowly: two points): between the two renames of the
     # key pair, while the agent installs the key (the host key is pinned by an atomic write)
     KillPoint("ssh", RENAMES, "last", match=r"id_ed25519", label="key-pair"),
