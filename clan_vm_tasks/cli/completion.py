@@ -163,8 +163,15 @@ def _quoted(shell: str, text: str) -> str:
 
 def answering() -> tuple[str, str]:
     """The interpreter and the code a script runs for an answer: this interpreter, without
-    ``site``, with this command's module path."""
-    path = sys.path[1:]  # [0] is where this command was started from: not the package's
+    ``site``, with this command's module path. Without ``site`` an import hook (pip's
+    default editable install) is not there: its entry gives way to the package's directory."""
+    import clan_vm_tasks
+
+    # [0] is where this command was started from: not the package's.
+    path = [entry for entry in sys.path[1:] if os.path.exists(entry)]
+    found = os.path.dirname(os.path.dirname(os.path.abspath(clan_vm_tasks.__file__)))
+    if found not in path:
+        path.append(found)
     code = (
         f"import sys; sys.path[:0] = {path!r}; "
         "from clan_vm_tasks.cli import main; main(['clan-vm-manager', *sys.argv[1:]])"

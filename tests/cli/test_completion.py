@@ -193,3 +193,22 @@ def test_a_tab_loads_nothing_but_the_answer(cli: CLI, tmp_path: Path) -> None:
         "clan_vm_tasks.state.location",
     ]
     assert not {"typing", "re", "json", "dataclasses", "pathlib"} & set(everything.split())
+
+
+def test_the_answer_finds_the_package_from_anywhere_without_an_import_hook(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editable install by pip's default puts an import hook on the path, which is not
+    there without ``site``: the script names the package's directory instead."""
+    hook = "__editable__.clan_vm_tasks-0.1.0.finder.__path_hook__"
+    monkeypatch.setattr(
+        sys, "path", [sys.path[0], hook, *(p for p in sys.path[1:] if p != str(ROOT))]
+    )
+    python, code = completion.answering()
+    assert hook not in code
+    answer = subprocess.run(
+        [python, "-S", "-c", code, "__complete", "bash", "clan-vm-manager stat"],
+        cwd=tmp_path, env={**cli.env, "PYTHONPATH": ""}, capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert answer.stdout.split() == ["status"], answer.stderr
