@@ -29,12 +29,15 @@ def parse(text: str) -> list[tuple[Network, Address | None]]:
         return []
     out: list[tuple[Network, Address | None]] = []
     for link in found if isinstance(found, list) else []:
-        for info in link.get("addr_info", []) if isinstance(link, dict) else []:
+        infos = link.get("addr_info") if isinstance(link, dict) else None
+        for info in infos if isinstance(infos, list) else []:
             try:
                 local = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}")
                 peer = info.get("address")
+                if local.network.prefixlen == 0:
+                    continue  # a network of every address is none a guest is known to be in
                 out.append((local, ipaddress.ip_address(peer) if peer else None))
-            except (KeyError, TypeError, ValueError):
+            except (AttributeError, KeyError, TypeError, ValueError):
                 continue
     return out
 

@@ -53,7 +53,10 @@ def test_an_address_is_used_only_inside_the_vms_network() -> None:
     assert netinfo.parse(printed) == [
         *tap, (ipaddress.ip_interface("fe80::1/64"), None)
     ]  # fmt: skip
-    assert netinfo.parse("not json") == [] and netinfo.parse('{"a": 1}') == []
+    for odd in ("not json", '{"a": 1}', '[{"addr_info": 5}]', '[{"addr_info": [5, "x"]}]'):
+        assert netinfo.parse(odd) == [], odd
+    everything = '[{"addr_info": [{"local": "10.0.0.1", "prefixlen": 0}]}]'
+    assert netinfo.parse(everything) == []
 
 
 def test_the_ssh_command_line_never_prompts_and_reads_no_user_configuration() -> None:
