@@ -115,9 +115,11 @@ def beside(target: str) -> tuple[str, str]:
     return target, parent
 
 
-def send(agent: Agent, path: str, fd: int, deadline: float, meter: Meter) -> int:
-    """Write what FD holds to PATH in the guest (made there already); the bytes sent."""
-    handle = agent.open(path, "w")
+def send(
+    agent: Agent, made: guest_temp.Temporary, path: str, fd: int, deadline: float, meter: Meter
+) -> int:
+    """Write what FD holds to PATH in the guest (MADE there already); the bytes sent."""
+    handle = made.holds(agent.open(path, "w"))
     sent = 0
     try:
         while chunk := os.read(fd, agent.write_chunk):
@@ -154,7 +156,7 @@ def copy_in(
             final, temporary = place(agent, target, source.name, "f", made.template("copy"))
             meter = Meter(f"{source} to {name}:{final}", info.st_size)
             try:
-                sent = send(agent, temporary, fd, deadline, meter)
+                sent = send(agent, made, temporary, fd, deadline, meter)
                 mode = f"{info.st_mode & 0o7777:o}"
                 _guest_script(agent, FINISH_FILE, [temporary, final, mode], f"copy to {final}")
             finally:
@@ -232,8 +234,12 @@ def copy_out(
     if not target.parent.is_dir():
         raise InvalidInput(f"there is no directory {target.parent}")
     deadline = time.monotonic() + timeout
-    with session(store, name, wait) as agent, interruptible():
-        handle = agent.open(source, "r")
+    with (
+        session(store, name, wait) as agent,
+        interruptible(),
+        guest_temp.recorded(agent) as opened,  # its handle, closed by the next session if killed
+    ):
+        handle = opened.holds(agent.open(source, "r"))
         try:
             limit, known = opened_size(agent, source, handle, max_size)
             meter = Meter(f"{name}:{source} to {target}", limit if known else None)

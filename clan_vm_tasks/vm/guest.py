@@ -117,7 +117,7 @@ def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
                 f"could not make a file in VM '{agent.name}' for the command's input "
                 f"(mktemp exited {made.exit_code})"
             )
-        handle = agent.open(path, "w")
+        handle = temporary.holds(agent.open(path, "w"))
         try:
             for chunk in chunks:
                 agent.write(handle, chunk)

@@ -177,7 +177,7 @@ def copy_tree_in(
             final, temporary = copying.place(agent, target, source.name, "d", made.template("copy"))
             meter = copying.Meter(f"{source} to {name}:{final}", None)
             try:
-                handle = agent.open(f"{temporary}/archive.tar", "w")
+                handle = made.holds(agent.open(f"{temporary}/archive.tar", "w"))
                 try:
                     out = _ToGuest(agent, handle, deadline, meter)
                     with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
@@ -341,7 +341,7 @@ def copy_tree_out(
             return None  # no directory (nothing made): the caller copies it as a file
         archive = out.split("\n")[0]
         try:
-            handle = agent.open(archive, "r")
+            handle = made.holds(agent.open(archive, "r"))
             try:
                 stream = _FromGuest(agent, source, handle, max_size)
                 stream.deadline = time.monotonic() + timeout
