@@ -217,7 +217,9 @@ def test_ssh_goes_only_to_an_address_in_the_vms_network(
     prefix = host.rsplit(".", 1)[0]
     cli = CLI(tmp_path / "state")
     cli.create_guest("evtap", guest, "--network", "tap", "--tap", ifname, append=APPEND)
-    cli.ok("start", "evtap")
+    # Its agent's port open before the fake agent takes the socket (a loaded machine boots
+    # the guest slower than the 5 s the ssh below waits).
+    cli.ok("start", "evtap", "--wait-for-agent", "--timeout", "120")
     marker = tmp_path / "pwned"
     lies = [
         f"-oProxyCommand=touch {marker}",
