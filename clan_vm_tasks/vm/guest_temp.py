@@ -162,7 +162,8 @@ class Temporary:
         return NAME.format(kind=kind, token=self.token)
 
     def write_ahead(self) -> None:
-        if self.record is not None:
+        # A record naming nothing yet (no directory, no handle) would be removed unread.
+        if self.record is not None and (self.directories or self.handles):
             files.private_dir(self.record.parent)
             content = {"dirs": self.directories, "handles": self.handles}
             files.atomic_write(self.record, json.dumps(content).encode())
