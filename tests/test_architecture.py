@@ -15,6 +15,7 @@ LAYERS = [
     ["", "errors", "render"],  # "" is the package itself (its version)
     ["names"],
     ["models"],
+    ["schema"],  # pydantic: what validates a definition before it is written
     ["state"],
     ["backends"],
     ["vm"],
@@ -135,7 +136,7 @@ def test_operations_never_run_qemu_img() -> None:
 
 # What a fast command must not pay for.
 HEAVY = ("invoke", "yaml", "asyncio", "pydantic", "qemu", "sh", "libvirt")
-HEAVY += ("clan_vm_tasks.models", "clan_vm_tasks.nix")
+HEAVY += ("clan_vm_tasks.models", "clan_vm_tasks.schema", "clan_vm_tasks.nix")
 
 
 def test_list_imports_nothing_heavy(tmp_path: Path) -> None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import json
+import re
+import types
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
+import pytest
+from pydantic import BaseModel
+
+from clan_vm_tasks import models, schema
 from clan_vm_tasks.errors import InvalidInput
-from clan_vm_tasks.models import PortForward, VMConfig, validate
+from clan_vm_tasks.models import PortForward, VMConfig
 from clan_vm_tasks.names import check_name, mac_for
+from clan_vm_tasks.schema import parse_forward, validate
 
 
 def test_nix_camel_case_and_python_snake_case_are_the_same_definition() -> None:
@@ -22,7 +32,7 @@ def test_nix_camel_case_and_python_snake_case_are_the_same_definition() -> None:
         "qemu_args": ["-s"],
         "network": {"mode": "user", "forward_ports": [{"host_port": 2222, "guest_port": 22}]},
     }
-    assert VMConfig.model_validate(nix) == VMConfig.model_validate(python)
+    assert validate(VMConfig, nix, "VM") == validate(VMConfig, python, "VM")
 
 
 def test_defaults_follow_the_specification() -> None:
@@ -55,15 +65,13 @@ def test_bad_names(name: str) -> None:
 
 
 def test_port_forward_spec() -> None:
-    assert PortForward.parse("2222:22") == PortForward(
-        protocol="tcp", host_port=2222, guest_port=22
-    )
-    assert PortForward.parse("udp:5353:53").protocol == "udp"
-    assert PortForward.parse("tcp:auto:80").host_port == "auto"
-    assert str(PortForward.parse("auto:80")) == "tcp:127.0.0.1:auto->80"
+    assert parse_forward("2222:22") == PortForward(protocol="tcp", host_port=2222, guest_port=22)
+    assert parse_forward("udp:5353:53").protocol == "udp"
+    assert parse_forward("tcp:auto:80").host_port == "auto"
+    assert str(parse_forward("auto:80")) == "tcp:127.0.0.1:auto->80"
     for bad in ("ssh", "tcp:22", "icmp:1:2", "tcp:0:22", "tcp:1:99999"):
         with pytest.raises(InvalidInput):
-            PortForward.parse(bad)
+            parse_forward(bad)
 
 
 def test_mac_is_stable_locally_administered_and_distinct() -> None:
@@ -72,3 +80,138 @@ def test_mac_is_stable_locally_administered_and_distinct() -> None:
     first = int(mac.split(":")[0], 16)
     assert first & 0b10 and not first & 0b01  # locally administered, unicast
     assert len({mac_for(f"vm{i}") for i in range(1000)}) == 1000
+
+
+# The schema (pydantic, what validates a definition before it is written) and the classes
+# the operations hold (``models``, what a start loads without pydantic) are two
+# descriptions of one definition: these tests hold them together.
+
+
+def _bare(kind: Any) -> Any:
+    """KIND without its constraints, the schema's classes as the classes of ``models``."""
+    if get_origin(kind) is Annotated:
+        return _bare(get_args(kind)[0])
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return {schema_class: model for model, schema_class in schema.SCHEMAS.items()}[kind]
+    if get_origin(kind) in (Union, types.UnionType):
+        return frozenset(_bare(arm) for arm in get_args(kind))
+    if get_origin(kind) is Literal:
+        return ("literal", frozenset(get_args(kind)))
+    if get_origin(kind) in (list, dict):
+        return (get_origin(kind), tuple(_bare(arg) for arg in get_args(kind)))
+    return kind
+
+
+@pytest.mark.parametrize("model", list(schema.SCHEMAS), ids=lambda m: m.__name__)
+def test_the_schema_and_the_models_have_the_same_fields(model: type) -> None:
+    validated = schema.SCHEMAS[model].model_fields
+    held = {f.name: f for f in dataclasses.fields(model)}
+    assert list(validated) == list(held)  # the same names, in the order they are written
+    hints = get_type_hints(model, include_extras=True)
+    for name, spec in held.items():
+        info = validated[name]
+        assert _bare(info.annotation) == _bare(hints[name]), name
+        if spec.default is not dataclasses.MISSING:
+            assert info.get_default(call_default_factory=True) == spec.default, name
+        elif spec.default_factory is not dataclasses.MISSING:
+            assert _as_model(info.get_default(call_default_factory=True)) == spec.default_factory()
+        else:
+            assert info.is_required(), name
+
+
+def _as_model(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return schema.converted(_bare(type(value)), value)
+    return value
+
+
+DEFINITIONS = [
+    {"name": "plain"},
+    {
+        "name": "full",
+        "cpus": 3,
+        "memory": 512,
+        "diskSize": 2048,
+        "kernel": "/boot/vmlinuz",
+        "initrd": "/boot/initrd",
+        "append": "console=ttyS0",
+        "machine": "pc",
+        "accel": "tcg",
+        "network": {
+            "mode": "nat",
+            "mac": "02:AB:cd:ef:01:23",
+            "restrict": True,
+            "forwardPorts": [
+                {"hostPort": 2222, "guestPort": 22},
+                {
+                    "protocol": "udp",
+                    "hostPort": "auto",
+                    "guestPort": 53,
+                    "guestAddress": "10.0.2.9",
+                },
+            ],
+        },
+        "qemuArgs": ["-device", "virtio-rng-pci"],
+        "bootTest": {"expect": "ready", "timeout": 30, "checks": ["true"]},
+        "agent": False,
+        "sshUser": "admin",
+        "sshd": True,
+        "host": "qemu:///system",
+        "nixosConfiguration": "web",
+        "rootFilesystem": {"label": "root"},
+        "graphics": True,
+        "shares": {
+            "data": {"source": "/srv/data", "target": "/data", "readOnly": False},
+            "fs": {"type": "virtiofs", "identity": "12:34"},
+        },
+        "extraDisks": {"empty2": {"size": 64}, "empty10": {"size": 1}},
+    },
+]
+
+
+@pytest.mark.parametrize("data", DEFINITIONS, ids=lambda d: d["name"])
+def test_what_is_written_loads_back_as_the_schema_validated_it(data: dict[str, Any]) -> None:
+    validated = schema.VMConfig.model_validate(data)
+    config = validate(VMConfig, data, "VM")
+    # The state directory holds what it always held (pydantic's JSON), and a start reads it
+    # back, without pydantic, as the definition the schema validated.
+    assert models.dump(config) == json.loads(validated.model_dump_json())
+    assert models.load(VMConfig, json.loads(json.dumps(models.dump(config)))) == config
+    assert config.network.mac in (None, "02:ab:cd:ef:01:23")  # the schema's normal form
+    if data["name"] == "full":
+        assert config.shares["data"].source == Path("/srv/data")
+        assert config.network.forward_ports[1].host_port == "auto"
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"cpus": "2"}, "cpus"),
+        ({"cpus": True}, "cpus"),
+        ({"agent": 1}, "agent"),
+        ({"colour": "red"}, "colour"),
+        ({"network": {"mode": "wifi"}}, "network.mode"),
+        ({"network": {"forward_ports": [{"host_port": 1}]}}, "network.forward_ports.0.guest_port"),
+        ({"shares": {"data": {"source": 7}}}, "shares.data.source"),
+        ({"extra_disks": {"x": {"size": None}}}, "extra_disks.x.size"),
+        ({"qemu_args": "-s"}, "qemu_args"),
+    ],
+)
+def test_a_stored_definition_of_the_wrong_shape_is_refused_where_it_is_wrong(
+    change: dict[str, Any], where: str
+) -> None:
+    """What the schema writes has exact JSON types: a load takes nothing else (the schema
+    itself takes "2" for 2 from a flake)."""
+    data = {**models.dump(VMConfig(name="web")), **change}
+    with pytest.raises(models.Malformed, match=rf"^{re.escape(where)}: "):
+        models.load(VMConfig, data)
+
+
+def test_a_definition_made_in_python_is_validated_before_it_is_written(tmp_path: Path) -> None:
+    from clan_vm_tasks import lifecycle
+
+    store = lifecycle.open_store(lifecycle.Settings(state_dir=tmp_path / "state"))
+    bad = VMConfig(name="web", cpus=0, network=models.NetworkConfig(mac="01:00:00:00:00:01"))
+    with pytest.raises(InvalidInput, match=r"cpus: .*; network\.mac: .*multicast"):
+        lifecycle.create(store, bad)
+    assert store.names() == []

@@ -85,13 +85,14 @@ def to_config(name: str, evaluated: evaluate.Evaluated) -> VMConfig:
     """The definition as a VMConfig; a wrong type names the attribute path, like Nix would."""
     from pydantic import ValidationError
 
+    from clan_vm_tasks import schema
     from clan_vm_tasks.models import VMConfig
 
     data = dict(evaluated.definition)
     if data.setdefault("name", name) != name:
         raise InvalidInput(f"{where(name)}.name: must be {name!r}, got {data['name']!r}")
     try:
-        return VMConfig.model_validate(data)
+        return schema.converted(VMConfig, schema.VMConfig.model_validate(data))
     except ValidationError as error:
         problems = []
         for item in error.errors():
@@ -160,15 +161,14 @@ def list_rows(
 def _forwards(network: Any) -> list[str]:
     """The forwards a VM not created yet declares, as ``list`` shows them ("auto" ports are
     chosen when it starts)."""
-    from pydantic import ValidationError
-
+    from clan_vm_tasks import schema
     from clan_vm_tasks.models import PortForward
 
     shown = []
     for forward in network.get("forwardPorts") or [] if isinstance(network, dict) else []:
         try:
-            shown.append(str(PortForward.model_validate(forward)))
-        except ValidationError:
+            shown.append(str(schema.validate(PortForward, forward, "forward")))
+        except InvalidInput:
             continue  # the definition's problem is in eval_error
     return shown
 

@@ -15,7 +15,7 @@ asks them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from clan_vm_tasks.errors import InvalidInput
@@ -189,7 +189,7 @@ def pinned(config: VMConfig, allowed: Allowed) -> VMConfig:
     """CONFIG with each shared directory's device and inode as checked (whatever the
     definition said): the launch hands QEMU that directory or none."""
     shares = {
-        tag: share.model_copy(update={"identity": allowed.identities.get(tag)})
+        tag: replace(share, identity=allowed.identities.get(tag))
         for tag, share in config.shares.items()
     }
-    return config.model_copy(update={"shares": shares})
+    return replace(config, shares=shares)

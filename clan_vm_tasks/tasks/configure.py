@@ -52,8 +52,8 @@ def set_(
     Change a VM made on the command line: at once when it is stopped, at its next start
     when it runs (show and status say what waits)."""
     from clan_vm_tasks.clan import sync
-    from clan_vm_tasks.models import PortForward
     from clan_vm_tasks.nix import origin
+    from clan_vm_tasks.schema import parse_forward
     from clan_vm_tasks.vm.edit import Edit, check_removal, set_vm
 
     check_name(name)
@@ -69,7 +69,7 @@ def set_(
         network=network,
         bridge=bridge,
         tap=tap,
-        add_forwards=tuple(PortForward.parse(f) for f in forward or []),
+        add_forwards=tuple(parse_forward(f) for f in forward or []),
         remove_forwards=tuple(check_removal(f) for f in no_forward or []),
     )
     if edit.empty():

@@ -129,7 +129,8 @@ def create(
 
     Create a VM: validate its definition, make its qcow2 disk, record it stopped."""
     from clan_vm_tasks.clan import sync
-    from clan_vm_tasks.models import PortForward, VMConfig, validate
+    from clan_vm_tasks.models import VMConfig, dump
+    from clan_vm_tasks.schema import parse_forward, validate
     from clan_vm_tasks.vm.create import create as create_vm
 
     check_new_name(name)
@@ -167,7 +168,7 @@ def create(
             "bridge": bridge,
             "tap": tap,
             "mac": mac,
-            "forward_ports": [PortForward.parse(f) for f in forward or []],
+            "forward_ports": [dump(parse_forward(f)) for f in forward or []],
         },
         "qemu_args": list(qemu_arg or []),
         "host": host or None,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from clan_vm_tasks.errors import AlreadyExists, ClanVMError, StateConflict
-from clan_vm_tasks.models import VMConfig
+from clan_vm_tasks.models import VMConfig, dump
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import files, history
 from clan_vm_tasks.state.store import Store, VMPaths, VMState
@@ -41,8 +40,7 @@ def create(store: Store, config: VMConfig) -> VMConfig:
             ):
                 # The definition first: it names the backend whose leftovers the next
                 # command takes away if this one is killed (see ``recovery``).
-                definition_json = config.model_dump_json(indent=2).encode()
-                files.atomic_write(staging / paths.config.name, definition_json)
+                files.atomic_write(staging / paths.config.name, pending.dump(config))
                 machines.backend(config.host).provision(config, VMPaths(staging), store)
                 state = VMState(created_at=history.now())
                 files.atomic_write(staging / paths.state.name, state.to_json())
@@ -127,7 +125,7 @@ def reconfigure_locked(
     store.require(name)
     old = definition.load(store, name)
     config = definition.never_shrink(old, config, notify)
-    changed = [f for f in VMConfig.model_fields if getattr(old, f) != getattr(config, f)]
+    changed = [f.name for f in fields(VMConfig) if getattr(old, f.name) != getattr(config, f.name)]
     if not changed:
         pending.clear(store, name)  # what runs is what is wanted: nothing waits any more
         return Reconfigured([])
@@ -147,7 +145,7 @@ def reconfigure_locked(
         details = f"{reason} {pending.words(pending.differences(old, config))}".strip()
     elif details is None:
         details = f"{reason} " + ", ".join(changed)
-    target = json.loads(config.model_dump_json())
+    target = dump(config)
     state = reconcile.current(store, name, locked=True)
     if state.status in reconcile.ACTIVE:
         if action != "set":

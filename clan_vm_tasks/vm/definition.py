@@ -4,11 +4,13 @@ file system, completed with the defaults that depend on the name."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
-from clan_vm_tasks.models import ExtraDisk, VMConfig, validate
+from clan_vm_tasks.models import ExtraDisk, Malformed, VMConfig
+from clan_vm_tasks.models import load as load_model
 from clan_vm_tasks.names import mac_for
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state.store import Store
@@ -25,15 +27,23 @@ class Broken(ClanVMError):
 
 
 def load(store: Store, name: str) -> VMConfig:
+    """NAME's stored definition, validated when it was written (``check``): only its shape
+    is checked again, which costs a start no schema."""
     try:
-        return validate(VMConfig, store.read_config(name), "definition")
-    except ClanVMError as error:  # InvalidInput too: the stored file is at fault, not the request
+        return load_model(VMConfig, store.read_config(name))
+    except ClanVMError as error:
         raise Broken(name, str(error)) from None
+    except Malformed as error:  # the stored file is at fault, not the request
+        raise Broken(name, f"invalid definition: {error}") from None
 
 
 def check(config: VMConfig, store: Store) -> VMConfig:
     """The checks a schema cannot do, before anything changes: files exist, a base image is
-    safe to lay a disk over, the backend can run the definition. Paths become absolute."""
+    safe to lay a disk over, the backend can run the definition. Paths become absolute.
+    Every definition is validated here before it is written."""
+    from clan_vm_tasks import schema  # only what writes a definition pays for pydantic
+
+    config = schema.checked(config, "VM definition")
     backend = machines.backend(config.host)
     backend.check_config(config)
     updates: dict[str, Any] = {}
@@ -71,16 +81,15 @@ def check(config: VMConfig, store: Store) -> VMConfig:
                 "read-only (readOnly = true)"
             )
     if config.network.mode == "bridge" and config.network.bridge is None:
-        updates["network"] = config.network.model_copy(update={"bridge": "clan-br0"})
-    return config.model_copy(update=updates)
+        updates["network"] = replace(config.network, bridge="clan-br0")
+    return replace(config, **updates)
 
 
 def with_mac(config: VMConfig) -> VMConfig:
     """CONFIG with its MAC address: as given, else derived from the name."""
     if config.network.mac is not None:
         return config
-    network = config.network.model_copy(update={"mac": mac_for(config.name)})
-    return config.model_copy(update={"network": network})
+    return replace(config, network=replace(config.network, mac=mac_for(config.name)))
 
 
 def check_boot_files(config: VMConfig, name: str) -> None:
@@ -128,7 +137,7 @@ def never_shrink(old: VMConfig, new: VMConfig, notify: Notify) -> VMConfig:
     shrink it (there is no way without losing its data)."""
     name = new.name
     how = f"to shrink it, delete the VM and start it again: clan-vm-manager delete {name} --force"
-    update: dict[str, object] = {}
+    update: dict[str, Any] = {}
     if new.disk_size < old.disk_size:
         notify(
             f"warning: VM '{name}' keeps its {old.disk_size} MiB disk, larger than the "
@@ -146,4 +155,4 @@ def never_shrink(old: VMConfig, new: VMConfig, notify: Notify) -> VMConfig:
             disks[disk_name] = ExtraDisk(size=before.size)
     if disks != new.extra_disks:
         update["extra_disks"] = disks
-    return new.model_copy(update=update) if update else new
+    return replace(new, **update) if update else new

@@ -9,13 +9,12 @@ request changes nothing.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from clan_vm_tasks.errors import InvalidInput
-from clan_vm_tasks.models import PortForward, VMConfig, validate
+from clan_vm_tasks.models import PortForward, VMConfig, dump
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store
@@ -105,7 +104,7 @@ def _forwards(name: str, now: list[PortForward], edit: Edit) -> list[PortForward
 def edited(config: VMConfig, edit: Edit) -> VMConfig:
     """CONFIG changed as EDIT says, validated (InvalidInput names what is wrong)."""
     name = config.name
-    data: dict[str, Any] = json.loads(config.model_dump_json())
+    data: dict[str, Any] = dump(config)
     for key, value in (("cpus", edit.cpus), ("memory", edit.memory), ("disk_size", edit.disk)):
         if value is not None:
             data[key] = value
@@ -130,7 +129,9 @@ def edited(config: VMConfig, edit: Edit) -> VMConfig:
             f"VM '{name}' forwards {', '.join(_spec(f) for f in forwards)}, which needs "
             f"user-mode networking, not {network['mode']}: add --no-forward all"
         )
-    network["forward_ports"] = [json.loads(f.model_dump_json()) for f in forwards]
+    network["forward_ports"] = [dump(f) for f in forwards]
+    from clan_vm_tasks.schema import validate  # what writes a definition pays for pydantic
+
     return validate(VMConfig, data, "VM definition")
 
 
@@ -166,7 +167,7 @@ def set_vm(store: Store, name: str, edit: Edit, notify: Notify = notice) -> Edit
 def _withdraw(store: Store, name: str, current: VMConfig, words: str, running: bool) -> None:
     """The change that waited is set back to what runs: it no longer waits."""
     details = f"{words} (the change waiting for the next start is withdrawn)"
-    target = json.loads(current.model_dump_json())
+    target = dump(current)
     with journaled(
         store, name, "set", config=target, details=details, pending=running, withdraw=True
     ):

@@ -18,12 +18,11 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store, VMState
 
-if TYPE_CHECKING:  # the schema is imported where it is used: status only looks for a file
+if TYPE_CHECKING:  # the definitions' classes cost ``status`` more than it needs them
     from clan_vm_tasks.models import VMConfig
 
 NEXT = "next.json"
@@ -41,11 +40,12 @@ def load(store: Store, name: str) -> VMConfig | None:
         raw = path(store, name).read_bytes()
     except FileNotFoundError:
         return None
-    from clan_vm_tasks.models import VMConfig, validate
+    from clan_vm_tasks.models import Malformed, VMConfig
+    from clan_vm_tasks.models import load as load_model
 
-    try:
-        return validate(VMConfig, json.loads(raw), "pending definition")
-    except (ClanVMError, ValueError):
+    try:  # validated when it was written
+        return load_model(VMConfig, json.loads(raw))
+    except (Malformed, ValueError):
         return None
 
 
@@ -58,13 +58,17 @@ def clear(store: Store, name: str) -> None:
 
 
 def dump(config: VMConfig) -> bytes:
-    return config.model_dump_json(indent=2).encode()
+    from clan_vm_tasks.models import dump as dump_model
+
+    return json.dumps(dump_model(config), indent=2).encode()
 
 
 def _flat(config: VMConfig) -> dict[str, Any]:
     """The definition as a user names its parts: network settings one by one, forwards as
     they are given on the command line."""
-    data: dict[str, Any] = json.loads(config.model_dump_json())
+    from clan_vm_tasks.models import dump as dump_model
+
+    data: dict[str, Any] = dump_model(config)
     data["disk"] = data.pop("disk_size")  # as set names it
     network = data.pop("network")
     data["network"] = network["mode"]
@@ -129,12 +133,13 @@ def finish(store: Store, name: str, action: str, expect: dict[str, Any], since: 
     """After a killed command that was applying EXPECT["config"] (or, EXPECT["pending"], was
     keeping it for the next start): finish it and record its event if it was not (the
     caller holds the lock)."""
-    from clan_vm_tasks.models import VMConfig, validate
+    from clan_vm_tasks.models import Malformed, VMConfig
+    from clan_vm_tasks.models import load as load_model
     from clan_vm_tasks.vm import definition, reconcile
 
-    try:
-        target = validate(VMConfig, expect.get("config"), "interrupted definition")
-    except ClanVMError:
+    try:  # validated before it was written ahead
+        target = load_model(VMConfig, expect.get("config"))
+    except Malformed:
         return  # not written by us: nothing to finish
     details = str(expect.get("details") or action)
     if expect.get("pending"):  # kept for the next start, or (withdraw) no longer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from clan_vm_tasks.errors import ClanVMError, HostUnreachable
@@ -63,6 +62,7 @@ def _pending(store: Store, name: str) -> dict[str, Any] | None:
 
 def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
     """Everything about one VM: status, configuration, paths, accelerator, disk."""
+    from clan_vm_tasks.models import dump
     from clan_vm_tasks.vm import definition
 
     info = status(store, name)
@@ -80,7 +80,7 @@ def show(store: Store, settings: Settings, name: str) -> dict[str, Any]:
         requested = config.accel if config.accel != "auto" else settings.accel
         info["accel"] = backend.choose_accel(requested).accel
     info.update(
-        config=json.loads(config.model_dump_json()),
+        config=dump(config),
         directory=str(paths.dir),
         mac=config.network.mac,
         created_at=state.created_at,

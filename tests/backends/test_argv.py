@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_direct_kernel_boot_with_user_networking() -> None:
         "-daemonize",
     ]  # fmt: skip
 
-    no_agent = build_argv(plan(config.model_copy(update={"agent": False})))
+    no_agent = build_argv(plan(dataclasses.replace(config, agent=False)))
     assert "virtio-serial-pci,id=agent-serial" not in no_agent
     assert not any("agent0" in arg for arg in no_agent)
 
@@ -191,7 +192,7 @@ def test_forwards_to_a_guest_address_and_a_restricted_network() -> None:
 
 def test_a_restricted_network_or_a_guest_address_need_what_they_mean() -> None:
     from clan_vm_tasks.errors import InvalidInput
-    from clan_vm_tasks.models import validate
+    from clan_vm_tasks.schema import validate
 
     with pytest.raises(InvalidInput, match="restrict needs user-mode networking"):
         validate(VMConfig, {"name": "a", "network": {"mode": "none", "restrict": True}}, "VM")

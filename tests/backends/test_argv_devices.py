@@ -14,7 +14,8 @@ from clan_vm_tasks.backends.qemu.argv import (
     graphics_args,
     share_args,
 )
-from clan_vm_tasks.models import VMConfig, validate
+from clan_vm_tasks.models import VMConfig
+from clan_vm_tasks.schema import validate
 from tests.backends.test_argv import plan
 
 VM_DIR = Path("/s/vms/web")

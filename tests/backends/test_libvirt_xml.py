@@ -11,6 +11,7 @@ import pytest
 
 from clan_vm_tasks.backends.libvirt import domain_xml
 from clan_vm_tasks.models import NetworkConfig, PortForward, Share, VMConfig
+from clan_vm_tasks.schema import validate
 
 
 def plan(config: VMConfig, domain_type: str = "qemu", **extra: str) -> domain_xml.DomainPlan:
@@ -225,6 +226,6 @@ def test_what_a_libvirt_host_cannot_give_a_nixos_vm_is_refused(network: dict[str
     from clan_vm_tasks.backends.libvirt.backend import LibvirtBackend
     from clan_vm_tasks.errors import InvalidInput
 
-    config = VMConfig.model_validate({"name": "web", "network": network})
+    config = validate(VMConfig, {"name": "web", "network": network}, "VM")
     with pytest.raises(InvalidInput, match="restricted network or a forward to a guest address"):
         LibvirtBackend("hv1", "qemu+ssh://root@hv1/system").check_config(config)

@@ -55,6 +55,33 @@ def test_status_tells_the_agent_from_the_guest(booted: CLI) -> None:
     assert failed.code == 1 and "agent" in failed.err, failed.err
 
 
+def test_start_loads_its_definition_without_the_schema(booted: CLI, guest: Guest) -> None:
+    """A stored definition was validated when it was written: a start pays for no pydantic."""
+    booted.create_guest("quick", guest)
+    probe = (
+        "import sys\n"
+        "from clan_vm_tasks.cli import main\n"
+        "try:\n"
+        f"    main(['clan-vm-manager', 'start', 'quick', '--wait-for', {READY!r}])\n"
+        "except SystemExit as end:\n"
+        "    assert not end.code, end.code\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=booted.env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert status(booted, "quick")["state"] == "running"
+        assert READY in booted.ok("console", "quick", "--log").out
+        loaded = done.stderr.split()
+        assert "clan_vm_tasks.models" in loaded and "clan_vm_tasks.backends.qemu.argv" in loaded
+        heavy = [m for m in loaded if m.split(".")[0] in ("pydantic", "pydantic_core", "invoke")]
+        assert heavy == [] and "clan_vm_tasks.schema" not in loaded
+    finally:
+        booted.run("stop", "quick", "--force")
+
+
 def test_the_console_written_to_a_file_has_no_terminal_queries(booted: CLI, tmp_path: Path) -> None:
     out = tmp_path / "console.txt"
     with out.open("wb") as written:

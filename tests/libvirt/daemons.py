@@ -63,13 +63,20 @@ def missing() -> str | None:
     return None
 
 
+DAEMONS = ("virtlogd", "libvirtd", "sshd")
+
+
 def alive(pidfile: Path) -> bool:
+    """Whether PIDFILE names a live daemon of ours: a pid file left by one that ended with
+    an earlier session may name another process by now (the daemon must then be started)."""
     try:
         pid = int(pidfile.read_text())
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        comm, fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+        state = fields.split()[0]
     except (OSError, ValueError, IndexError):
         return False
-    return fields[0] != "Z"  # a killed daemon stays a zombie until PID 1 reaps it
+    # A killed daemon stays a zombie until PID 1 reaps it.
+    return comm.partition("(")[2] in DAEMONS and state != "Z"
 
 
 def virsh(prefix: list[str], *args: str, check: bool = True) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from clan_vm_tasks.clan import inventory, sync
-from clan_vm_tasks.models import RootFilesystem, Share, VMConfig
+from clan_vm_tasks.models import RootFilesystem, Share, VMConfig, dump
 from clan_vm_tasks.state.store import Store, VMPaths, VMState
 from clan_vm_tasks.vm import ssh
 from tests.conftest import CLI, Guest
@@ -143,7 +143,7 @@ def test_what_a_killed_create_made_on_the_host_is_taken_away(
     store = Store(lv.cli.state_dir).ensure()
     staging = store.vms / f".creating-{name}-999999"
     staging.mkdir()
-    (staging / "config.json").write_text(config.model_dump_json())
+    (staging / "config.json").write_text(json.dumps(dump(config)))
     machines.backend("a").provision(config, VMPaths(staging), store)
     assert name in lv.domains("a") and f"{name}.qcow2" in lv.volumes("a")
     if nixos_shaped:  # what a guest left in its own directory goes too

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from clan_vm_tasks.models import VMConfig
+from clan_vm_tasks import schema
 from tests.conftest import ROOT
 from tests.nix_fixtures import NixCLI, git, ncli, needs_nix, skip_without_git_flakes
 
@@ -169,7 +169,7 @@ def nix_eval(flake: Path, attribute: str, apply: str | None = None) -> Any:
 
 def test_option_names_and_defaults_match_the_model(user_flake: Path) -> None:
     plain = nix_eval(user_flake, f"clanVms.{SYSTEM}.plain")
-    assert plain == VMConfig(name="plain").model_dump(mode="json", by_alias=True)
+    assert plain == schema.VMConfig(name="plain").model_dump(mode="json", by_alias=True)
 
 
 def test_option_types_accept_what_the_model_accepts(user_flake: Path) -> None:
@@ -183,7 +183,7 @@ def test_option_types_accept_what_the_model_accepts(user_flake: Path) -> None:
             target = target.setdefault(parent, {})
         target[leaf] = value
         try:
-            VMConfig.model_validate(data)
+            schema.VMConfig.model_validate(data)
             python = True
         except ValueError:
             python = False

@@ -22,6 +22,7 @@ import pytest
 from clan_vm_tasks import lifecycle
 from clan_vm_tasks.backends.qemu import virtiofs
 from clan_vm_tasks.errors import InvalidInput
+from clan_vm_tasks.schema import validate
 from clan_vm_tasks.state.store import VMPaths
 from tests.conftest import CLI, READY, Guest, Result
 from tests.vmhelpers import history_actions, status
@@ -30,8 +31,10 @@ from tests.vmhelpers import history_actions, status
 def _unable() -> str | None:
     """Why virtiofs shares cannot be served here (e.g. in a chroot, where no private mount
     namespace can be made), as the tool would say it."""
-    sample = lifecycle.VMConfig.model_validate(
-        {"name": "probe", "shares": {"data": {"source": "/srv", "type": "virtiofs"}}}
+    sample = validate(
+        lifecycle.VMConfig,
+        {"name": "probe", "shares": {"data": {"source": "/srv", "type": "virtiofs"}}},
+        "VM",
     )
     return virtiofs.share_problem(sample)
 
@@ -72,7 +75,8 @@ def no_virtiofsd_left(tmp_path: Path) -> Iterator[None]:
 
 def create(cli: CLI, guest: Guest, name: str, shares: dict[str, Any], **extra: Any) -> None:
     store = lifecycle.open_store(lifecycle.Settings(state_dir=cli.state_dir, accel="tcg"))
-    config = lifecycle.VMConfig.model_validate(
+    config = validate(
+        lifecycle.VMConfig,
         {
             "name": name,
             "cpus": 1,
@@ -83,7 +87,8 @@ def create(cli: CLI, guest: Guest, name: str, shares: dict[str, Any], **extra: A
             "append": "console=ttyS0 quiet no_timer_check",
             "shares": shares,
             **extra,
-        }
+        },
+        "VM",
     )
     lifecycle.create(store, config)
 

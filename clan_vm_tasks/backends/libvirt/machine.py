@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from clan_vm_tasks.backends.base import (
     AccelChoice,
@@ -58,17 +59,22 @@ STOP_STEPS: tuple[StopStep, ...] = (
 )
 
 
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 def _forwards(recorded: list[str]) -> list[PortForward]:
     """Recorded forwards (``tcp:ADDRESS:PORT->GUEST``) as fixed ones, to add them again."""
-    from clan_vm_tasks.models import PortForward  # lazy: list never needs pydantic
+    from clan_vm_tasks.models import PortForward  # lazy: list never needs it
 
     found = []
     for text in recorded:
         proto, _, rest = text.partition(":")
         port, _, guest = rest.rpartition(":")[2].partition("->")
-        if proto in ("tcp", "udp") and port.isdigit() and guest.isdigit():
-            spec = {"protocol": proto, "host_port": int(port), "guest_port": int(guest)}
-            found.append(PortForward.model_validate(spec))
+        if not (_PORT.fullmatch(port) and _PORT.fullmatch(guest)):
+            continue
+        protocol: Literal["tcp", "udp"] = "udp" if proto == "udp" else "tcp"
+        if proto == protocol and 0 < int(port) < 65536 and 0 < int(guest) < 65536:
+            found.append(PortForward(protocol=protocol, host_port=int(port), guest_port=int(guest)))
     return found
 
 

@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -182,12 +182,10 @@ def prepare(config: VMConfig, vm_dir: Path, previous: list[str]) -> Iterator[Net
                 for sock in held:
                     sock.close()  # QEMU binds them next, while we still hold the lock
             forwards = [
-                f.model_copy(update={"host_port": next(chosen)}) if f.host_port == "auto" else f
+                replace(f, host_port=next(chosen)) if f.host_port == "auto" else f
                 for f in network.forward_ports
             ]
-            resolved = config.model_copy(
-                update={"network": network.model_copy(update={"forward_ports": forwards})}
-            )
+            resolved = replace(config, network=replace(network, forward_ports=forwards))
             yield NetPlan(resolved, tap, [str(f) for f in forwards])
     except BaseException:
         if tap is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,9 +64,9 @@ def opened(config: VMConfig) -> Iterator[tuple[VMConfig, tuple[int, ...]]]:
             if share.type != "virtiofs":
                 for_qemu.append(fd)
             info = os.fstat(fd)
-            update = {"source": fd_path(fd), "identity": f"{info.st_dev}:{info.st_ino}"}
-            shares[tag] = share.model_copy(update=update)
-        yield config.model_copy(update={"shares": shares}), tuple(for_qemu)
+            identity = f"{info.st_dev}:{info.st_ino}"
+            shares[tag] = replace(share, source=fd_path(fd), identity=identity)
+        yield replace(config, shares=shares), tuple(for_qemu)
     finally:
         for fd in fds:
             os.close(fd)
