@@ -28,7 +28,7 @@ from clan_vm_tasks.errors import HostUnreachable
 from clan_vm_tasks.render import Notify
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import machines, ssh
+from clan_vm_tasks.vm import machines
 
 
 def flake_dir(start: Path | None = None) -> Path | None:
@@ -75,6 +75,8 @@ def ssh_target(store: Store, name: str) -> tuple[int, str] | None:
     fixed port from the definition is known). A VM bridged on a libvirt host: the guest's
     own address, as its host learns it.
     """
+    from clan_vm_tasks.vm import ssh  # lazy: a start or a list without a clan needs none
+
     found = ssh.forwarded(store, name)
     if found is not None:
         return found[1], found[0]

@@ -17,7 +17,7 @@ from clan_vm_tasks.errors import (
     close_match,
 )
 from clan_vm_tasks.models import VMConfig
-from clan_vm_tasks.nix import diagnose, flakes, origin, trust
+from clan_vm_tasks.nix import flakes, origin, trust
 from clan_vm_tasks.nix.command import NixError
 from clan_vm_tasks.nix.declared import (
     as_attributes,
@@ -95,6 +95,8 @@ def plan(request: Request, found: Source) -> Planned:
     try:
         record = realise(store, flake, name, evaluated, record)
     except NixError as error:
+        from clan_vm_tasks.nix import diagnose  # lazy: only a failure needs its words
+
         raise NixError(diagnose.explain(str(error), flake)) from None
     # Again, now that the store paths exist: one may be a link to a directory of this host.
     try:

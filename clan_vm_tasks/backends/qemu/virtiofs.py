@@ -183,10 +183,13 @@ class _Daemon:
 def _spawn(config: VMConfig, paths: VMPaths, started: list[_Daemon]) -> None:
     import subprocess
 
+    shared = [
+        (tag, share) for tag, share in sorted(config.shares.items()) if share.type == "virtiofs"
+    ]
+    if not shared:
+        return  # nothing to probe either: a start without virtiofs runs no unshare
     root = os.geteuid() == 0 and _private_mounts()  # as share_problem decided
-    for tag, share in sorted(config.shares.items()):
-        if share.type != "virtiofs":
-            continue
+    for tag, share in shared:
         sock = socket_path(paths.run, tag)
         sock.unlink(missing_ok=True)
         mount_point(sock).mkdir(mode=0o700, exist_ok=True)
