@@ -7,7 +7,10 @@
     lifecycle.create(store, lifecycle.VMConfig(name="web", kernel=..., initrd=...))
     lifecycle.start(store, settings, "web", wait_for="READY")
 
-The functions raise ``ClanVMError`` subclasses and print nothing but notices.
+The functions raise ``ClanVMError`` subclasses and print nothing but notices. A
+``VMConfig`` is a plain frozen dataclass: ``create`` and ``reconfigure`` validate it with the
+schema the command line uses (``InvalidInput`` names each wrong field) before anything is
+written.
 """
 
 from __future__ import annotations
