@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import stat
 import time
@@ -102,7 +101,7 @@ def _rewrite(fd: int, data: dict[str, object]) -> None:
 def partial(state_root: Path, target: Path, *, directory: bool = False) -> Iterator[Partial]:
     """A new partial for TARGET, removed again unless committed inside the block."""
     records = files.private_dir(state_root / RECORDS)
-    token = secrets.token_hex(8)
+    token = os.urandom(8).hex()  # secrets' own source, without its imports
     stem = os.fsencode(target.name)[:_NAME_BYTES].decode(errors="ignore")
     path = target.parent / f".{stem}.{token}{SUFFIX}"
     record = records / f"{os.getpid()}.{token}.json"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterator
@@ -152,7 +151,7 @@ class Temporary:
 
     def __init__(self, agent: _Agent, directories: list[str]) -> None:
         self._agent = agent
-        self.token = secrets.token_hex(8)
+        self.token = os.urandom(8).hex()  # secrets' own source, without its imports
         self.directories = directories
         self.handles: list[int] = []
         self.record = None if agent.records is None else agent.records / self.token

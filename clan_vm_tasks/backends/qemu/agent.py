@@ -11,7 +11,7 @@ bytes, so nothing here can fill the memory.
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import socket
 import time
 from pathlib import Path
@@ -89,7 +89,7 @@ class AgentSession:
         return chunk
 
     def _sync(self, deadline: float) -> None:
-        token = secrets.randbelow(1 << 31)
+        token = int.from_bytes(os.urandom(4)) >> 1  # what secrets.randbelow(2**31) draws
         self._send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
         while True:
             # Drop everything up to the delimiter: leftovers of an earlier session.
