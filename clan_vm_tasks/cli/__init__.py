@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(given: list[str], words: list[str]) -> None:
+    from clan_vm_tasks import tasks
     from clan_vm_tasks.cli.parse import HELP_FLAGS, UsageError, WantsHelp, parse, suggest
     from clan_vm_tasks.tasks import common
 
@@ -69,33 +70,34 @@ def _run(given: list[str], words: list[str]) -> None:
         from clan_vm_tasks.cli import help as helptext
 
         topic = words[1] if len(words) > 1 else None
+        every = tasks.every_task()
         if topic is None:
             print(helptext.overview(__version__))
-        elif topic in common.TASKS:
-            print(helptext.task_help(common.TASKS[topic]))
+        elif topic in every:
+            print(helptext.task_help(every[topic]))
         elif topic in helptext.BUILTINS:
             print(helptext.BUILTINS[topic][0])
         else:
-            _usage_error(f"no task named {topic!r}{suggest(topic, list(common.TASKS))}")
+            _usage_error(f"no task named {topic!r}{suggest(topic, list(every))}")
         return
     if first in ("-V", "--version"):
         print(f"{PROGRAM} {__version__}")
         return
     if first in ("-l", "--list"):
-        print("\n".join(sorted(common.TASKS)))
+        print("\n".join(sorted(tasks.every_task())))
         return
     if first == "completion":
         from clan_vm_tasks.cli import completion
 
         completion.script_command(words[1:])
         return
-    spec = common.TASKS.get(first)
+    spec = tasks.declaration(first)
     if spec is None:
         from clan_vm_tasks.cli import help as helptext
 
         if first.startswith("-"):
             _usage_error(f"unknown option {first} (see: {PROGRAM} --help)")
-        choices = [*common.TASKS, *helptext.BUILTINS]
+        choices = [*tasks.every_task(), *helptext.BUILTINS]
         _usage_error(f"no task named {first!r}{suggest(first, choices)} (see: {PROGRAM} --help)")
     assert spec is not None
     try:

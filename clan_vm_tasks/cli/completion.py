@@ -57,11 +57,11 @@ def _kinds() -> dict[str, str]:
 def table() -> str:
     """The command line's shape, from the task declarations (see the module's docstring)."""
     from clan_vm_tasks.cli.options import options
-    from clan_vm_tasks.tasks.common import TASKS
+    from clan_vm_tasks.tasks import every_task
 
     kinds = _kinds()
     lines = ["completion\t@" + "|".join(SHELLS)]
-    for name, spec in sorted(TASKS.items()):
+    for name, spec in sorted(every_task().items()):
         fields = [name]
         opts = options(spec)
         fields += [f"@{kinds.get(o.name, 'none')}" for o in opts if o.positional]

@@ -8,7 +8,8 @@ import shutil
 import textwrap
 
 from clan_vm_tasks.cli.options import Option, metavar, options
-from clan_vm_tasks.tasks.common import TASKS, TaskSpec
+from clan_vm_tasks.tasks import every_task
+from clan_vm_tasks.tasks.common import TaskSpec
 
 PROGRAM = "clan-vm-manager"
 # Commands of the command line itself, beside the tasks.
@@ -51,7 +52,8 @@ def _wrap(text: str, indent: int, first: str = "") -> str:
 
 
 def overview(version: str) -> str:
-    names = sorted([*TASKS, *BUILTINS])
+    tasks = every_task()
+    names = sorted([*tasks, *BUILTINS])
     column = max(len(n) for n in names) + 4
     lines = [
         f"{PROGRAM} {version}: QEMU VMs for NixOS and clan users",
@@ -61,7 +63,7 @@ def overview(version: str) -> str:
         "Tasks:",
     ]
     for name in names:
-        text = BUILTINS[name][0] if name in BUILTINS else summary(TASKS[name])
+        text = BUILTINS[name][0] if name in BUILTINS else summary(tasks[name])
         lines.append(_wrap(text, column, f"  {name}"))
     lines += [
         "",

@@ -16,7 +16,8 @@ from typing import Any
 
 from clan_vm_tasks.cli.options import Option, metavar, options
 from clan_vm_tasks.errors import close_match
-from clan_vm_tasks.tasks.common import TASKS, TaskSpec
+from clan_vm_tasks.tasks import MODULE_OF
+from clan_vm_tasks.tasks.common import TaskSpec
 
 HELP_FLAGS = ("--help", "-h")
 
@@ -133,6 +134,6 @@ def _leftover(spec: TaskSpec, word: str, values: dict[str, Any]) -> str:
     command = _command(spec, values)
     if spec.after_dashes is not None:
         return f"unexpected {word!r}: the command goes after '--' ({command} -- {word} ...)"
-    if word in TASKS:
+    if word in MODULE_OF:
         return f"unexpected {word!r} after '{command}': one task per command"
     return f"unexpected {word!r} after '{command}'"

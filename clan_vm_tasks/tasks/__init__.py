@@ -5,27 +5,52 @@ template's ``tasks.py`` use ``Collection.from_module(clan_vm_tasks.tasks)``, whi
 picks up ``ns``). It is made on first use, so ``clan-vm-manager``, which parses
 with the same declarations itself, never imports invoke. Task modules import only
 ``tasks.common``, never each other.
+
+A module registers its tasks when it is imported: ``declaration`` imports only the module
+of the task asked for (a command pays for its own task's module, not for every one), and
+``every_task`` all of them (help, ``--list``, invoke). ``MODULE_OF`` says where each task
+is declared; a test holds it to what the modules declare.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from clan_vm_tasks.tasks import (  # noqa: F401 (each registers its tasks)
-    clan,
-    configure,
-    disks,
-    guest,
-    nix,
-    views,
-    vms,
-    web,
-)
-from clan_vm_tasks.tasks.common import TASKS
+from clan_vm_tasks.tasks.common import TASKS, TaskSpec
 
 if TYPE_CHECKING:
     from invoke.collection import Collection
+
+
+MODULES = ("clan", "configure", "disks", "guest", "nix", "views", "vms", "web")
+MODULE_OF = {
+    **dict.fromkeys(("inventory",), "clan"),
+    **dict.fromkeys(("set",), "configure"),
+    **dict.fromkeys(("snapshot", "revert", "snapshots", "resize", "kept-disks"), "disks"),
+    **dict.fromkeys(("exec", "copy", "ssh"), "guest"),
+    **dict.fromkeys(("eval", "build", "boot-test", "switch"), "nix"),
+    **dict.fromkeys(("list", "status", "show", "console", "history"), "views"),
+    **dict.fromkeys(("create", "start", "stop", "restart", "delete", "pause", "resume"), "vms"),
+    **dict.fromkeys(("serve",), "web"),
+}
+
+
+def declaration(name: str) -> TaskSpec | None:
+    """The task NAME's declaration, its module imported; None: no such task."""
+    module = MODULE_OF.get(name)
+    if module is None:
+        return None
+    importlib.import_module(f"{__name__}.{module}")
+    return TASKS.get(name)
+
+
+def every_task() -> dict[str, TaskSpec]:
+    """Every task's declaration, by name (every task module imported)."""
+    for module in MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+    return TASKS
 
 
 def collection() -> Collection:
@@ -46,7 +71,7 @@ def collection() -> Collection:
             return opts
 
     made = Collection()
-    for spec in TASKS.values():
+    for spec in every_task().values():
         task = _Task(
             spec.body,
             name=spec.name,

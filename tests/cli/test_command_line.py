@@ -14,10 +14,11 @@ import pytest
 from clan_vm_tasks.cli.help import summary
 from clan_vm_tasks.cli.options import metavar, options
 from clan_vm_tasks.cli.parse import parse
-from clan_vm_tasks.tasks.common import TASKS
+from clan_vm_tasks.tasks import every_task
 from tests.conftest import CLI, ROOT
 from tests.tasks.test_bad_input import assert_input_error, snapshot
 
+TASKS = every_task()
 INVOKE_ONLY = (
     "--prompt-for-sudo-password",
     "--dry",

@@ -13,10 +13,11 @@ from invoke.tasks import Task
 
 from clan_vm_tasks.cli.options import Option, options
 from clan_vm_tasks.cli.parse import UsageError, parse
-from clan_vm_tasks.tasks import collection
-from clan_vm_tasks.tasks.common import TASKS, TaskSpec
+from clan_vm_tasks.tasks import MODULE_OF, MODULES, collection, every_task
+from clan_vm_tasks.tasks.common import TaskSpec
 
 NS = collection()
+TASKS = every_task()
 
 
 def invoke_task(name: str) -> Task:  # type: ignore[type-arg]
@@ -46,6 +47,30 @@ def by_us(spec: TaskSpec, words: list[str]) -> dict[str, Any] | None:
 def test_the_same_tasks() -> None:
     assert sorted(NS.task_names) == sorted(TASKS)
     assert all(not aliases for aliases in NS.task_names.values())
+
+
+def test_a_task_is_found_in_the_module_that_declares_it() -> None:
+    """A command imports only the module ``MODULE_OF`` names for its task: it must be the
+    one that declares it, for every task, and no task may be missing from the map."""
+    declared = {name: spec.body.__module__.rsplit(".", 1)[1] for name, spec in TASKS.items()}
+    assert declared == MODULE_OF
+    assert sorted(set(declared.values())) == sorted(MODULES)
+
+
+def test_a_command_imports_no_other_task_module() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from clan_vm_tasks.tasks import declaration\n"
+        "assert declaration('status').name == 'status' and declaration('nope') is None\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('clan_vm_tasks.tasks.')))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(loaded) == ["clan_vm_tasks.tasks.common", "clan_vm_tasks.tasks.views"]
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
