@@ -27,11 +27,9 @@ from pydantic.alias_generators import to_camel
 
 from clan_vm_tasks import models
 from clan_vm_tasks.errors import InvalidInput
-from clan_vm_tasks.models import ROOT_SERIAL
+from clan_vm_tasks.models import ROOT_SERIAL, Accel, NetworkMode
 from clan_vm_tasks.names import name_problem
 
-NetworkMode = Literal["user", "nat", "bridge", "tap", "none"]
-Accel = Literal["auto", "kvm", "tcg"]
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _DIGITS = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() also takes "²" and "٢"
