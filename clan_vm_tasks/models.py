@@ -115,9 +115,6 @@ class VMConfig:
     extra_disks: dict[str, ExtraDisk] = field(default_factory=dict)  # by name (serial)
 
 
-MODELS = (VMConfig, NetworkConfig, PortForward, BootTest, Share, ExtraDisk, RootFilesystem)
-
-
 def disk_order(name: str) -> list[Any]:
     """Extra disks are attached in the natural order of their names (empty2 before empty10),
     so that NixOS' emptyDiskImages keep their list's order (/dev/vdb, /dev/vdc, ...)."""
@@ -192,7 +189,9 @@ def _value(kind: Any, value: object, where: str) -> Any:
             return Path(value)
     elif type(value) is kind:  # bool is not an int here, nor an int a bool
         return value
-    raise Malformed(f"{where}: {value!r} is not {_described(kind)}")
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else f"{shown[:57]}..."  # one line, however large
+    raise Malformed(f"{where}: {shown} is not {_described(kind)}")
 
 
 def _described(kind: Any) -> str:

@@ -215,3 +215,11 @@ def test_a_definition_made_in_python_is_validated_before_it_is_written(tmp_path:
     with pytest.raises(InvalidInput, match=r"cpus: .*; network\.mac: .*multicast"):
         lifecycle.create(store, bad)
     assert store.names() == []
+
+
+def test_a_wrong_value_is_named_on_one_short_line() -> None:
+    with pytest.raises(models.Malformed) as caught:
+        models.load(VMConfig, {"name": "web", "qemu_args": "-s\n" * 10_000})
+    message = str(caught.value)
+    assert message.startswith("qemu_args: '-s\\n-s\\n") and message.endswith("is not a list")
+    assert len(message) < 120 and "\n" not in message
