@@ -1,5 +1,5 @@
 """From a Nix definition to a VM ready to start: evaluate (cached), validate against the one
-schema in ``models``, check what it may touch on this host (``trust``), build and root all
+schema (``schema``), check what it may touch on this host (``trust``), build and root all
 it refers to (``plan``); then create the VM or apply the change (``apply``). Nothing is
 changed before everything that can fail without changing anything has succeeded."""
 
