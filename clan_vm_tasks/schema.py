@@ -8,7 +8,6 @@ spelling used by Nix (``diskSize``, ``forwardPorts``) is accepted as an alias.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -292,8 +291,8 @@ def validate(model: type[T], data: Any, what: str) -> T:
 
 
 def converted(model: type[T], checked: BaseModel) -> T:
-    """A validated pydantic model as MODEL, through the JSON the state directory holds."""
-    return models.load(model, json.loads(checked.model_dump_json()))
+    """A validated pydantic model as MODEL, through the JSON data the state directory holds."""
+    return models.load(model, checked.model_dump(mode="json"))
 
 
 def checked(value: T, what: str) -> T:

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from invoke.collection import Collection
 
 
-MODULES = ("clan", "configure", "disks", "guest", "nix", "views", "vms", "web")
 MODULE_OF = {
     **dict.fromkeys(("inventory",), "clan"),
     **dict.fromkeys(("set",), "configure"),
@@ -35,6 +34,7 @@ MODULE_OF = {
     **dict.fromkeys(("create", "start", "stop", "restart", "delete", "pause", "resume"), "vms"),
     **dict.fromkeys(("serve",), "web"),
 }
+MODULES = tuple(sorted(set(MODULE_OF.values())))
 
 
 def declaration(name: str) -> TaskSpec | None:
