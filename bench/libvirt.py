@@ -33,6 +33,7 @@ ROOT = HERE.parent
 # This file has the libvirt module's name: its directory must not shadow that module.
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != HERE)]
 
+from bench import installed  # noqa: E402
 from clan_vm_tasks import lifecycle  # noqa: E402
 from examples import guest as example_guest  # noqa: E402
 from tests.libvirt import daemons  # noqa: E402
@@ -128,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    installed.compile_package()
     problem = daemons.missing()
     if problem:
         raise SystemExit(f"cannot run: {problem}")
@@ -136,6 +138,10 @@ def main() -> None:
     daemons.host_a()
     a = daemons.ssh_to_a(ssh)
     b = daemons.host_b(ssh, work / "hostb")
+    # The baseline is virsh as a user runs it: ssh connecting anew for every command.
+    for host in (a, b):
+        port = int(host.uri.split("@127.0.0.1:", 1)[1].split("/", 1)[0])
+        host.virsh = ["virsh", "-q", "-c", ssh.uri(f"{host.name}-virsh", port, plain=True)[0]]
     settings = work / "config.yaml"
     settings.write_text(json.dumps({"hosts": {"a-ssh": a.uri, "b": b.uri}}))
     env = {**os.environ, "CLAN_VM_STATE_DIR": str(work / "state"), "CLAN_VM_CONFIG": str(settings)}

@@ -30,6 +30,7 @@ SSH_OPTIONS = (
     "BatchMode=yes",  # never a password or host key prompt: a tool must not wait on one
 )
 SSH_TIMEOUT = 60.0
+SHARE_FOR = 60  # idle seconds a connection to a host stays for the next command
 _SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
 # Words as they reach the host's shell (ssh always runs a remote command through one):
 # nothing a shell would interpret.
@@ -45,15 +46,25 @@ def display(uri: str) -> str:
 
 
 def ssh_wrapper() -> str:
-    """The program libvirt runs instead of ssh: ssh with SSH_OPTIONS first. Written once
+    """The program libvirt runs instead of ssh: ssh with SSH_OPTIONS first, and one
+    connection per host shared by the commands that follow (a ControlMaster kept SHARE_FOR
+    idle seconds, as ``ssh NAME`` keeps its own). Its socket is named after everything
+    before the host, the host included (user, port, key, host key checking), so a command
+    asking for other credentials never rides on a connection made with these. Written once
     per interpreter into the private runtime directory; no shell is involved."""
+    directory = files.private_dir(runtime_root())
     script = (
         f"#!{sys.executable} -IS\n"
-        "import os, sys\n"
+        "import hashlib, os, sys\n"
         f"options = {[part for o in SSH_OPTIONS for part in ('-o', o)]!r}\n"
-        'os.execvp("ssh", ["ssh", *options, *sys.argv[1:]])\n'
+        "args = sys.argv[1:]\n"
+        "end = args.index('--') + 2 if '--' in args else len(args)\n"
+        "key = hashlib.sha256('\\0'.join(args[:end]).encode()).hexdigest()[:20]\n"
+        f"control = {str(directory / 'ssh-host-')!r} + key\n"
+        "share = ['-o', 'ControlMaster=auto', '-o', 'ControlPath=' + control]\n"
+        f"share += ['-o', 'ControlPersist={SHARE_FOR}']\n"
+        'os.execvp("ssh", ["ssh", *options, *share, *args])\n'
     ).encode()
-    directory = files.private_dir(runtime_root())
     path = directory / f"ssh-bounded-{hashlib.sha256(script).hexdigest()[:12]}"
     if not path.exists():
         files.atomic_write(path, script, mode=0o700)

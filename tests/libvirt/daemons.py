@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clan_vm_tasks.backends.ssh import ssh_wrapper
+from clan_vm_tasks.backends.ssh import SSH_OPTIONS, ssh_wrapper
 
 LOCK = Path("/tmp/clan-vm-tests-libvirtd.lock")  # workers start host A's daemons one at a time
 LIBVIRT_DIRS = {
@@ -77,6 +78,33 @@ def alive(pidfile: Path) -> bool:
         return False
     # A killed daemon stays a zombie until PID 1 reaps it.
     return comm.partition("(")[2] in DAEMONS and state != "Z"
+
+
+def sshd_processes(pidfile: Path) -> list[int]:
+    """An sshd's listener and every process below it (the sessions it accepted, which a
+    connection kept open for later commands goes on using): what a host that went away or
+    froze takes with it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int(Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [int(pidfile.read_text())]
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
+        queue += children.get(pid, [])
+    return found
+
+
+def signal_sshd(pidfile: Path, sig: int) -> None:
+    for pid in sshd_processes(pidfile):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def virsh(prefix: list[str], *args: str, check: bool = True) -> str:
@@ -158,14 +186,21 @@ class SSH:
         )
         return conf, pidfile
 
-    def wrapper(self, name: str, delay: float = 0.0) -> Path:
+    def wrapper(self, name: str, delay: float = 0.0, plain: bool = False) -> Path:
         """The URI's ssh command: the tool's bounded ssh, with our known_hosts pinned (and
-        DELAY seconds of latency before it connects, to see hosts asked in parallel)."""
-        path = self.dir / f"ssh-{name}"
+        DELAY seconds of latency before it connects, to see hosts asked in parallel).
+        PLAIN: ssh as virsh runs it for a user, with the same bounds but a connection of
+        its own each time (the benchmarks' baseline)."""
+        path = self.dir / f"ssh-{name}{'-plain' if plain else ''}"
         options = ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "LogLevel=ERROR"]
+        if plain:
+            program = shutil.which("ssh") or "ssh"
+            options = [o for option in SSH_OPTIONS for o in ("-o", option)] + options
+        else:
+            program = ssh_wrapper()
         path.write_text(
             f"#!{sys.executable} -IS\nimport os, sys, time\ntime.sleep({delay})\n"
-            f"os.execv({ssh_wrapper()!r}, [{ssh_wrapper()!r}, *{options!r}, *sys.argv[1:]])\n"
+            f"os.execv({program!r}, [{program!r}, *{options!r}, *sys.argv[1:]])\n"
         )
         path.chmod(0o700)
         return path
@@ -187,8 +222,10 @@ class SSH:
             known.write(f"[127.0.0.1]:{port} {' '.join(public)}\n")
         return pidfile
 
-    def uri(self, name: str, port: int, delay: float = 0.0) -> tuple[str, Path]:
-        wrapper = self.wrapper(name, delay)
+    def uri(
+        self, name: str, port: int, delay: float = 0.0, plain: bool = False
+    ) -> tuple[str, Path]:
+        wrapper = self.wrapper(name, delay, plain)
         query = f"keyfile={self.client_key}&command={wrapper}"
         return f"qemu+ssh://root@127.0.0.1:{port}/system?{query}", wrapper
 
@@ -310,4 +347,7 @@ def stop(host: Host) -> None:
             virsh(host.virsh, "destroy", name, check=False)
     for pidfile in host.pidfiles:
         if alive(pidfile):
-            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+            if pidfile == host.sshd_pidfile:  # with the sessions kept open for later commands
+                signal_sshd(pidfile, signal.SIGTERM)
+            else:
+                os.kill(int(pidfile.read_text()), signal.SIGTERM)

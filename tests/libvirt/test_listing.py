@@ -4,7 +4,6 @@ and a host that does not answer shown as such, never as stopped VMs and never a 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -76,7 +75,7 @@ def test_a_host_that_goes_away_mid_list_is_unreachable(lv: LV, guest: Guest) -> 
         [*lv.cli.command(), "list", "--json"], env=lv.cli.env, stdout=subprocess.PIPE, text=True
     )
     time.sleep(0.5)  # the list is under way, waiting for the host
-    os.kill(int(gone.sshd_pidfile.read_text()), signal.SIGKILL)
+    daemons.signal_sshd(gone.sshd_pidfile, signal.SIGKILL)  # with the connection kept open
     out, _ = listing.communicate(timeout=60)
     assert listing.returncode == 0
     listed = {r["name"]: r for r in json.loads(out)}
@@ -100,14 +99,29 @@ def test_a_frozen_host_is_given_up_in_bounded_time(lv: LV, guest: Guest) -> None
     name = lv.name("frozen")
     lv.create(name, "frozen", guest)
     assert frozen.sshd_pidfile is not None
-    pid = int(frozen.sshd_pidfile.read_text())
-    os.kill(pid, signal.SIGSTOP)  # accepts connections, never answers: a hung machine
+    # Accepts connections, never answers, and the connection kept open since the create
+    # goes silent: a hung machine.
+    daemons.signal_sshd(frozen.sshd_pidfile, signal.SIGSTOP)
     try:
         began = time.monotonic()
         listed = rows(lv)
         took = time.monotonic() - began
     finally:
-        os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGTERM)
+        daemons.signal_sshd(frozen.sshd_pidfile, signal.SIGCONT)
+        daemons.signal_sshd(frozen.sshd_pidfile, signal.SIGTERM)
     assert listed[name]["state"] == "unreachable", listed[name]
     assert took < 15, f"list took {took:.1f}s"
+
+
+def test_commands_share_one_connection_to_a_host(lv: LV, guest: Guest) -> None:
+    """The first command connects; the next ones, and virsh with the same URI, go through
+    that connection (the host's sshd accepts one login) and it stays after they ended."""
+    shared = lv.add(daemons.ssh_to_a(lv.hosts.ssh, "shared"))
+    name = lv.name("shared")
+    lv.create(name, "shared", guest)
+    for _ in range(3):
+        assert rows(lv, "--host", "shared")[name]["state"] == "stopped"
+    assert lv.cli.ok("status", name).out.startswith(f"{name}: stopped")
+    assert shared.sshd_pidfile is not None
+    log = shared.sshd_pidfile.with_name("sshd_shared.log").read_text()
+    assert log.count("Accepted publickey") == 1, log
