@@ -198,6 +198,10 @@ class Machine(Protocol):
         """A session with the guest agent; AgentUnavailable when it does not answer within
         TIMEOUT (a guest without an agent never makes this hang)."""
 
+    def agent_port_open(self) -> bool | None:
+        """Whether an agent in the guest holds its port open, as the hypervisor sees it (a
+        running qemu-ga does); None when it cannot tell without asking the agent."""
+
     # --- its console
     def wait_for_text(
         self, text: str, offset: int, timeout: float, alive: Callable[[], bool]

@@ -117,6 +117,13 @@ def _flake_columns(vm: dict[str, Any]) -> list[str | None]:
     return ["declared" if vm["declared"] else None, error.splitlines()[0] if error else None]
 
 
+_AGENT = {
+    True: ", guest agent answering",
+    False: ", no guest agent answering",
+    None: ", guest agent busy",  # another command's session holds it
+}
+
+
 def _host(host: str | None) -> str | None:
     return host.split("?", 1)[0] if host else None  # a URI's parameters are noise here
 
@@ -144,8 +151,10 @@ def status(
     store, _ = open_store(create=False)
     info = vm_status(store, name, seconds if wait_agent else 0.0)
     where = f", on {_host(info.get('host'))}" if info.get("host") else ""
+    agent = _AGENT[info["agent"]] if info["state"] == "running" else ""
     waits = f"; at its next start: {info['pending']['summary']}" if info.get("pending") else ""
-    say(render.as_json(info) if json else f"{name}: {render.state_word(info)}{where}{waits}")
+    text = f"{name}: {render.state_word(info)}{where}{agent}{waits}"
+    say(render.as_json(info) if json else text)
 
 
 @vm_task(

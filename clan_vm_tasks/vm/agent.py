@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 from clan_vm_tasks.backends.base import GuestAgent
 from clan_vm_tasks.errors import AgentInvalidReply, AgentUnavailable, ClanVMError, StateConflict
 from clan_vm_tasks.state import files
-from clan_vm_tasks.state.store import Store
+from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import guest_temp, machines, reconcile
 
 PING_TIMEOUT = 1.0
@@ -252,6 +253,42 @@ def _agent_enabled(store: Store, name: str) -> bool:
 AFTER_BOOT = " (after a boot, clan-vm-manager start {name} --wait-for-agent waits for it)"
 
 
+ANSWERED = "agent-answered"  # in the VM's runtime directory: which run, and when (mtime)
+
+
+def _run_of(state: VMState) -> bytes:
+    """Which run of the VM STATE records: a restart is another run, its agent not yet seen."""
+    return f"{state.started_at}|{state.pid_start}".encode()
+
+
+def _remember_answer(run: Path, state: VMState) -> None:
+    """Note that the agent of this run answered, now. Not atomic, and it need not be: a
+    record torn by a kill reads as none, and ``status`` then asks the agent."""
+    try:
+        fd = os.open(run / ANSWERED, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, _run_of(state))
+    finally:
+        os.close(fd)
+
+
+def last_answer(store: Store, name: str, state: VMState) -> float | None:
+    """When the agent of VM NAME's current run (STATE) last answered a session's handshake
+    (seconds since the epoch); None when it has not in this run, as far as is known."""
+    try:
+        fd = os.open(store.paths(name).run / ANSWERED, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if os.read(fd, 256) != _run_of(state):
+            return None
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def session(
     store: Store,
@@ -302,6 +339,7 @@ def session(
                         + hint.format(name=name)
                     ) from None
                 time.sleep(0.2)
+        _remember_answer(run, state)
         agent = Agent(raw, name, store.paths(name).dir / guest_temp.FOLDER)
         if tidy:
             guest_temp.tidy(agent)

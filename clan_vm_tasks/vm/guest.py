@@ -23,8 +23,8 @@ from clan_vm_tasks.errors import (
     GuestCommandFailed,
 )
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import guest_temp, reconcile
-from clan_vm_tasks.vm.agent import Agent, session
+from clan_vm_tasks.vm import guest_temp, machines, reconcile
+from clan_vm_tasks.vm.agent import Agent, last_answer, session
 
 AGENT_WAIT = 10.0  # how long copy and ssh wait for an agent that does not answer yet
 POLL = 0.05
@@ -45,24 +45,32 @@ class ExecResult:
     truncated: bool  # the agent caps captured output (16 MiB in QEMU 7.2)
 
 
-def ping(store: Store, name: str, wait: float = 0.0) -> bool | None:
-    """Whether the agent answers, waiting up to WAIT seconds for it (none: a guest whose
-    agent has not opened its port is told at once). None when the VM is not running, or
-    when another command's session with the agent does not end within WAIT (a long exec or
-    copy): it is not known, and ``status`` does not wait for it."""
+def ping(store: Store, name: str, wait: float = 0.0) -> tuple[bool | None, float | None]:
+    """Whether the agent answers, and when it last did in this run of the VM (seconds since
+    the epoch, or None). A guest whose agent has not opened its port is told at once; one
+    whose agent answered earlier in this run and still holds its port open is taken at its
+    word without asking again, unless to WAIT: qemu-ga looks at a port no client holds only
+    every 100 ms, so asking costs up to that much. Else the agent is asked, waiting up to
+    WAIT seconds for it. None when the VM is not running, or when another command's session
+    with the agent does not end within WAIT (a long exec or copy): it is not known, and
+    ``status`` does not wait for it."""
     state = reconcile.current(store, name)
     if state.status not in reconcile.ACTIVE:
-        return None
+        return None, None
     if store.read_config(name).get("agent", True) is False:
-        return False
+        return False, None
+    if wait <= 0:
+        answered = last_answer(store, name, state)
+        if answered is not None and machines.machine(store, name, state).agent_port_open():
+            return True, answered
     try:
         with session(store, name, wait=wait, queue=wait, tidy=False) as agent:
             agent.ping()
     except Busy:
-        return None
+        return None, last_answer(store, name, state)
     except (AgentUnavailable, AgentError, AgentInvalidReply):
-        return False
-    return True
+        return False, last_answer(store, name, state)
+    return True, time.time()
 
 
 def wait_for_agent(store: Store, name: str, timeout: float) -> float:

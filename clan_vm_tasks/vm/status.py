@@ -14,6 +14,7 @@ def _unreachable(store: Store, name: str, error: HostUnreachable) -> dict[str, A
     """A VM whose libvirt host does not answer: its state is unknown, not stopped."""
     info = listing.view(name, store.read_state(name), store.read_config(name))
     info.update(state="unreachable", error=error.reason, pid=None, qmp=None, agent=None)
+    info["agent_answered_at"] = None
     return info
 
 
@@ -41,11 +42,18 @@ def status(store: Store, name: str, wait_agent: float = 0.0) -> dict[str, Any]:
         info["qmp"] = run_state is not None  # alive but not answering: hung, or a client attached
         if run_state is not None:
             info["state"] = run_state
-    info["agent"] = None
+    info["agent"], answered = None, None
     if info["state"] == "running":
-        info["agent"] = guest.ping(store, name, wait_agent)
+        info["agent"], answered = guest.ping(store, name, wait_agent)
+    info["agent_answered_at"] = None if answered is None else _iso(answered)
     info["pending"] = _pending(store, name)
     return info
+
+
+def _iso(seconds: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _pending(store: Store, name: str) -> dict[str, Any] | None:

@@ -49,7 +49,11 @@ def test_status_tells_the_agent_from_the_guest(booted: CLI) -> None:
     assert (mute["state"], mute["qmp"], mute["agent"]) == ("running", True, False)
     # Asked to wait, it waits for an agent that may come; this one never does.
     assert status(booted, "mute", "--wait-agent", "--timeout", "2")["agent"] is False
-    assert booted.ok("status", "mute").out.strip() == f"mute: running (pid {mute['pid']})"
+    said = booted.ok("status", "mute").out.strip()
+    assert said == f"mute: running (pid {mute['pid']}), no guest agent answering"
+    said = booted.ok("status", "talk").out.strip()
+    assert said == f"talk: running (pid {talk['pid']}), guest agent answering"
+    assert talk["agent_answered_at"] is not None and mute["agent_answered_at"] is None
     # exec still waits for the agent it needs, and says it never came.
     failed = booted.run("exec", "mute", "--", "true")
     assert failed.code == 1 and "agent" in failed.err, failed.err
@@ -78,6 +82,13 @@ def test_start_loads_its_definition_without_the_schema(booted: CLI, guest: Guest
         assert "clan_vm_tasks.models" in loaded and "clan_vm_tasks.backends.qemu.argv" in loaded
         heavy = [m for m in loaded if m.split(".")[0] in ("pydantic", "pydantic_core", "invoke")]
         assert heavy == [] and "clan_vm_tasks.schema" not in loaded
+        # A VM made on the command line has no flake: nothing of evaluating one is loaded.
+        assert [m for m in loaded if m.startswith("clan_vm_tasks.nix.")] == [
+            "clan_vm_tasks.nix.launch",
+            "clan_vm_tasks.nix.origin",
+            "clan_vm_tasks.nix.request",
+        ]
+        assert "_hashlib" not in loaded
     finally:
         booted.run("stop", "quick", "--force")
 
@@ -182,4 +193,5 @@ def test_status_of_a_running_vm_loads_nothing_heavy(booted: CLI) -> None:
     assert json.loads(done.stdout)["agent"] is True
     loaded = done.stderr.split()
     heavy = [m for m in loaded if m.split(".")[0] in HEAVY or m.startswith(HEAVY[-2:])]
-    assert heavy == [] and "subprocess" not in loaded
+    # Nor OpenSSL, which hashlib loads before anything is hashed.
+    assert heavy == [] and "subprocess" not in loaded and "_hashlib" not in loaded

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,9 @@ def test_exec_relays_output_arguments_and_exit_codes(cli: CLI, guest: Guest) -> 
 def test_status_during_a_long_exec_neither_waits_nor_writes_into_the_state(
     cli: CLI, guest: Guest
 ) -> None:
-    """Another command's session keeps the agent busy: status says it does not know
-    (agent null) at once, and, read-only, leaves the state directory as it was."""
+    """Another command's session keeps the agent busy: status tells, at once, what the agent
+    did when that session began (it answered, and its port is still open), and, read-only,
+    leaves the state directory as it was; asked to wait, it says it does not know."""
     boot_with_agent(cli, "busy", guest)
     long = subprocess.Popen(
         [*cli.command(), "exec", "busy", "--", "sleep", "15"],
@@ -60,13 +62,44 @@ def test_status_during_a_long_exec_neither_waits_nor_writes_into_the_state(
         began = time.monotonic()
         during = status(cli, "busy")
         took = time.monotonic() - began
-        assert (during["state"], during["agent"]) == ("running", None)
+        assert (during["state"], during["agent"]) == ("running", True)
+        assert during["agent_answered_at"] is not None
         assert took < 5, took
+        waited = json.loads(
+            cli.ok("status", "busy", "--json", "--wait-agent", "--timeout", "1").out
+        )
+        assert waited["agent"] is None and waited["agent_answered_at"] is not None
         assert sorted(str(p) for p in cli.state_dir.rglob("*")) == before
         assert long.poll() is None  # the exec was still running all along
     finally:
         long.wait(60)
     assert status(cli, "busy")["agent"] is True
+
+
+def test_status_takes_an_answer_at_its_word_only_while_the_agent_holds_its_port(
+    cli: CLI, guest: Guest
+) -> None:
+    """An agent that answered in this run is not asked again while its port stays open;
+    once it has gone, status says so at once, and a new run's agent is asked anew."""
+    boot_with_agent(cli, "gone", guest)
+    first = status(cli, "gone")
+    assert first["agent"] is True and first["agent_answered_at"] is not None
+    kill = "(sleep 1; kill $(cat /run/qemu-ga.pid)) >/dev/null 2>&1 &"
+    cli.ok("exec", "gone", "--", "sh", "-c", kill)
+    deadline = time.monotonic() + 30
+    while (now := status(cli, "gone"))["agent"] is not False:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.5)
+    assert now["agent_answered_at"] is not None  # when it last did
+    assert cli.ok("status", "gone").out.endswith("no guest agent answering\n")
+    cli.ok("stop", "gone")
+    cli.ok("start", "gone", "--wait-for", READY, "--timeout", "120")
+    deadline = time.monotonic() + 60
+    while (again := status(cli, "gone"))["agent"] is not True:  # asked, not remembered
+        assert time.monotonic() < deadline, again
+        time.sleep(0.2)
+    started = datetime.fromisoformat(again["started_at"]).replace(microsecond=0)
+    assert datetime.fromisoformat(again["agent_answered_at"]) >= started, again
 
 
 def test_output_beyond_the_agents_cap_is_never_cut_silently(cli: CLI, guest: Guest) -> None:

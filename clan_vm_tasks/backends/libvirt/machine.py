@@ -322,6 +322,9 @@ class LibvirtMachine:
     def agent(self, timeout: float) -> AgentSession:
         return AgentSession(self.host, self._domain(), timeout)
 
+    def agent_port_open(self) -> bool | None:
+        return None  # libvirt holds its agent connection open: asking the agent is quick
+
     # --- its console ----------------------------------------------------------------------------
 
     def wait_for_text(

@@ -403,11 +403,11 @@ class QemuMachine:
     def agent(self, timeout: float) -> AgentSession:
         from clan_vm_tasks.backends.qemu.agent import AgentSession
 
-        if self._agent_port_open() is False:  # nothing in the guest listens: no waiting for it
+        if self.agent_port_open() is False:  # nothing in the guest listens: no waiting for it
             raise AgentUnavailable("no agent in the guest has opened its port")
         return AgentSession(self.paths.agent_socket, timeout)
 
-    def _agent_port_open(self) -> bool | None:
+    def agent_port_open(self) -> bool | None:
         """Whether the guest has opened its agent's virtio-serial port, as QEMU sees it (a
         running qemu-ga keeps it open); None when QMP cannot tell."""
         try:
