@@ -42,11 +42,24 @@ def check_name(name: str) -> str:
     return check_new_name(name)
 
 
+def sha256(data: bytes) -> bytes:
+    """The SHA-256 digest of DATA, from CPython's own implementation when it has one:
+    ``hashlib`` loads OpenSSL first, some 3 ms of every command that names a socket
+    directory, a tap device or a MAC. The digests are the same."""
+    try:
+        from _sha2 import sha256 as new  # type: ignore[import-not-found]  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256 as new  # type: ignore[import-not-found]
+        except ImportError:
+            from hashlib import sha256 as new
+    digest: bytes = new(data).digest()
+    return digest
+
+
 def mac_for(name: str) -> str:
     """A locally administered unicast MAC that is the same for a name on every host."""
-    import hashlib  # lazy: names are checked on the list path, MACs are not needed there
-
-    digest = hashlib.sha256(f"clan-vm:{name}".encode()).digest()
+    digest = sha256(f"clan-vm:{name}".encode())
     octets = [0x02, *digest[:5]]  # 0x02: locally administered, unicast
     return ":".join(f"{o:02x}" for o in octets)
 

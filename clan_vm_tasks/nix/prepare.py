@@ -13,7 +13,6 @@ from clan_vm_tasks.errors import (
     AlreadyExists,
     ClanVMError,
     InvalidInput,
-    StateConflict,
     close_match,
 )
 from clan_vm_tasks.models import VMConfig
@@ -201,18 +200,6 @@ def prepare(request: Request, flake: Flake) -> VMConfig:
     """Evaluate, validate, build and create or update the VM from FLAKE."""
     found = Source(flake, origin.load(request.store, request.name))
     return apply(request, plan(request, found)).config
-
-
-def refuse_running(request: Request) -> None:
-    """``start`` of a running VM fails before anything is evaluated or changed."""
-    from clan_vm_tasks.vm import reconcile
-
-    store, name = request.store, request.name
-    if store.exists(name):
-        state = reconcile.current(store, name)
-        if state.status in reconcile.ACTIVE:
-            how = f" (pid {state.pid})" if state.pid is not None else ""  # as vm/start says
-            raise StateConflict(f"VM '{name}' is already running{how}")
 
 
 def restore(request: Request, applied: Applied | None) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from clan_vm_tasks.errors import ClanVMError, UnknownVM
-from clan_vm_tasks.names import check_name
+from clan_vm_tasks.names import check_name, sha256
 from clan_vm_tasks.state import files
 
 LOCK_TIMEOUT = 120.0
@@ -139,10 +139,8 @@ class VMPaths:
 
     @cached_property
     def run(self) -> Path:
-        import hashlib  # lazy: most commands never need a socket path
-
         # One short socket directory per VM directory, so two state dirs never collide.
-        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:16]
+        digest = sha256(str(self.dir).encode()).hex()[:16]
         return runtime_root() / digest
 
     @cached_property

@@ -22,7 +22,7 @@ from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import history
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store, VMState
-from clan_vm_tasks.vm import definition, forwards, guest, machines, reconcile
+from clan_vm_tasks.vm import definition, forwards, machines, reconcile
 from clan_vm_tasks.vm.recovery import journaled
 from clan_vm_tasks.vm.stop import stop
 
@@ -249,7 +249,7 @@ def _wait(
         _record_failed_start(store, name, message)
         raise ClanVMError(message)
     if wait_for_agent or wait_for_ssh:
-        from clan_vm_tasks.vm import ssh  # lazy: most starts wait for neither
+        from clan_vm_tasks.vm import guest, ssh  # lazy: most starts wait for neither
 
         remaining = max(1.0, timeout - (time.monotonic() - began))
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from clan_vm_tasks.backends.qemu import host_network
+from clan_vm_tasks.names import mac_for
 from clan_vm_tasks.state import files, history
-from clan_vm_tasks.state.store import Store, VMState
+from clan_vm_tasks.state.store import Store, VMPaths, VMState
 from tests.conftest import CLI, Result
 
 
@@ -304,3 +307,13 @@ def test_an_atomic_write_never_writes_through_a_planted_link(tmp_path: Path) -> 
     assert not (shared / "junit.xml").is_symlink()
     assert (shared / "junit.xml").read_bytes() == b"<testsuite/>\n"
     assert sorted(p.name for p in shared.iterdir()) == ["junit.xml"]  # no temporary file left
+
+
+def test_derived_names_stay_what_earlier_versions_made(tmp_path: Path) -> None:
+    """A running VM's sockets, its tap device and its MAC are found by names derived with
+    SHA-256: however the digest is computed, they are the ones an earlier version made."""
+    vm_dir = tmp_path / "vms" / "web"
+    expected = hashlib.sha256(str(vm_dir).encode()).hexdigest()
+    assert VMPaths(vm_dir).run.name == expected[:16]
+    assert host_network.tap_name(vm_dir) == "cvm" + expected[:12]
+    assert mac_for("web") == "02:9d:da:a1:2d:71"

@@ -13,12 +13,14 @@ import time
 import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from clan_vm_tasks import render
 from clan_vm_tasks.errors import ClanVMError
 
 DETACH = b"\x1d"  # Ctrl-]
+POLL = 0.01  # seconds between looks at a log for a text: 5 ms late on average
+ALIVE_EVERY = 0.1  # seconds between asking, while it is silent, whether the VM still runs
 
 
 def read_from(log: Path, offset: int) -> bytes:
@@ -38,21 +40,35 @@ def last_lines(log: Path, offset: int, count: int = 15) -> list[str]:
 def wait_for_text(
     log: Path, text: str, offset: int, timeout: float, alive: Callable[[], bool]
 ) -> bool:
-    """True once TEXT appears in LOG after OFFSET; False on timeout or when the VM dies."""
+    """True once TEXT appears in LOG after OFFSET; False on timeout or when the VM dies.
+    The log is read on from where the last look ended, every POLL seconds."""
     needle = text.encode()
+    keep = len(needle) - 1  # what of a look may begin the text that the next one ends
     deadline = time.monotonic() + timeout
-    seen = b""
-    while True:
-        chunk = read_from(log, offset + len(seen))
-        seen += chunk
-        if needle in seen:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        if not chunk and not alive():
-            # One more read: the text may have landed just before QEMU exited.
-            return needle in seen + read_from(log, offset + len(seen))
-        time.sleep(0.02)
+    ask_at = 0.0  # when to ask next whether the VM still runs
+    with contextlib.ExitStack() as stack:
+        reader: BinaryIO | None = None
+        tail = b""
+        while True:
+            if reader is None:
+                with contextlib.suppress(FileNotFoundError):
+                    reader = stack.enter_context(log.open("rb"))
+                    reader.seek(offset)
+            chunk = reader.read() if reader is not None else b""
+            window = tail + chunk
+            if needle in window:
+                return True
+            tail = window[max(len(window) - keep, 0) :] if keep else b""
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if not chunk and now >= ask_at:
+                if not alive():
+                    # One more look: the text may have landed just before QEMU exited.
+                    rest = reader.read() if reader is not None else read_from(log, offset)
+                    return needle in tail + rest
+                ask_at = now + ALIVE_EVERY
+            time.sleep(POLL)
 
 
 def connect(serial_socket: Path) -> socket.socket:

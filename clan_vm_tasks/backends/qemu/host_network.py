@@ -7,7 +7,6 @@ chosen, tap made) and ``delete_tap`` undoes what a boot left on the host.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import socket
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from clan_vm_tasks.backends.ports import AUTO_PORTS, candidates
 from clan_vm_tasks.errors import ClanVMError, InvalidInput
+from clan_vm_tasks.names import sha256
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import runtime_root
 
@@ -57,7 +57,7 @@ def exists(ifname: str) -> bool:
 
 def tap_name(vm_dir: Path) -> str:
     """A tap name that fits IFNAMSIZ and differs per VM directory (so per state dir too)."""
-    return "cvm" + hashlib.sha256(str(vm_dir).encode()).hexdigest()[:12]
+    return "cvm" + sha256(str(vm_dir).encode()).hex()[:12]
 
 
 def ensure_bridge(bridge: str) -> None:
