@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != HERE)]
 
+from bench import installed  # noqa: E402
 from clan_vm_tasks import lifecycle  # noqa: E402
 from clan_vm_tasks.cli import completion  # noqa: E402
 from examples import guest as example_guest  # noqa: E402
@@ -107,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
+    installed.compile_package()
     problem = daemons.missing()
     if problem:
         raise SystemExit(f"cannot run: {problem}")

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import installed  # noqa: E402
 from examples import guest as example  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "clan-vm-manager")
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-debian", action="store_true")
     args = parser.parse_args()
+    installed.compile_package()
     guest = ROOT / ".cache" / "guest"
     example.build(guest)
     work = Path(tempfile.mkdtemp(prefix="clan-vm-bench-guest-"))

@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import installed  # noqa: E402
 from clan_vm_tasks.backends.qemu.argv import agent_args  # noqa: E402
 from examples import guest as example_guest  # noqa: E402
 
@@ -206,6 +207,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--against", metavar="PATH", help="another clan-vm-manager to compare")
     args = parser.parse_args()
+    installed.compile_package()
     guest = Path(os.environ.get("CLAN_VM_TEST_GUEST", ROOT / ".cache" / "guest"))
     if not (guest / "initrd").exists():
         example_guest.build(guest)
