@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clan_vm_tasks.backends.base import GuestAgent
+from clan_vm_tasks.backends.base import GuestAgent, Machine
 from clan_vm_tasks.errors import AgentInvalidReply, AgentUnavailable, ClanVMError, StateConflict
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import Store, VMState
@@ -274,6 +274,11 @@ def _remember_answer(run: Path, state: VMState) -> None:
         os.close(fd)
 
 
+def _forget_answer(run: Path) -> None:
+    with contextlib.suppress(OSError):
+        (run / ANSWERED).unlink()
+
+
 def last_answer(store: Store, name: str, state: VMState) -> float | None:
     """When the agent of VM NAME's current run (STATE) last answered a session's handshake
     (seconds since the epoch); None when it has not in this run, as far as is known."""
@@ -287,6 +292,29 @@ def last_answer(store: Store, name: str, state: VMState) -> float | None:
         return os.fstat(fd).st_mtime
     finally:
         os.close(fd)
+
+
+def _connect(
+    machine: Machine, stack: contextlib.ExitStack[bool | None], name: str, wait: float, hint: str
+) -> GuestAgent:
+    """The agent's session on MACHINE, entered on STACK, waiting up to WAIT seconds for an
+    agent that does not answer yet."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            probe = max(PING_TIMEOUT, min(PING_TIMEOUT * 2, wait))  # wait 0: one try
+            return stack.enter_context(machine.agent(probe))
+        except AgentUnavailable as error:
+            if not machine.alive():
+                raise StateConflict(
+                    f"VM '{name}' stopped while waiting for its guest agent"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise AgentUnavailable(
+                    f"the guest agent of VM '{name}' does not answer (waited {wait:g}s: "
+                    f"{error}); is qemu-guest-agent running in the guest?" + hint.format(name=name)
+                ) from None
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -321,26 +349,13 @@ def session(
         files.locked(run / "agent.lock", f"the guest agent of '{name}'", turns),
         contextlib.ExitStack() as stack,
     ):
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                probe = max(PING_TIMEOUT, min(PING_TIMEOUT * 2, wait))  # wait 0: one try
-                raw = stack.enter_context(machine.agent(probe))
-                break
-            except AgentUnavailable as error:
-                if not machine.alive():
-                    raise StateConflict(
-                        f"VM '{name}' stopped while waiting for its guest agent"
-                    ) from None
-                if time.monotonic() >= deadline:
-                    raise AgentUnavailable(
-                        f"the guest agent of VM '{name}' does not answer (waited {wait:g}s: "
-                        f"{error}); is qemu-guest-agent running in the guest?"
-                        + hint.format(name=name)
-                    ) from None
-                time.sleep(0.2)
-        _remember_answer(run, state)
-        agent = Agent(raw, name, store.paths(name).dir / guest_temp.FOLDER)
-        if tidy:
-            guest_temp.tidy(agent)
-        yield agent
+        try:
+            raw = _connect(machine, stack, name, wait, hint)
+            _remember_answer(run, state)
+            agent = Agent(raw, name, store.paths(name).dir / guest_temp.FOLDER)
+            if tidy:
+                guest_temp.tidy(agent)
+            yield agent
+        except (AgentUnavailable, AgentInvalidReply):
+            _forget_answer(run)  # an agent that failed us is asked again by the next status
+            raise

@@ -85,7 +85,9 @@ def test_set_on_a_running_vm_waits_for_its_next_start(cli: CLI, guest: Guest) ->
     assert (cli.state_dir / "vms" / "live" / "config.json").read_bytes() == before
     # status and show say what waits; the running guest is untouched.
     said = cli.ok("status", "live").out
-    assert re.match(r"live: running \(pid \d+\); at its next start: cpus 1 -> 2", said), said
+    assert re.match(r"live: running \(pid \d+\), [a-z ]+; at its next start: cpus 1 -> 2", said), (
+        said
+    )
     info = status(cli, "live")
     assert info["cpus"] == 1 and info["network"] == "user"
     assert info["pending"]["changes"]["cpus"] == {"from": 1, "to": 2}
