@@ -38,6 +38,30 @@ class PortForward:
         return f"{self.protocol}:127.0.0.1:{self.host_port}->{guest}"
 
 
+# A forward as a VM's state records it at start: "PROTO:ADDRESS:PORT->[GUEST_ADDRESS:]PORT",
+# the host port chosen, the address the host listens on (127.0.0.1 here; a libvirt host's own).
+_RECORDED = re.compile(r"(tcp|udp):(.+):([0-9]{1,5})->(?:(.+):)?([0-9]{1,5})")
+
+
+def recorded_forward(text: str) -> tuple[str, PortForward] | None:
+    """The listening address and the forward of a recorded forward; None for anything else
+    (a state file is read tolerantly)."""
+    found = _RECORDED.fullmatch(text)
+    if found is None:
+        return None
+    proto, address, port, guest_address, guest_port = found.groups()
+    if not (0 < int(port) < 65536 and 0 < int(guest_port) < 65536):
+        return None
+    protocol: Literal["tcp", "udp"] = "udp" if proto == "udp" else "tcp"
+    forward = PortForward(
+        protocol=protocol,
+        host_port=int(port),
+        guest_port=int(guest_port),
+        guest_address=guest_address,
+    )
+    return address, forward
+
+
 @dataclass(frozen=True, kw_only=True)
 class NetworkConfig:
     mode: NetworkMode = "user"

@@ -13,8 +13,9 @@ import pytest
 from pydantic import BaseModel
 
 from clan_vm_tasks import models, schema
+from clan_vm_tasks.backends.qemu.host_network import _previous_port
 from clan_vm_tasks.errors import InvalidInput
-from clan_vm_tasks.models import PortForward, VMConfig
+from clan_vm_tasks.models import PortForward, VMConfig, recorded_forward
 from clan_vm_tasks.names import check_name, mac_for
 from clan_vm_tasks.schema import parse_forward, validate
 
@@ -72,6 +73,46 @@ def test_port_forward_spec() -> None:
     for bad in ("ssh", "tcp:22", "icmp:1:2", "tcp:0:22", "tcp:1:99999"):
         with pytest.raises(InvalidInput):
             parse_forward(bad)
+
+
+def test_a_recorded_forward_reads_back_as_it_was_written() -> None:
+    """VMState.forwards holds each forward as started (``str`` of it, with the host port
+    chosen; a libvirt host's own address there): one parser reads them for ssh, the port
+    a forward held before, a port another VM holds, and libvirt's forwards added again."""
+    for forward in (
+        PortForward(protocol="tcp", host_port=2222, guest_port=22),
+        PortForward(protocol="udp", host_port=5353, guest_port=53),
+        PortForward(protocol="tcp", host_port=8080, guest_port=80, guest_address="10.0.2.15"),
+        PortForward(protocol="tcp", host_port=8081, guest_port=80, guest_address="fd00::5"),
+    ):
+        assert recorded_forward(str(forward)) == ("127.0.0.1", forward)
+    there = PortForward(protocol="tcp", host_port=40022, guest_port=22)
+    assert recorded_forward("tcp:192.0.2.7:40022->22") == ("192.0.2.7", there)
+    for junk in (
+        "",
+        "tcp:127.0.0.1:auto->22",
+        "icmp:127.0.0.1:1->2",
+        "tcp:127.0.0.1:0->22",
+        "tcp:127.0.0.1:2222->99999",
+        "tcp:2222->22",
+        "tcp:127.0.0.1:2222->22 ",
+    ):
+        assert recorded_forward(junk) is None, junk  # fmt: skip
+
+
+def test_an_auto_forward_asks_first_for_the_port_it_had() -> None:
+    previous = ["tcp:127.0.0.1:40100->22", "tcp:127.0.0.1:40101->10.0.2.15:80",
+                "udp:127.0.0.1:40102->53", "garbage"]  # fmt: skip
+
+    def auto(guest_port: int, protocol: str = "tcp", address: str | None = None) -> PortForward:
+        return PortForward(
+            protocol=protocol, host_port="auto", guest_port=guest_port, guest_address=address
+        )
+
+    assert _previous_port(previous, auto(22)) == 40100
+    assert _previous_port(previous, auto(80, address="10.0.2.15")) == 40101
+    assert _previous_port(previous, auto(80)) == 0  # another forward's port is not taken
+    assert _previous_port(previous, auto(53, "udp")) == 40102
 
 
 def test_mac_is_stable_locally_administered_and_distinct() -> None:

@@ -3,14 +3,10 @@ naming that VM (QEMU alone would only say that the port is in use)."""
 
 from __future__ import annotations
 
-import re
-
 from clan_vm_tasks.errors import StateConflict
-from clan_vm_tasks.models import PortForward, VMConfig
+from clan_vm_tasks.models import PortForward, VMConfig, recorded_forward
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import machines, reconcile
-
-_FORWARD = re.compile(r"(tcp|udp):(.+):([0-9]+)->([0-9]+)")  # as VMState.forwards has them
 
 
 def holder(store: Store, name: str, config: VMConfig) -> tuple[str, PortForward] | None:
@@ -29,10 +25,10 @@ def holder(store: Store, name: str, config: VMConfig) -> tuple[str, PortForward]
         if state.status not in reconcile.ACTIVE:
             continue
         for text in state.forwards:
-            found = _FORWARD.fullmatch(text)
-            if found is None or found[2] != address:
+            found = recorded_forward(text)
+            if found is None or found[0] != address:
                 continue
-            key = (found[1], int(found[3]))
+            key = (found[1].protocol, found[1].host_port)
             if key in fixed and machines.machine(store, other, state).alive():
                 return other, fixed[key]
     return None

@@ -19,7 +19,6 @@ key, so a changed key is checked again by a new connection.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import subprocess
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from clan_vm_tasks.backends.agent_wire import printable
 from clan_vm_tasks.errors import AgentError, ClanVMError, InvalidInput
+from clan_vm_tasks.models import recorded_forward
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import guest, machines, ssh_checks
@@ -66,8 +66,6 @@ chmod 600 "$keys"
 chown -R "$user" "$home/.ssh"
 """
 HELP = "ssh needs a guest with sshd and users (see the README: the Debian test guest has both)"
-# As recorded: the address is 127.0.0.1 here, a libvirt host's own address for a VM there.
-_FORWARD_22 = re.compile(r"tcp:([^:]+):(\d+)->22")
 
 
 def _dir(store: Store, name: str) -> Path:
@@ -142,10 +140,13 @@ def alias(name: str) -> str:
 
 def forwarded(store: Store, name: str) -> tuple[str, int] | None:
     """(address, port) of the running VM's forward of guest port 22, as recorded at start."""
-    for forward in store.read_state(name).forwards:
-        found = _FORWARD_22.fullmatch(forward)
-        if found:
-            return found.group(1), int(found.group(2))
+    for text in store.read_state(name).forwards:
+        found = recorded_forward(text)
+        if found is None:
+            continue
+        address, forward = found
+        if (forward.protocol, forward.guest_address, forward.guest_port) == ("tcp", None, 22):
+            return address, int(forward.host_port)
     return None
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from clan_vm_tasks.backends.base import (
     AccelChoice,
@@ -59,23 +58,11 @@ STOP_STEPS: tuple[StopStep, ...] = (
 )
 
 
-_PORT = re.compile(r"[0-9]{1,5}")
-
-
 def _forwards(recorded: list[str]) -> list[PortForward]:
     """Recorded forwards (``tcp:ADDRESS:PORT->GUEST``) as fixed ones, to add them again."""
-    from clan_vm_tasks.models import PortForward  # lazy: list never needs it
+    from clan_vm_tasks.models import recorded_forward  # lazy: list never needs it
 
-    found = []
-    for text in recorded:
-        proto, _, rest = text.partition(":")
-        port, _, guest = rest.rpartition(":")[2].partition("->")
-        if not (_PORT.fullmatch(port) and _PORT.fullmatch(guest)):
-            continue
-        protocol: Literal["tcp", "udp"] = "udp" if proto == "udp" else "tcp"
-        if proto == protocol and 0 < int(port) < 65536 and 0 < int(guest) < 65536:
-            found.append(PortForward(protocol=protocol, host_port=int(port), guest_port=int(guest)))
-    return found
+    return [found[1] for found in map(recorded_forward, recorded) if found is not None]
 
 
 class LibvirtMachine:

@@ -22,8 +22,8 @@ from clan_vm_tasks.names import sha256
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import runtime_root
 
-if TYPE_CHECKING:  # no pydantic import here: reconcile (and so list) may remove taps
-    from clan_vm_tasks.models import VMConfig
+if TYPE_CHECKING:  # not at run time: reconcile (and so list) may remove taps, and loads no models
+    from clan_vm_tasks.models import PortForward, VMConfig
 
 SYS_NET = Path("/sys/class/net")
 BRIDGE_CONF = Path("/etc/qemu/bridge.conf")
@@ -113,27 +113,35 @@ def _bind_free(protocol: str, port: int) -> socket.socket | None:
     return sock
 
 
-def _previous_port(previous: list[str], protocol: str, guest_port: int) -> int:
-    """The host port the last boot forwarded to GUEST_PORT (0 if none)."""
-    for forward in previous:  # "tcp:127.0.0.1:HOST->GUEST"
-        head, _, guest = forward.partition("->")
-        proto, _, host = head.partition(":127.0.0.1:")
-        if proto == protocol and guest == str(guest_port) and host.isdigit():
-            return int(host)
+def _previous_port(previous: list[str], wanted: PortForward) -> int:
+    """The host port the last boot chose for the "auto" forward WANTED (0 if none)."""
+    from clan_vm_tasks.models import recorded_forward
+
+    for text in previous:
+        recorded = recorded_forward(text)
+        if recorded is None:
+            continue
+        forward = recorded[1]
+        if (forward.protocol, forward.guest_address, forward.guest_port) == (
+            wanted.protocol,
+            wanted.guest_address,
+            wanted.guest_port,
+        ):
+            return int(forward.host_port)
     return 0
 
 
-def _bind_auto(protocol: str, guest_port: int, previous: list[str]) -> socket.socket:
+def _bind_auto(wanted: PortForward, previous: list[str]) -> socket.socket:
     """A socket bound to the port an ``auto`` forward gets (see ``backends.ports``)."""
-    tried = candidates(_previous_port(previous, protocol, guest_port))
+    tried = candidates(_previous_port(previous, wanted))
     for port in tried:
-        sock = _bind_free(protocol, port)
+        sock = _bind_free(wanted.protocol, port)
         if sock is not None:
             return sock
     low, high = AUTO_PORTS
     raise ClanVMError(
-        f"no free {protocol} port for guest port {guest_port} on 127.0.0.1 in {low}-{high} "
-        f"({len(tried)} tried)"
+        f"no free {wanted.protocol} port for guest port {wanted.guest_port} on 127.0.0.1 in "
+        f"{low}-{high} ({len(tried)} tried)"
     )
 
 
@@ -176,7 +184,7 @@ def prepare(config: VMConfig, vm_dir: Path, previous: list[str]) -> Iterator[Net
             held: list[socket.socket] = []
             try:
                 for forward in auto:
-                    held.append(_bind_auto(forward.protocol, forward.guest_port, previous))
+                    held.append(_bind_auto(forward, previous))
                 chosen = iter([s.getsockname()[1] for s in held])
             finally:
                 for sock in held:
