@@ -1,3 +1,3 @@
-from clan_vm_tasks.cli import main
+from clan_vm_tasks.cli import entry
 
-main()
+entry()

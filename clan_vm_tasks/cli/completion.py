@@ -174,7 +174,7 @@ def answering() -> tuple[str, str]:
         path.append(found)
     code = (
         f"import sys; sys.path[:0] = {path!r}; "
-        "from clan_vm_tasks.cli import main; main(['clan-vm-manager', *sys.argv[1:]])"
+        "from clan_vm_tasks.cli import entry; sys.argv[0] = 'clan-vm-manager'; entry()"
     )
     return sys.executable, code
 
