@@ -194,7 +194,18 @@ class VMPaths:
         return self.run / "serial.sock"
 
     @cached_property
+    def agent_pipe(self) -> Path:
+        """The guest agent's channel: FIFOs agent.in (to the guest) and agent.out."""
+        return self.run / "agent"
+
+    @cached_property
+    def agent_fifos(self) -> tuple[Path, Path]:
+        """(QEMU reads what goes to the guest, QEMU writes what the guest sent)."""
+        return self.run / "agent.in", self.run / "agent.out"
+
+    @cached_property
     def agent_socket(self) -> Path:
+        """The guest agent's channel of a VM started by an earlier version."""
         return self.run / "agent.sock"
 
 

@@ -49,8 +49,8 @@ def ping(store: Store, name: str, wait: float = 0.0) -> tuple[bool | None, float
     """Whether the agent answers, and when it last did in this run of the VM (seconds since
     the epoch, or None). A guest whose agent has not opened its port is told at once; one
     whose agent answered earlier in this run and still holds its port open is taken at its
-    word without asking again, unless to WAIT: qemu-ga looks at a port no client holds only
-    every 100 ms, so asking costs up to that much. Else the agent is asked, waiting up to
+    word without asking again (no session, no wait for another command's), unless to WAIT.
+    Else the agent is asked, waiting up to
     WAIT seconds for it. None when the VM is not running, or when another command's session
     with the agent does not end within WAIT (a long exec or copy): it is not known, and
     ``status`` does not wait for it."""

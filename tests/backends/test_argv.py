@@ -22,7 +22,7 @@ def plan(config: VMConfig, accel: str = "tcg", daemonize: bool = True) -> Launch
         console_log=Path("/s/vms/web/console.log"),
         pidfile=Path("/s/vms/web/qemu.pid"),
         events=Path("/s/vms/web/events"),
-        agent_socket=Path("/run/c/agent.sock"),
+        agent_pipe=Path("/run/c/agent"),
         daemonize=daemonize,
     )
 
@@ -63,7 +63,7 @@ def test_direct_kernel_boot_with_user_networking() -> None:
         "-mon", "chardev=events,mode=control",
         "-pidfile", "/s/vms/web/qemu.pid",
         "-device", "virtio-serial-pci,id=agent-serial",
-        "-chardev", "socket,id=agent0,path=/run/c/agent.sock,server=on,wait=off",
+        "-chardev", "pipe,id=agent0,path=/run/c/agent",
         "-device", "virtserialport,bus=agent-serial.0,chardev=agent0,name=org.qemu.guest_agent.0",
         "-daemonize",
     ]  # fmt: skip

@@ -233,7 +233,9 @@ class KillPoint:
 
     AT is "first", "middle" or "last" of the calls of SYSCALLS whose strace line matches the
     regular expression MATCH and that come after the first call (of any syscall) matching
-    AFTER, so the point follows the code when calls are added or removed.
+    AFTER, so the point follows the code when calls are added or removed. With ON (a file
+    in the command's working directory), only the calls on that file count: a file's reads
+    are found again however many reads of other descriptors (a pipe's) come between them.
     """
 
     op: str
@@ -243,6 +245,7 @@ class KillPoint:
     after: str | None = None
     signal: str = "SIGKILL"
     label: str = ""
+    on: str | None = None
 
     @property
     def id(self) -> str:
@@ -254,6 +257,8 @@ class KillPoint:
         armed = self.after is None
         candidates: list[tuple[Fault, Call]] = []
         for call in calls:
+            if self.on is not None and f"/{self.on}>" not in call.text:
+                continue
             seen[call.name] = seen.get(call.name, 0) + 1
             if not armed:
                 armed = self.after is not None and re.search(self.after, call.text) is not None
@@ -261,7 +266,8 @@ class KillPoint:
             if call.name in self.syscalls and (
                 self.match is None or re.search(self.match, call.text)
             ):
-                candidates.append((Fault(call.name, seen[call.name], self.signal), call))
+                fault = Fault(call.name, seen[call.name], self.signal, path=self.on)
+                candidates.append((fault, call))
         if not candidates:
             return None
         index = {"first": 0, "middle": (len(candidates) - 1) // 2, "last": -1}[self.at]

@@ -104,12 +104,14 @@ WRITABLE_OPEN = r"O_WRONLY|O_RDWR|O_CREAT|O_TRUNC"
 
 @dataclass(frozen=True)
 class Fault:
-    """Deliver SIGNAL when the traced thread(s) make their N-th SYSCALL."""
+    """Deliver SIGNAL when the traced thread(s) make their N-th SYSCALL (on the file PATH
+    only, when given: relative to the command's working directory)."""
 
     syscall: str
     n: int
     signal: str = "SIGKILL"
     scope: Scope = "cli"
+    path: str | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -123,11 +125,15 @@ class Fault:
             "threads": " of any CLI thread or pre-exec child",
             "tree": " of any process in the CLI's tree",
         }[self.scope]
-        return f"{self.signal} at {self.syscall} #{self.n}{where}"
+        on = f" on {self.path}" if self.path else ""
+        return f"{self.signal} at {self.syscall} #{self.n}{on}{where}"
 
 
-def strace_prefix(log: Path, fault: Fault | None, trace: Iterable[str], scope: Scope) -> list[str]:
-    """The strace command line that runs a command with FAULT (see the module docstring)."""
+def strace_prefix(
+    log: Path, fault: Fault | None, trace: Iterable[str], scope: Scope, cwd: Path | None = None
+) -> list[str]:
+    """The strace command line that runs a command with FAULT (see the module docstring).
+    A fault on one file counts only the calls on it (``-P``: so is the log then)."""
     names = set(trace) | ({fault.syscall} if fault else set())
     argv = ["strace", "-qq", "-y", "-s", "256", "-o", str(log), "-e", "signal=none"]
     if scope == "threads":
@@ -137,6 +143,8 @@ def strace_prefix(log: Path, fault: Fault | None, trace: Iterable[str], scope: S
     argv += ["-e", "trace=" + ",".join(sorted(names))]
     if fault is not None:
         argv += ["-e", f"inject={fault.syscall}:signal={fault.signal}:when={fault.n}"]
+        if fault.path is not None:
+            argv += ["-P", str(Path(cwd or ".", fault.path).absolute())]
     return [*argv, "--"]
 
 
@@ -297,7 +305,8 @@ def run_traced(
     if scope == "tree" and args and args[0] in ("start", "restart"):
         raise ValueError("scope 'tree' would trace the daemonized QEMU; use 'threads'")
     extra = {"execve"} if scope != "cli" else set()
-    argv = [*DEFAULT_SIGNALS, *strace_prefix(log, fault, {*trace, *extra}, scope), *command, *args]
+    prefix = strace_prefix(log, fault, {*trace, *extra}, scope, cwd)
+    argv = [*DEFAULT_SIGNALS, *prefix, *command, *args]
     began = time.monotonic()
     proc = subprocess.Popen(
         argv,

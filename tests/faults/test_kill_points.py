@@ -67,10 +67,10 @@ ONTO_NEXT = r'"\$STATE/vms/fz/next\.json"\)'
 
 PID_RECORDED = KillPoint("start", ("connect",), match=QMP, after=PID_RECORD, label="pid-recorded")
 EXEC_STATUS = KillPoint(
-    "exec", ("sendto",), match="guest-exec-status", label="waiting-for-the-command"
+    "exec", ("write",), match="guest-exec-status", label="waiting-for-the-command"
 )
-# How a message is split into sendto calls varies; the reads of the host's file do not.
-COPY_IN_WRITING = KillPoint("copy-in", ("read",), "middle", match=r"sent\.bin>", label="writing")
+# How a message is split into writes to the agent varies; the reads of the host's file do not.
+COPY_IN_WRITING = KillPoint("copy-in", ("read",), "middle", label="writing", on="sent.bin")
 PARTIAL = r"\.copied\.bin\.[0-9a-f]+\.partial"
 
 POINTS = [
@@ -159,7 +159,7 @@ POINTS = [
     # ssh (the Debian guest, which boots slowly: two points): between the two renames of the
     # key pair, while the agent installs the key (the host key is pinned by an atomic write)
     KillPoint("ssh", RENAMES, "last", match=r"id_ed25519", label="key-pair"),
-    KillPoint("ssh", ("sendto",), match=r'guest-exec\\"', label="installing-key"),
+    KillPoint("ssh", ("write",), match=r'guest-exec\\"', label="installing-key"),
 ]
 
 
@@ -301,6 +301,23 @@ def test_trace_parsing_and_kill_point_resolution() -> None:
     assert point.recognises(calls, Fault("rename", 3))
     assert not point.recognises(calls, Fault("rename", 2))  # MATCH does not match
     assert not point.recognises(calls, Fault("rename", 4))  # never fired
+
+
+def test_a_kill_point_on_a_file_counts_only_the_calls_on_it() -> None:
+    log = "\n".join(
+        [
+            'read(5</w/sent.bin>, "a"..., 1048576) = 1048576',
+            'read(4</run/agent.out>, "{"..., 1048576) = 40',
+            'read(4</run/agent.out>, "{"..., 1048576) = 40',
+            'read(5</w/sent.bin>, "b"..., 1048576) = 1048576',
+            'read(5</w/sent.bin>, ""..., 1048576) = 0',
+        ]
+    )
+    calls = strace.parse_trace(log)
+    resolved = KillPoint("copy-in", ("read",), "middle", on="sent.bin").resolve(calls)
+    assert resolved is not None and resolved == (Fault("read", 2, path="sent.bin"), calls[3])
+    argv = strace.strace_prefix(Path("/l"), resolved[0], ["read"], "cli", Path("/w"))
+    assert argv[argv.index("-P") + 1] == "/w/sent.bin"  # strace counts the calls on it alone
 
 
 def test_kill_point_ids_are_unique() -> None:

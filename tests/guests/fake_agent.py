@@ -1,11 +1,11 @@
-"""A guest agent of the test's own on a running VM's agent socket: it speaks the QEMU guest
-agent's protocol (``guest-sync-delimited`` included) and answers each command as the test
-says, so a test can play a hostile guest: malformed replies, endless files, lying sizes and
-addresses, a host key that never ends.
+"""A guest agent of the test's own on a running VM's agent channel: it speaks the QEMU guest
+agent's protocol (``guest-sync-delimited`` and the 0xFF that begins a session included) and
+answers each command as the test says, so a test can play a hostile guest: malformed
+replies, endless files, lying sizes and addresses, a host key that never ends.
 
-``FakeAgent(socket, replies)`` takes the socket's path from QEMU (QEMU keeps its listening
-descriptor, but nothing reaches it any more) and serves one client at a time in a thread.
-A reply is bytes (sent as they are, a newline added), a JSON value (sent as
+``hostile(state_dir, name, replies)`` takes the VM's agent FIFOs from QEMU (QEMU keeps the
+ones it opened, but nothing reaches them any more) and serves them in a thread. A reply
+is bytes (sent as they are, a newline added), a JSON value (sent as
 ``{"return": value}``), a callable taking the arguments and returning either, or an
 iterator of bytes (streamed: an endless answer).
 """
@@ -16,8 +16,10 @@ import base64
 import contextlib
 import json
 import os
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,25 +79,53 @@ class Files:
 
 
 class FakeAgent:
-    def __init__(self, path: Path, replies: dict[str, Reply]) -> None:
-        self.path = path
+    """Serves the agent channel of a running VM: its FIFOs (``fifos``: unlinked and made
+    anew, so QEMU keeps writing to and reading from ones nobody else reaches), or a socket
+    (``socket``: a VM started by an earlier version, which served the port on one)."""
+
+    def __init__(
+        self,
+        replies: dict[str, Reply],
+        *,
+        fifos: tuple[Path, Path] | None = None,
+        socket_path: Path | None = None,
+    ) -> None:
         self.replies = dict(replies)
         self.seen: list[str] = []  # every command asked, in order
         self._stop = threading.Event()
-        path.unlink(missing_ok=True)
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(str(path))
-        self._server.listen(4)
-        self._server.settimeout(0.2)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._made: list[Path] = []
+        self._fds: list[int] = []
+        self._server: socket.socket | None = None
+        if fifos is not None:
+            for fifo in fifos:
+                fifo.unlink(missing_ok=True)
+                os.mkfifo(fifo, 0o600)
+                self._made.append(fifo)
+            # Both opened for reading and writing: never an end of file, never EPIPE.
+            self._fds = [os.open(fifo, os.O_RDWR | os.O_NONBLOCK) for fifo in fifos]
+            target: Callable[[], None] = self._serve_fifos
+        else:
+            assert socket_path is not None
+            socket_path.unlink(missing_ok=True)
+            self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._server.bind(str(socket_path))
+            self._made.append(socket_path)
+            self._server.listen(4)
+            self._server.settimeout(0.2)
+            target = self._serve_socket
+        self._thread = threading.Thread(target=target, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        self._server.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self._server is not None:
+            self._server.close()
+        for fd in self._fds:
+            os.close(fd)
+        for path in self._made:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def __enter__(self) -> FakeAgent:
         return self
@@ -103,7 +133,38 @@ class FakeAgent:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _serve(self) -> None:
+    # --- on FIFOs: no connections; a client's session begins with 0xFF -------------------------
+
+    def _serve_fifos(self) -> None:
+        requests, answers = self._fds
+        buffer = b""
+        while not self._stop.is_set():
+            if not select.select([requests], [], [], 0.2)[0]:
+                continue
+            buffer += os.read(requests, 1 << 20)
+            if b"\xff" in buffer:  # a new session: what came before is dropped
+                buffer = buffer[buffer.rindex(b"\xff") + 1 :]
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                self._request(line, lambda data: self._put(answers, requests, data))
+
+    def _put(self, answers: int, requests: int, data: bytes) -> bool:
+        """Write DATA for the client; False once it is given up: the test ends, or the next
+        session has begun (the client went away, as it should after a bad reply)."""
+        view = memoryview(data)
+        while view:
+            if self._stop.is_set() or select.select([requests], [], [], 0)[0]:
+                return False
+            if not select.select([], [answers], [], 0.05)[1]:
+                continue
+            with contextlib.suppress(BlockingIOError):
+                view = view[os.write(answers, view[: 1 << 16]) :]
+        return True
+
+    # --- on a socket: one client at a time -------------------------------------------------------
+
+    def _serve_socket(self) -> None:
+        assert self._server is not None
         while not self._stop.is_set():
             try:
                 conn, _ = self._server.accept()
@@ -128,26 +189,87 @@ class FakeAgent:
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                request = json.loads(line)
-                self._answer(conn, request["execute"], request.get("arguments") or {})
+                self._request(line.lstrip(b"\xff"), lambda data: self._send(conn, data))
 
-    def _answer(self, conn: socket.socket, command: str, args: dict[str, Any]) -> None:
+    def _send(self, conn: socket.socket, data: bytes) -> bool:
+        conn.sendall(data)
+        return not self._stop.is_set()
+
+    # --- the answers ---------------------------------------------------------------------------
+
+    def _request(self, line: bytes, put: Callable[[bytes], bool]) -> None:
+        request = json.loads(line)
+        self._answer(put, request["execute"], request.get("arguments") or {})
+
+    def _answer(self, put: Callable[[bytes], bool], command: str, args: dict[str, Any]) -> None:
         self.seen.append(command)
         if command == "guest-sync-delimited":
-            conn.sendall(b"\xff" + json.dumps({"return": args["id"]}).encode() + b"\n")
+            put(b"\xff" + json.dumps({"return": args["id"]}).encode() + b"\n")
             return
         reply = self.replies.get(command, {})
         while callable(reply):
             reply = reply(args)
         if isinstance(reply, Iterator):
             for piece in reply:
-                if self._stop.is_set():
+                if not put(piece):
                     return
-                conn.sendall(piece)
             return
         if not isinstance(reply, bytes):
             reply = json.dumps({"return": reply}).encode()
-        conn.sendall(reply + b"\n")
+        put(reply + b"\n")
+
+
+def agent_fifos(state_dir: Path, name: str) -> tuple[Path, Path]:
+    """The agent FIFOs of VM NAME in STATE_DIR (what QEMU reads, what it writes)."""
+    from clan_vm_tasks.state.store import VMPaths
+
+    return VMPaths(state_dir / "vms" / name).agent_fifos
+
+
+def hostile(state_dir: Path, name: str, replies: dict[str, Reply]) -> FakeAgent:
+    """A fake agent on the channel of running VM NAME."""
+    return FakeAgent(replies, fifos=agent_fifos(state_dir, name))
+
+
+def _opened_by_qemu(state_dir: Path, name: str) -> bool:
+    """Whether QEMU of VM NAME holds its agent FIFOs open (from then on they can be taken)."""
+    from clan_vm_tasks.state.store import VMPaths
+
+    paths = VMPaths(state_dir / "vms" / name)
+    try:
+        pid = int(paths.pidfile.read_text())
+        fds = Path(f"/proc/{pid}/fd")
+        held = {os.readlink(fd) for fd in fds.iterdir()}
+    except (OSError, ValueError):
+        return False
+    return all(str(fifo) in held for fifo in paths.agent_fifos)
+
+
+@contextlib.contextmanager
+def taken_over_when_opened(state_dir: Path, replies: dict[str, dict[str, Reply]]) -> Iterator[None]:
+    """While the block runs: once QEMU of VM NAME (a key of REPLIES, started meanwhile) has
+    opened its agent's FIFOs, a fake agent answering with REPLIES[NAME] serves them."""
+    done = threading.Event()
+    agents: list[FakeAgent] = []
+
+    def watch(name: str) -> None:
+        while not done.is_set():
+            if _opened_by_qemu(state_dir, name):
+                agents.append(hostile(state_dir, name, replies[name]))
+                return
+            time.sleep(0.02)
+
+    watchers = [threading.Thread(target=watch, args=(n,), daemon=True) for n in replies]
+    for watcher in watchers:
+        watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        for watcher in watchers:
+            watcher.join()
+        for agent in agents:
+            agent.close()
 
 
 def exec_replies(
@@ -155,10 +277,3 @@ def exec_replies(
 ) -> dict[str, Reply]:
     """Replies for guest-exec (a pid) and guest-exec-status (STATUS)."""
     return {"guest-exec": {"pid": pid}, "guest-exec-status": status}
-
-
-def agent_socket(state_dir: Path, name: str) -> Path:
-    """The agent socket of VM NAME in STATE_DIR (where QEMU serves it)."""
-    from clan_vm_tasks.state.store import VMPaths
-
-    return VMPaths(state_dir / "vms" / name).agent_socket

@@ -1,54 +1,21 @@
-"""boot-test against guests whose agent lies (a fake agent takes over the agent socket of
-each VM the run starts): every VM still gets its row, the JUnit file is written with that
+"""boot-test against guests whose agent lies (a fake agent takes over the agent channel
+of each VM the run starts): every VM still gets its row, the JUnit file is written with that
 VM failed, and no VM is left running."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import threading
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.guests.fake_agent import FakeAgent, agent_socket, exec_replies
+from tests.guests.fake_agent import exec_replies, taken_over_when_opened
 from tests.nix_fixtures import NixCLI, ncli, needs_nix, test_flake
 
 __all__ = ["ncli", "test_flake"]  # fixtures
 pytestmark = [needs_nix, pytest.mark.vm]
-
-
-@contextlib.contextmanager
-def lying_agents(state_dir: Path, replies: dict[str, dict[str, Any]]) -> Iterator[None]:
-    """While the block runs: once QEMU of VM NAME (a key of REPLIES) made its agent socket,
-    a fake agent answering with REPLIES[NAME] serves it."""
-    done = threading.Event()
-    agents: list[FakeAgent] = []
-
-    def watch(name: str) -> None:
-        path = agent_socket(state_dir, name)
-        while not done.is_set():
-            if path.exists():
-                agents.append(FakeAgent(path, replies[name]))
-                return
-            time.sleep(0.02)
-
-    watchers = [threading.Thread(target=watch, args=(n,), daemon=True) for n in replies]
-    for watcher in watchers:
-        watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        for watcher in watchers:
-            watcher.join()
-        for agent in agents:
-            agent.close()
 
 
 def test_a_lying_agent_fails_its_vm_and_the_run_still_reports_and_cleans_up(
@@ -61,7 +28,7 @@ def test_a_lying_agent_fails_its_vm_and_the_run_still_reports_and_cleans_up(
         "alpha": exec_replies({"exited": True, "exitcode": 300}),  # no such exit code
         "beta": exec_replies({"exited": True, "exitcode": 1, "out-data": huge}),
     }
-    with lying_agents(ncli.state_dir, replies):
+    with taken_over_when_opened(ncli.state_dir, replies):
         result = ncli.run(
             "boot-test", "--flake", str(test_flake), "--check", "true", "--junit", str(junit),
             timeout=400,

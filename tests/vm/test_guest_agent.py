@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import time
 from datetime import datetime
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from clan_vm_tasks import lifecycle
+from clan_vm_tasks.state.store import VMPaths
 from tests.conftest import CLI, READY, Guest
 from tests.vmhelpers import status
 
@@ -41,6 +43,27 @@ def test_exec_relays_output_arguments_and_exit_codes(cli: CLI, guest: Guest) -> 
     assert hung.code == 1 and hung.err.startswith("error: sleep did not finish within 2s")
     missing = cli.run("exec", "inside")
     assert missing.code == 2 and "exec needs a command" in missing.err
+
+
+def test_what_a_killed_command_left_in_the_channel_does_not_reach_the_next(
+    cli: CLI, guest: Guest
+) -> None:
+    """The agent's channel outlives every command (QEMU holds its FIFOs for the whole run):
+    a request whose answer nobody read and a request cut off mid-way, as a command killed at
+    those moments leaves them, are dropped by the next command, which gets its own answers."""
+    boot_with_agent(cli, "leftover", guest)
+    paths = VMPaths(cli.state_dir / "vms" / "leftover")
+    assert [stat.S_ISFIFO(os.stat(fifo).st_mode) for fifo in paths.agent_fifos] == [True, True]
+    fd = os.open(paths.agent_fifos[0], os.O_WRONLY | os.O_NONBLOCK)  # QEMU relays it
+    try:
+        os.write(fd, b'{"execute": "guest-info"}\n{"execute": "guest-exec", "arguments": {"pa')
+    finally:
+        os.close(fd)
+    time.sleep(1)  # the agent has answered the first: its answer waits, unread
+    (paths.run / "agent-answered").unlink()  # so status asks, once, not waiting for an answer
+    assert status(cli, "leftover")["agent"] is True
+    assert cli.ok("exec", "leftover", "--", "echo", "mine").out == "mine\n"
+    assert cli.ok("exec", "leftover", "--", "uname", "-n").out == "leftover\n"
 
 
 def test_status_during_a_long_exec_neither_waits_nor_writes_into_the_state(

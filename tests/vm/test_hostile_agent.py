@@ -1,4 +1,4 @@
-"""A hostile guest agent (``tests.guests.fake_agent`` on the VM's agent socket) meets every
+"""A hostile guest agent (``tests.guests.fake_agent`` on the VM's agent channel) meets every
 command that talks to it: malformed replies, endless answers, lying sizes, a host key that
 never ends, lying addresses. What a user sees is one ``error:`` line about the guest, exit 1,
 bounded time and memory, nothing written anywhere it was not asked for."""
@@ -6,7 +6,6 @@ bounded time and memory, nothing written anywhere it was not asked for."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -14,7 +13,6 @@ import secrets
 import stat
 import subprocess
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +21,20 @@ from typing import Any
 import pytest
 
 from tests.conftest import CLI, Guest, kill_leftover_qemu
-from tests.guests.fake_agent import FakeAgent, Files, agent_socket, endless, exec_replies
+from tests.guests.fake_agent import (
+    FakeAgent,
+    Files,
+    agent_fifos,
+    endless,
+    exec_replies,
+    taken_over_when_opened,
+)
+from tests.guests.fake_agent import hostile as fake_on
 from tests.vmhelpers import PUBLIC_KEY, one_error, peak
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("hostile")]
 # The guests run their agent, so QEMU sees their agent port open (a guest whose port is closed
-# has no agent to ask); the tests' fake agent takes over the socket on the host's side.
+# has no agent to ask); the tests' fake agent takes over the channel on the host's side.
 APPEND = "console=ttyS0 quiet no_timer_check"
 INVALID = "the guest agent of VM '{}' sent an invalid reply"
 TAP_NET = "10.203.{}.0/24"
@@ -50,7 +56,7 @@ def tap() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def evil(tmp_path_factory: pytest.TempPathFactory, guest: Guest) -> Iterator[CLI]:
-    """Running VMs whose agent sockets the tests take over: 'evil' (user networking, guest
+    """Running VMs whose agent channels the tests take over: 'evil' (user networking, guest
     port 22 forwarded)."""
     cli = CLI(tmp_path_factory.mktemp("hostile") / "state")
     cli.create_guest("evil", guest, "--forward", "tcp:auto:22", append=APPEND)
@@ -62,7 +68,7 @@ def evil(tmp_path_factory: pytest.TempPathFactory, guest: Guest) -> Iterator[CLI
 
 
 def hostile(cli: CLI, replies: dict[str, Any], name: str = "evil") -> FakeAgent:
-    return FakeAgent(agent_socket(cli.state_dir, name), replies)
+    return fake_on(cli.state_dir, name, replies)
 
 
 def status_reply(**fields: Any) -> dict[str, Any]:
@@ -110,36 +116,11 @@ def test_status_and_start_wait_for_agent_survive_a_malformed_ping(evil: CLI, gue
     assert asked["agent"] is False and asked["state"] == "running"
     assert status["agent"] is False and status["state"] == "running"
     evil.create_guest("evstart", guest, append=APPEND)
-    with taken_over_when_made(agent_socket(evil.state_dir, "evstart"), bad_ping):
+    with taken_over_when_opened(evil.state_dir, {"evstart": bad_ping}):
         started = evil.run("start", "evstart", "--wait-for-agent", "--timeout", "60")
     line = one_error(started)
     assert INVALID.format("evstart") in line and "still running" in line
     evil.ok("stop", "evstart", "--force")
-
-
-@contextlib.contextmanager
-def taken_over_when_made(path: Path, replies: dict[str, Any]) -> Iterator[None]:
-    """Once QEMU (started meanwhile) made the agent socket at PATH, a fake agent serves it."""
-    path.unlink(missing_ok=True)
-    done = threading.Event()
-    agents: list[FakeAgent] = []
-
-    def watch() -> None:
-        while not done.is_set():
-            if path.exists():
-                agents.append(FakeAgent(path, replies))
-                return
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watcher.join()
-        for agent in agents:
-            agent.close()
 
 
 def test_a_valid_reply_still_works_and_codes_are_not_wrapped(evil: CLI) -> None:
@@ -149,6 +130,23 @@ def test_a_valid_reply_still_works_and_codes_are_not_wrapped(evil: CLI) -> None:
     assert (result.code, result.out) == (7, "from the fake agent\n")
     with hostile(evil, exec_replies({"exited": True, "signal": 9})):
         assert evil.run("exec", "evil", "--", "anything").code == 128 + 9
+
+
+def test_a_vm_whose_agent_is_served_on_a_socket_is_still_reached(evil: CLI) -> None:
+    """A VM started by an earlier version serves its agent's port on a socket, not FIFOs
+    (and FIFOs left from another run, which no QEMU reads, do not stand in the way)."""
+    fifos = agent_fifos(evil.state_dir, "evil")
+    socket_path = fifos[0].with_name("agent.sock")
+    for fifo in fifos:
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+    with FakeAgent(
+        exec_replies(status_reply(**{"out-data": base64.b64encode(b"on the socket\n").decode()})),
+        socket_path=socket_path,
+    ) as agent:
+        result = evil.run("exec", "evil", "--", "anything")
+    assert (result.code, result.out) == (0, "on the socket\n")
+    assert agent.seen[:2] == ["guest-sync-delimited", "guest-exec"]
 
 
 def test_an_endless_reply_ends_at_the_size_bound_in_bounded_memory(evil: CLI) -> None:

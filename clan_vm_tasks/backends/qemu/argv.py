@@ -60,7 +60,7 @@ class LaunchPlan:
     console_log: Path
     pidfile: Path
     events: Path  # QEMU's event log: EVENTS.in holds our request, EVENTS.out gets the events
-    agent_socket: Path  # where the guest agent's channel is served (used if config.agent)
+    agent_pipe: Path  # the guest agent's FIFOs, without .in/.out (used if config.agent)
     daemonize: bool = True
     tap: str | None = None  # the tap device a bridged NIC uses (made by hostnet), if any
 
@@ -92,11 +92,13 @@ def network_args(network: NetworkConfig, mac: str, tap: str | None = None) -> li
 AGENT_PORT = "org.qemu.guest_agent.0"  # the name qemu-ga and its udev rules look for
 
 
-def agent_args(socket: Path) -> list[str]:
-    """A virtio-serial port for the QEMU guest agent, served on a socket of ours."""
+def agent_args(pipe: Path) -> list[str]:
+    """A virtio-serial port for the QEMU guest agent, relayed through the FIFOs PIPE.in and
+    PIPE.out (made before QEMU starts; QEMU holds them open, so the guest's agent always
+    sees a host attached)."""
     return [
         "-device", "virtio-serial-pci,id=agent-serial",
-        "-chardev", f"socket,id=agent0,path={_escape(str(socket))},server=on,wait=off",
+        "-chardev", f"pipe,id=agent0,path={_escape(str(pipe))}",
         "-device", f"virtserialport,bus=agent-serial.0,chardev=agent0,name={AGENT_PORT}",
     ]  # fmt: skip
 
@@ -205,7 +207,7 @@ def build_argv(plan: LaunchPlan) -> list[str]:
     ]  # fmt: skip
     argv += device_args(plan)
     if config.agent:
-        argv += agent_args(plan.agent_socket)
+        argv += agent_args(plan.agent_pipe)
     if plan.daemonize:
         argv.append("-daemonize")
     argv += config.qemu_args

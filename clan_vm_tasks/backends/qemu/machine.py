@@ -120,7 +120,7 @@ class QemuMachine:
             notify(accel.notice)
         paths = self.paths
         provision.make_missing(config, paths)  # declared since it was made, or removed by hand
-        self._prepare_runtime()
+        self._prepare_runtime(config)
         self._new_logs()
         # Shared directories opened once (QEMU and virtiofsd get these); "auto" ports: the
         # ones of the last boot while they are free (stable SSH targets).
@@ -140,7 +140,7 @@ class QemuMachine:
                     console_log=paths.console_log,
                     pidfile=paths.pidfile,
                     events=paths.events,
-                    agent_socket=paths.agent_socket,
+                    agent_pipe=paths.agent_pipe,
                     daemonize=not foreground,
                     tap=net.tap,
                 )
@@ -186,13 +186,17 @@ class QemuMachine:
             self._child.wait(HARD_STEP_WAIT)
         self.release(self.state)
 
-    def _prepare_runtime(self) -> None:
+    def _prepare_runtime(self, config: VMConfig) -> None:
         from clan_vm_tasks.state import files
 
         files.private_dir(self.paths.run.parent)
         files.private_dir(self.paths.run)
         for sock in (self.paths.qmp_socket, self.paths.serial_socket, self.paths.agent_socket):
             sock.unlink(missing_ok=True)
+        for fifo in self.paths.agent_fifos:
+            fifo.unlink(missing_ok=True)
+            if config.agent:
+                os.mkfifo(fifo, 0o600)
 
     def _await_qmp(self, proc: process.ProcessId, timeout: float) -> None:
         from clan_vm_tasks.backends.qemu.qmp import QMPUnavailable
@@ -316,7 +320,13 @@ class QemuMachine:
 
         paths = self.paths
         virtiofs.end(paths, grace=0.5)  # exits by itself once QEMU has gone, or never came
-        for leftover in (paths.pidfile, paths.qmp_socket, paths.serial_socket, paths.agent_socket):
+        for leftover in (
+            paths.pidfile,
+            paths.qmp_socket,
+            paths.serial_socket,
+            paths.agent_socket,
+            *paths.agent_fifos,
+        ):
             leftover.unlink(missing_ok=True)
         # A tap we made is named after the VM directory: found even if the record lost it.
         host_network.delete_tap(state.tap or host_network.tap_name(self.paths.dir))
@@ -405,7 +415,7 @@ class QemuMachine:
 
         if self.agent_port_open() is False:  # nothing in the guest listens: no waiting for it
             raise AgentUnavailable("no agent in the guest has opened its port")
-        return AgentSession(self.paths.agent_socket, timeout)
+        return AgentSession(self.paths.agent_fifos, self.paths.agent_socket, timeout)
 
     def agent_port_open(self) -> bool | None:
         """Whether the guest has opened its agent's virtio-serial port, as QEMU sees it (a
@@ -415,9 +425,8 @@ class QemuMachine:
                 chardevs = mon.execute("query-chardev")
         except ClanVMError:
             return None
-        ours = f"unix:{self.paths.agent_socket},"  # the chardev that serves our socket
         for chardev in chardevs if isinstance(chardevs, list) else []:
-            if ours in str(chardev.get("filename")):
+            if chardev.get("label") == "agent0":
                 return bool(chardev.get("frontend-open"))
         return None
 
