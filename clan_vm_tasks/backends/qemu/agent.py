@@ -17,8 +17,6 @@ nothing here can fill the memory. Sessions of one VM take turns (``vm.agent.sess
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import select
@@ -34,7 +32,6 @@ from clan_vm_tasks.errors import AgentInvalidReply, AgentUnavailable
 DELIMITER = b"\xff"
 # File data per guest-file-read/-write: 1.4 MB of base64, far below qemu-ga's 64 MiB per token.
 CHUNK = 1 << 20
-PIPE_SIZE = 1 << 20  # a file's chunk in one pipe's buffer, not 16 wake-ups for 64 KiB each
 
 
 def _left(deadline: float, what: str) -> float:
@@ -60,9 +57,6 @@ class _Pipes:
         except OSError as error:
             os.close(self._read)
             raise AgentUnavailable(f"no guest agent channel at {into}: {error}") from None
-        for fd in (self._write, self._read):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
     def send(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
