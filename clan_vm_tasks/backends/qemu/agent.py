@@ -57,13 +57,15 @@ class _Pipes:
         except OSError as error:
             os.close(self._read)
             raise AgentUnavailable(f"no guest agent channel at {into}: {error}") from None
+        self._writable = select.poll()
+        self._writable.register(self._write, select.POLLOUT)
+        self._readable = select.poll()
+        self._readable.register(self._read, select.POLLIN)
 
     def send(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
         while view:
-            ready = select.poll()
-            ready.register(self._write, select.POLLOUT)
-            if not ready.poll(_left(deadline, "a request") * 1000):
+            if not self._writable.poll(_left(deadline, "a request") * 1000):
                 continue  # the deadline is checked again above
             try:
                 view = view[os.write(self._write, view) :]
@@ -74,9 +76,7 @@ class _Pipes:
 
     def recv(self, deadline: float, what: str) -> bytes:
         while True:
-            ready = select.poll()
-            ready.register(self._read, select.POLLIN)
-            if not ready.poll(_left(deadline, what) * 1000):
+            if not self._readable.poll(_left(deadline, what) * 1000):
                 continue
             try:
                 return os.read(self._read, CHUNK)  # b"": QEMU has gone
