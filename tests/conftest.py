@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,12 @@ def kill_leftover_qemu(state_dir: Path) -> None:
             continue
         if isinstance(tap, str) and Path(f"/sys/class/net/{tap}").exists():
             subprocess.run(["ip", "link", "delete", tap], check=False, capture_output=True)
+    # The runtime directories live outside the state dir, which pytest removes: without
+    # this, every test's VMs would leave theirs in /tmp/clan-vm-UID/ (delete removes them).
+    from clan_vm_tasks.state.store import VMPaths
+
+    for vm_dir in state_dir.glob("vms/*"):
+        shutil.rmtree(VMPaths(vm_dir).run, ignore_errors=True)
 
 
 @pytest.fixture
