@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clan_vm_tasks.errors import ClanVMError, HostUnreachable
+from clan_vm_tasks.errors import ClanVMError, HostUnreachable, StateConflict
 from clan_vm_tasks.state.settings import Settings
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import guest, listing, machines, pending, reconcile
@@ -18,10 +18,13 @@ def _unreachable(store: Store, name: str, error: HostUnreachable) -> dict[str, A
     return info
 
 
-def status(store: Store, name: str, wait_agent: float = 0.0) -> dict[str, Any]:
+def status(
+    store: Store, name: str, wait_agent: float = 0.0, *, again: bool = True
+) -> dict[str, Any]:
     """list's object for one VM, checked against the hypervisor when the VM is alive (and,
     on a libvirt host, always). The agent is asked once, at once (a guest without one is
-    told without waiting), or for up to WAIT_AGENT seconds."""
+    told without waiting), or for up to WAIT_AGENT seconds. A VM that stops while its agent
+    is asked is looked at AGAIN (once): what it is now, not an error."""
     store.require(name)
     try:
         state = reconcile.current(store, name)
@@ -44,7 +47,12 @@ def status(store: Store, name: str, wait_agent: float = 0.0) -> dict[str, Any]:
             info["state"] = run_state
     info["agent"], answered = None, None
     if info["state"] == "running":
-        info["agent"], answered = guest.ping(store, name, wait_agent)
+        try:
+            info["agent"], answered = guest.ping(store, name, wait_agent)
+        except StateConflict:
+            if again:
+                return status(store, name, wait_agent, again=False)
+            info["agent"] = False
     info["agent_answered_at"] = None if answered is None else _iso(answered)
     info["pending"] = _pending(store, name)
     return info

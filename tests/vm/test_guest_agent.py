@@ -66,6 +66,45 @@ def test_what_a_killed_command_left_in_the_channel_does_not_reach_the_next(
     assert cli.ok("exec", "leftover", "--", "uname", "-n").out == "leftover\n"
 
 
+def held_back(tracer: int) -> None:
+    """Until the command TRACER runs has been stopped at a traced call for half a second
+    (the one strace delays: the others stop it for microseconds)."""
+    deadline, since = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
+        stat = Path(f"/proc/{children[0]}/stat").read_text() if children else ""
+        stopped = stat.rsplit(")", 1)[-1].split()[:1] == ["t"]
+        since = (since or time.monotonic()) if stopped else None
+        if since is not None and time.monotonic() - since > 0.5:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the command never reached the delayed call")
+
+
+def test_a_vm_that_ends_while_status_asks_about_its_agent_is_told_as_it_is_now(
+    cli: CLI, guest: Guest
+) -> None:
+    """QEMU killed between status's look at the VM and its question about the agent (the
+    second QMP connect held back two seconds by strace): status says what the VM is now."""
+    boot_with_agent(cli, "ending", guest)
+    pid = status(cli, "ending")["pid"]
+    # status connects to QMP twice: for the run state, then for the agent's port.
+    argv = [
+        "strace", "-qq", "-o", "/dev/null", "-e", "trace=connect",
+        "-e", "inject=connect:delay_enter=4000000:when=2",
+        *cli.command(), "status", "ending", "--json",
+    ]  # fmt: skip
+    held = subprocess.Popen(
+        argv, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    held_back(held.pid)
+    os.kill(pid, 9)
+    out, err = held.communicate(timeout=60)
+    assert (held.returncode, err) == (0, "")
+    told = json.loads(out)
+    assert told["state"] == "crashed" and told["pid"] is None, told
+
+
 def test_status_during_a_long_exec_neither_waits_nor_writes_into_the_state(
     cli: CLI, guest: Guest
 ) -> None:
