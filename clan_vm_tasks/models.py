@@ -62,6 +62,22 @@ def recorded_forward(text: str) -> tuple[str, PortForward] | None:
     return address, forward
 
 
+def recorded_to(
+    recorded: list[str], protocol: str, guest_port: int, guest_address: str | None = None
+) -> tuple[str, PortForward] | None:
+    """The first of the RECORDED forwards that goes to GUEST_PORT (at GUEST_ADDRESS) over
+    PROTOCOL, as ``recorded_forward`` reads it; None when there is none."""
+    for text in recorded:
+        found = recorded_forward(text)
+        if found is not None and (
+            found[1].protocol,
+            found[1].guest_address,
+            found[1].guest_port,
+        ) == (protocol, guest_address, guest_port):
+            return found
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class NetworkConfig:
     mode: NetworkMode = "user"

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from clan_vm_tasks import models, schema
 from clan_vm_tasks.backends.qemu.host_network import _previous_port
 from clan_vm_tasks.errors import InvalidInput
-from clan_vm_tasks.models import PortForward, VMConfig, recorded_forward
+from clan_vm_tasks.models import PortForward, VMConfig, recorded_forward, recorded_to
 from clan_vm_tasks.names import check_name, mac_for
 from clan_vm_tasks.schema import parse_forward, validate
 
@@ -98,6 +98,23 @@ def test_a_recorded_forward_reads_back_as_it_was_written() -> None:
         "tcp:127.0.0.1:2222->22 ",
     ):
         assert recorded_forward(junk) is None, junk  # fmt: skip
+
+
+def test_the_recorded_forward_to_a_guest_port_is_found_by_protocol_port_and_address() -> None:
+    recorded = [
+        "junk",
+        "udp:127.0.0.1:5022->22",
+        "tcp:127.0.0.1:8022->10.0.2.15:22",
+        "tcp:127.0.0.1:2222->22",
+        "tcp:127.0.0.1:3333->22",
+    ]
+    ssh = PortForward(protocol="tcp", host_port=2222, guest_port=22)
+    assert recorded_to(recorded, "tcp", 22) == ("127.0.0.1", ssh)  # the first one
+    at = PortForward(protocol="tcp", host_port=8022, guest_port=22, guest_address="10.0.2.15")
+    assert recorded_to(recorded, "tcp", 22, "10.0.2.15") == ("127.0.0.1", at)
+    assert recorded_to(recorded, "udp", 22) is not None
+    assert recorded_to(recorded, "tcp", 80) is None
+    assert recorded_to(recorded, "udp", 22, "10.0.2.15") is None
 
 
 def test_an_auto_forward_asks_first_for_the_port_it_had() -> None:

@@ -208,6 +208,11 @@ class VMPaths:
         """The guest agent's channel of a VM started by an earlier version."""
         return self.run / "agent.sock"
 
+    @cached_property
+    def channels(self) -> tuple[Path, ...]:
+        """What QEMU serves or reads for one run: made anew at a start, removed after it."""
+        return (self.qmp_socket, self.serial_socket, self.agent_socket, *self.agent_fifos)
+
 
 class Store:
     def __init__(self, root: Path) -> None:

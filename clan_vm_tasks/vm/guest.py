@@ -50,10 +50,9 @@ def ping(store: Store, name: str, wait: float = 0.0) -> tuple[bool | None, float
     the epoch, or None). A guest whose agent has not opened its port is told at once; one
     whose agent answered earlier in this run and still holds its port open is taken at its
     word without asking again (no session, no wait for another command's), unless to WAIT.
-    Else the agent is asked, waiting up to
-    WAIT seconds for it. None when the VM is not running, or when another command's session
-    with the agent does not end within WAIT (a long exec or copy): it is not known, and
-    ``status`` does not wait for it."""
+    Else the agent is asked, waiting up to WAIT seconds for it. None when the VM is not
+    running, or when another command's session with the agent does not end within WAIT (a
+    long exec or copy): it is not known, and ``status`` does not wait for it."""
     state = reconcile.current(store, name)
     if state.status not in reconcile.ACTIVE:
         return None, None

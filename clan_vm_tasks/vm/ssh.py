@@ -26,7 +26,7 @@ from pathlib import Path
 
 from clan_vm_tasks.backends.agent_wire import printable
 from clan_vm_tasks.errors import AgentError, ClanVMError, InvalidInput
-from clan_vm_tasks.models import recorded_forward
+from clan_vm_tasks.models import recorded_to
 from clan_vm_tasks.state import files
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.vm import guest, machines, ssh_checks
@@ -140,14 +140,8 @@ def alias(name: str) -> str:
 
 def forwarded(store: Store, name: str) -> tuple[str, int] | None:
     """(address, port) of the running VM's forward of guest port 22, as recorded at start."""
-    for text in store.read_state(name).forwards:
-        found = recorded_forward(text)
-        if found is None:
-            continue
-        address, forward = found
-        if (forward.protocol, forward.guest_address, forward.guest_port) == ("tcp", None, 22):
-            return address, int(forward.host_port)
-    return None
+    found = recorded_to(store.read_state(name).forwards, "tcp", 22)
+    return None if found is None else (found[0], int(found[1].host_port))
 
 
 def target(store: Store, name: str, wait: float) -> tuple[str, int]:

@@ -115,20 +115,10 @@ def _bind_free(protocol: str, port: int) -> socket.socket | None:
 
 def _previous_port(previous: list[str], wanted: PortForward) -> int:
     """The host port the last boot chose for the "auto" forward WANTED (0 if none)."""
-    from clan_vm_tasks.models import recorded_forward
+    from clan_vm_tasks.models import recorded_to
 
-    for text in previous:
-        recorded = recorded_forward(text)
-        if recorded is None:
-            continue
-        forward = recorded[1]
-        if (forward.protocol, forward.guest_address, forward.guest_port) == (
-            wanted.protocol,
-            wanted.guest_address,
-            wanted.guest_port,
-        ):
-            return int(forward.host_port)
-    return 0
+    found = recorded_to(previous, wanted.protocol, wanted.guest_port, wanted.guest_address)
+    return 0 if found is None else int(found[1].host_port)
 
 
 def _bind_auto(wanted: PortForward, previous: list[str]) -> socket.socket:

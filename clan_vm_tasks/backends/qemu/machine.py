@@ -191,11 +191,10 @@ class QemuMachine:
 
         files.private_dir(self.paths.run.parent)
         files.private_dir(self.paths.run)
-        for sock in (self.paths.qmp_socket, self.paths.serial_socket, self.paths.agent_socket):
-            sock.unlink(missing_ok=True)
-        for fifo in self.paths.agent_fifos:
-            fifo.unlink(missing_ok=True)
-            if config.agent:
+        for leftover in self.paths.channels:
+            leftover.unlink(missing_ok=True)
+        if config.agent:
+            for fifo in self.paths.agent_fifos:
                 os.mkfifo(fifo, 0o600)
 
     def _await_qmp(self, proc: process.ProcessId, timeout: float) -> None:
@@ -320,13 +319,7 @@ class QemuMachine:
 
         paths = self.paths
         virtiofs.end(paths, grace=0.5)  # exits by itself once QEMU has gone, or never came
-        for leftover in (
-            paths.pidfile,
-            paths.qmp_socket,
-            paths.serial_socket,
-            paths.agent_socket,
-            *paths.agent_fifos,
-        ):
+        for leftover in (paths.pidfile, *paths.channels):
             leftover.unlink(missing_ok=True)
         # A tap we made is named after the VM directory: found even if the record lost it.
         host_network.delete_tap(state.tap or host_network.tap_name(self.paths.dir))
