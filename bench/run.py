@@ -78,9 +78,11 @@ def raw_qemu_boot(guest: Path, disk: Path) -> float:
         "virtio-net-pci,netdev=net0",
         "-serial",
         "stdio",
-        # The guest-agent channel every VM of the tool gets (the guest starts its agent).
-        *agent_args(disk.with_name("raw-agent")),
+        # The guest-agent channel and data port every VM of the tool gets (the guest starts
+        # its agent).
+        *agent_args(disk.with_name("raw-agent"), disk.with_name("raw-data.sock")),
     ]
+    disk.with_name("raw-data.sock").unlink(missing_ok=True)
     for fifo in (disk.with_name("raw-agent.in"), disk.with_name("raw-agent.out")):
         fifo.unlink(missing_ok=True)
         os.mkfifo(fifo, 0o600)  # as the tool makes them: part of what a start costs

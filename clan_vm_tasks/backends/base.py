@@ -32,6 +32,10 @@ StepKind = Literal["guest", "hypervisor", "force"]
 SnapshotCommand = Literal["save", "load", "delete"]
 
 
+# The virtio-serial port whose bytes a guest command the agent started reads (``vm/dataport``).
+DATA_PORT = "org.clan.vm.data"
+
+
 @dataclass(frozen=True)
 class StopStep:
     name: str  # as the user sees it, e.g. "acpi" or "sigkill"
@@ -201,6 +205,12 @@ class Machine(Protocol):
     def agent_port_open(self) -> bool | None:
         """Whether an agent in the guest holds its port open, as the hypervisor sees it (a
         running qemu-ga does); None when it cannot tell without asking the agent."""
+
+    def data_socket(self) -> Path | None:
+        """The host end of the VM's data port (``vm/dataport``), None where it has none."""
+
+    def data_port_open(self) -> bool | None:
+        """Whether a guest process holds the data port open; None when it cannot tell."""
 
     # --- its console
     def wait_for_text(

@@ -209,9 +209,20 @@ class VMPaths:
         return self.run / "agent.sock"
 
     @cached_property
+    def data_socket(self) -> Path:
+        """The data port's socket: its bytes reach a guest command's standard input."""
+        return self.run / "data.sock"
+
+    @cached_property
     def channels(self) -> tuple[Path, ...]:
         """What QEMU serves or reads for one run: made anew at a start, removed after it."""
-        return (self.qmp_socket, self.serial_socket, self.agent_socket, *self.agent_fifos)
+        return (
+            self.qmp_socket,
+            self.serial_socket,
+            self.agent_socket,
+            *self.agent_fifos,
+            self.data_socket,
+        )
 
 
 class Store:

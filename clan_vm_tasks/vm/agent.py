@@ -89,10 +89,17 @@ def _shown(value: Any) -> str:
 class Agent:
     """A session with the guest agent of VM NAME, speaking in checked, typed values."""
 
-    def __init__(self, raw: GuestAgent, name: str, records: Path | None = None) -> None:
+    def __init__(
+        self,
+        raw: GuestAgent,
+        name: str,
+        records: Path | None = None,
+        machine: Machine | None = None,
+    ) -> None:
         self._raw = raw
         self.name = name
         self.records = records  # where its temporary files in the guest are written ahead
+        self.machine = machine  # the VM, for what goes beside the agent (``dataport``)
         # Bytes of file data one command or reply carries on the way to this agent.
         self.read_chunk, self.write_chunk = raw.read_chunk, raw.write_chunk
 
@@ -352,7 +359,7 @@ def session(
         try:
             raw = _connect(machine, stack, name, wait, hint)
             _remember_answer(run, state)
-            agent = Agent(raw, name, store.paths(name).dir / guest_temp.FOLDER)
+            agent = Agent(raw, name, store.paths(name).dir / guest_temp.FOLDER, machine)
             if tidy:
                 guest_temp.tidy(agent)
             yield agent

@@ -21,7 +21,7 @@ from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.render import progress
 from clan_vm_tasks.state import partials
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import guest, guest_temp
+from clan_vm_tasks.vm import dataport, guest, guest_temp
 from clan_vm_tasks.vm.agent import Agent, session
 from clan_vm_tasks.vm.signals import interruptible
 
@@ -43,8 +43,11 @@ if [ "$3" = d ]; then tmp=$(mktemp -d "$d/$4") || exit 4
 else tmp=$(mktemp "$d/$4") || exit 4; fi
 printf '%s\n%s\n' "$t" "$tmp"
 """
-# The temporary file $1 becomes $2 with mode $3 (a guest without chmod keeps the agent's).
-FINISH_FILE = r"""chmod "$3" "$1" 2>/dev/null; mv -f -T -- "$1" "$2"
+# The temporary file $1 of $4 bytes becomes $2 with mode $3 (a guest without chmod keeps the
+# agent's).
+FINISH_FILE = r"""got=$(wc -c <"$1") || exit 5
+[ "$got" -eq "$4" ] || { echo "$got of $4 bytes arrived" >&2; exit 5; }
+chmod "$3" "$1" 2>/dev/null; mv -f -T -- "$1" "$2"
 """
 
 
@@ -118,7 +121,13 @@ def beside(target: str) -> tuple[str, str]:
 def send(
     agent: Agent, made: guest_temp.Temporary, path: str, fd: int, deadline: float, meter: Meter
 ) -> int:
-    """Write what FD holds to PATH in the guest (MADE there already); the bytes sent."""
+    """Write what FD holds to PATH in the guest (MADE there already); the bytes sent. Through
+    the data port where there is one, else through the agent."""
+    streamed = dataport.stream_in(
+        agent, ["dd", f"of={path}", "bs=256k"], fd, deadline, meter.update
+    )
+    if streamed is not None:
+        return streamed
     handle = made.holds(agent.open(path, "w"))
     sent = 0
     try:
@@ -158,7 +167,8 @@ def copy_in(
             try:
                 sent = send(agent, made, temporary, fd, deadline, meter)
                 mode = f"{info.st_mode & 0o7777:o}"
-                _guest_script(agent, FINISH_FILE, [temporary, final, mode], f"copy to {final}")
+                finish = [temporary, final, mode, str(sent)]
+                _guest_script(agent, FINISH_FILE, finish, f"copy to {final}")
             finally:
                 meter.done()
     finally:

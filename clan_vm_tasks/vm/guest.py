@@ -104,7 +104,7 @@ def _start(agent: Agent, argv: list[str], stdin: bytes | None) -> int:
 
 
 def _run_quietly(agent: Agent, argv: list[str], timeout: float) -> ExecResult:
-    return _wait(agent, argv, _start(agent, argv, None), timeout)
+    return wait(agent, argv, _start(agent, argv, None), timeout)
 
 
 def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
@@ -133,7 +133,8 @@ def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
         return _start(agent, ["/bin/sh", "-c", FROM_SPOOL, path, *argv], None)
 
 
-def _wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
+def wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
+    """The result of guest process PID (running ARGV), waiting up to TIMEOUT for it to exit."""
     deadline = time.monotonic() + timeout
     pause = POLL / 16  # a short command is done in a few ms: look again soon
     while True:
@@ -170,7 +171,7 @@ def run(
                 yield chunk
 
         pid = _spooled(agent, argv, chunks())
-    return _wait(agent, argv, pid, timeout)
+    return wait(agent, argv, pid, timeout)
 
 
 def execute(

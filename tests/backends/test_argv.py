@@ -23,6 +23,7 @@ def plan(config: VMConfig, accel: str = "tcg", daemonize: bool = True) -> Launch
         pidfile=Path("/s/vms/web/qemu.pid"),
         events=Path("/s/vms/web/events"),
         agent_pipe=Path("/run/c/agent"),
+        data_socket=Path("/run/c/data.sock"),
         daemonize=daemonize,
     )
 
@@ -65,12 +66,14 @@ def test_direct_kernel_boot_with_user_networking() -> None:
         "-device", "virtio-serial-pci,id=agent-serial",
         "-chardev", "pipe,id=agent0,path=/run/c/agent",
         "-device", "virtserialport,bus=agent-serial.0,chardev=agent0,name=org.qemu.guest_agent.0",
+        "-chardev", "socket,id=data0,path=/run/c/data.sock,server=on,wait=off",
+        "-device", "virtserialport,bus=agent-serial.0,chardev=data0,name=org.clan.vm.data",
         "-daemonize",
     ]  # fmt: skip
 
     no_agent = build_argv(plan(dataclasses.replace(config, agent=False)))
     assert "virtio-serial-pci,id=agent-serial" not in no_agent
-    assert not any("agent0" in arg for arg in no_agent)
+    assert not any("agent0" in arg or "data0" in arg for arg in no_agent)
 
 
 def test_kvm_uses_the_host_cpu() -> None:

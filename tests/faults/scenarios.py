@@ -60,7 +60,7 @@ PROFILE_SYSCALLS = (
     "rename", "renameat", "renameat2", "link", "linkat", "unlink", "unlinkat", "rmdir",
     "mkdir", "openat", "read", "write", "pwrite64", "fsync", "fdatasync", "ftruncate", "flock",
     "clone", "clone3", "fork", "vfork", "wait4", "kill", "tgkill", "pidfd_open",
-    "pidfd_send_signal", "connect", "sendto", "sendmsg",
+    "pidfd_send_signal", "connect", "sendto", "sendmsg", "shutdown",
     "rt_sigaction",  # start sets and restores its SIGTERM and SIGHUP handlers
 )  # fmt: skip
 

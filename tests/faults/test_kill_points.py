@@ -150,12 +150,14 @@ POINTS = [
     KillPoint("copy-out", RENAMES, match=r"partials/\d+\.\w+\.new", label="record-partial"),
     KillPoint("copy-out", RENAMES, match=PARTIAL + r'", "copied\.bin"', label="rename-into-place"),
     # copy in: its temporary file in the guest recorded on the host but not yet made; half
-    # written in the guest (killed, and interrupted: removed by itself); all of it written
-    # (the read that finds the end of the host's file), not yet renamed into place
+    # sent through the data port (killed, and interrupted: removed by itself); all of it sent
+    # (the read that finds the end of the host's file), not yet followed by its end (which
+    # the guest's dd reads to)
     KillPoint("copy-in", RENAMES, match=r"vms/fz/guest-temp/[0-9a-f]+", label="record-temp"),
     COPY_IN_WRITING,
     replace(COPY_IN_WRITING, signal="SIGTERM"),
     replace(COPY_IN_WRITING, at="last", label="all-written"),
+    KillPoint("copy-in", ("shutdown",), label="end-of-data"),
     # ssh (the Debian guest, which boots slowly: two points): between the two renames of the
     # key pair, while the agent installs the key (the host key is pinned by an atomic write)
     KillPoint("ssh", RENAMES, "last", match=r"id_ed25519", label="key-pair"),

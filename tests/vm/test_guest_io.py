@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from clan_vm_tasks.state.store import VMPaths
 from tests.conftest import CLI, READY, Guest, as_nobody, kill_leftover_qemu
 from tests.vmhelpers import PUBLIC_KEY, one_error, peak
 
@@ -220,6 +221,50 @@ def test_a_failed_copy_in_leaves_the_destination_as_it_was(io_vm: CLI, tmp_path:
     assert sh(io_vm, "cat /mnt/small/dest; ls -A /mnt/small") == "old\ndest\n"
     absent = io_vm.run("copy", str(big), "io:/no/such/dir/file")
     assert "there is no directory /no/such/dir" in one_error(absent, 2)
+
+
+DATA_PORT_DEVICE = (
+    "for p in /sys/class/virtio-ports/*; do "
+    '[ "$(cat $p/name)" = org.clan.vm.data ] && d=/dev/${p##*/}; done; '
+)
+
+
+def sent_in_whole(cli: CLI, source: Path, target: str) -> bool:
+    cli.ok("copy", str(source), f"io:{target}")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    return sh(cli, f"sha256sum {target}").split()[0] == digest
+
+
+def test_a_guest_process_holding_the_data_port_does_not_take_a_copy(
+    io_vm: CLI, tmp_path: Path
+) -> None:
+    """A copy in goes through the data port only when no guest process holds it (a reader a
+    killed copy left, or anything else): this one does not read, so a copy sent to it would
+    never arrive; the copy goes through the agent instead."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(3_000_000))
+    hold = (
+        f'{DATA_PORT_DEVICE} setsid sh -c "exec 3<$d; exec sleep 300" </dev/null >/dev/null 2>&1 &'
+    )
+    sh(io_vm, hold + " sleep 1; echo held")
+    try:
+        assert sent_in_whole(io_vm, blob, "/root/held")
+    finally:
+        sh(io_vm, "pkill -f 'sleep 300'; true")
+    assert sent_in_whole(io_vm, blob, "/root/freed")
+
+
+def test_a_run_without_a_data_port_copies_through_the_agent(io_vm: CLI, tmp_path: Path) -> None:
+    """A VM started by an earlier version has no data port: its copies go through the agent."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(1_500_000))
+    sock = VMPaths(io_vm.state_dir / "vms" / "io").data_socket
+    aside = sock.with_name("data.sock.aside")
+    sock.rename(aside)  # the way a start of an earlier version left the VM's run
+    try:
+        assert sent_in_whole(io_vm, blob, "/root/through-the-agent")
+    finally:
+        aside.rename(sock)
 
 
 def make_tree(root: Path) -> None:

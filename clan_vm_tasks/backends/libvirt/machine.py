@@ -35,6 +35,8 @@ from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from clan_vm_tasks.models import PortForward, VMConfig
     from clan_vm_tasks.state.store import VMState
 
@@ -311,6 +313,12 @@ class LibvirtMachine:
 
     def agent_port_open(self) -> bool | None:
         return None  # libvirt holds its agent connection open: asking the agent is quick
+
+    def data_socket(self) -> Path | None:
+        return None  # a copy goes through libvirt's agent connection
+
+    def data_port_open(self) -> bool | None:
+        return None
 
     # --- its console ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+from clan_vm_tasks.backends.base import DATA_PORT
 from clan_vm_tasks.backends.qemu import virtiofs
 from clan_vm_tasks.models import ROOT_SERIAL, NetworkConfig, VMConfig, disk_order
 from clan_vm_tasks.state.store import VMPaths
@@ -61,6 +62,7 @@ class LaunchPlan:
     pidfile: Path
     events: Path  # QEMU's event log: EVENTS.in holds our request, EVENTS.out gets the events
     agent_pipe: Path  # the guest agent's FIFOs, without .in/.out (used if config.agent)
+    data_socket: Path  # the data port's (used if config.agent)
     daemonize: bool = True
     tap: str | None = None  # the tap device a bridged NIC uses (made by hostnet), if any
 
@@ -92,14 +94,16 @@ def network_args(network: NetworkConfig, mac: str, tap: str | None = None) -> li
 AGENT_PORT = "org.qemu.guest_agent.0"  # the name qemu-ga and its udev rules look for
 
 
-def agent_args(pipe: Path) -> list[str]:
+def agent_args(pipe: Path, data: Path) -> list[str]:
     """A virtio-serial port for the QEMU guest agent, relayed through the FIFOs PIPE.in and
     PIPE.out (made before QEMU starts; QEMU holds them open, so the guest's agent always
-    sees a host attached)."""
+    sees a host attached), and beside it the data port, served on the socket DATA."""
     return [
         "-device", "virtio-serial-pci,id=agent-serial",
         "-chardev", f"pipe,id=agent0,path={_escape(str(pipe))}",
         "-device", f"virtserialport,bus=agent-serial.0,chardev=agent0,name={AGENT_PORT}",
+        "-chardev", f"socket,id=data0,path={_escape(str(data))},server=on,wait=off",
+        "-device", f"virtserialport,bus=agent-serial.0,chardev=data0,name={DATA_PORT}",
     ]  # fmt: skip
 
 
@@ -207,7 +211,7 @@ def build_argv(plan: LaunchPlan) -> list[str]:
     ]  # fmt: skip
     argv += device_args(plan)
     if config.agent:
-        argv += agent_args(plan.agent_pipe)
+        argv += agent_args(plan.agent_pipe, plan.data_socket)
     if plan.daemonize:
         argv.append("-daemonize")
     argv += config.qemu_args

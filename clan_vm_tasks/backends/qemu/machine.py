@@ -32,6 +32,7 @@ from clan_vm_tasks.render import Notify
 
 if TYPE_CHECKING:
     import subprocess
+    from pathlib import Path
 
     from clan_vm_tasks.backends.qemu.agent import AgentSession
     from clan_vm_tasks.backends.qemu.qmp import Monitor
@@ -141,6 +142,7 @@ class QemuMachine:
                     pidfile=paths.pidfile,
                     events=paths.events,
                     agent_pipe=paths.agent_pipe,
+                    data_socket=paths.data_socket,
                     daemonize=not foreground,
                     tap=net.tap,
                 )
@@ -413,13 +415,24 @@ class QemuMachine:
     def agent_port_open(self) -> bool | None:
         """Whether the guest has opened its agent's virtio-serial port, as QEMU sees it (a
         running qemu-ga keeps it open); None when QMP cannot tell."""
+        return self._port_open("agent0")
+
+    def data_socket(self) -> Path | None:
+        # A VM started by an earlier version has none.
+        return self.paths.data_socket if self.paths.data_socket.exists() else None
+
+    def data_port_open(self) -> bool | None:
+        return self._port_open("data0")
+
+    def _port_open(self, chardev_id: str) -> bool | None:
+        """Whether a guest process holds the virtio-serial port of CHARDEV_ID open."""
         try:
             with self._monitor(timeout=2.0) as mon:
                 chardevs = mon.execute("query-chardev")
         except ClanVMError:
             return None
         for chardev in chardevs if isinstance(chardevs, list) else []:
-            if chardev.get("label") == "agent0":
+            if chardev.get("label") == chardev_id:
                 return bool(chardev.get("frontend-open"))
         return None
 
