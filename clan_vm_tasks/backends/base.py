@@ -198,9 +198,10 @@ class Machine(Protocol):
         what was repaired, or None when the disk was sound."""
 
     # --- its guest agent
-    def agent(self, timeout: float) -> AbstractContextManager[GuestAgent]:
+    def agent(self, timeout: float, answered: bool = False) -> AbstractContextManager[GuestAgent]:
         """A session with the guest agent; AgentUnavailable when it does not answer within
-        TIMEOUT (a guest without an agent never makes this hang)."""
+        TIMEOUT (a guest without an agent never makes this hang, unless it ANSWERED in this
+        run: then it is asked without looking whether it is there first)."""
 
     def agent_port_open(self) -> bool | None:
         """Whether an agent in the guest holds its port open, as the hypervisor sees it (a

@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -70,6 +69,8 @@ class Partial:
         if self.committed or not self.still_ours():
             return
         if self.directory:
+            import shutil  # lazy: it loads the compression modules
+
             shutil.rmtree(self.path, ignore_errors=True)  # fd-based: follows no link inside
         else:
             with contextlib.suppress(FileNotFoundError):
@@ -173,6 +174,8 @@ def _remove_left(data: dict[str, object]) -> None:
     elif info.st_uid != os.getuid():  # killed before it could record what it made
         return
     if stat.S_ISDIR(info.st_mode):
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)
     elif stat.S_ISREG(info.st_mode):
         os.unlink(path)

@@ -32,7 +32,6 @@ import dataclasses
 import itertools
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,6 +117,8 @@ def runtime_root() -> Path:
 def owner_id(state_dir: Path) -> str:
     """Which state directory made something on a host (a libvirt domain, GC roots): hosts
     see VMs of many machines and users."""
+    import socket  # lazy: only libvirt hosts ask
+
     return f"{socket.gethostname()}:{state_dir}"
 
 

@@ -302,16 +302,22 @@ def last_answer(store: Store, name: str, state: VMState) -> float | None:
 
 
 def _connect(
-    machine: Machine, stack: contextlib.ExitStack[bool | None], name: str, wait: float, hint: str
+    machine: Machine,
+    stack: contextlib.ExitStack[bool | None],
+    name: str,
+    wait: float,
+    hint: str,
+    answered: bool,
 ) -> GuestAgent:
     """The agent's session on MACHINE, entered on STACK, waiting up to WAIT seconds for an
-    agent that does not answer yet."""
+    agent that does not answer yet (one that ANSWERED in this run is asked at once)."""
     deadline = time.monotonic() + wait
     while True:
         try:
             probe = max(PING_TIMEOUT, min(PING_TIMEOUT * 2, wait))  # wait 0: one try
-            return stack.enter_context(machine.agent(probe))
+            return stack.enter_context(machine.agent(probe, answered))
         except AgentUnavailable as error:
+            answered = False
             if not machine.alive():
                 raise StateConflict(
                     f"VM '{name}' stopped while waiting for its guest agent"
@@ -357,7 +363,8 @@ def session(
         contextlib.ExitStack() as stack,
     ):
         try:
-            raw = _connect(machine, stack, name, wait, hint)
+            answered = last_answer(store, name, state) is not None
+            raw = _connect(machine, stack, name, wait, hint, answered)
             _remember_answer(run, state)
             agent = Agent(raw, name, store.paths(name).dir / guest_temp.FOLDER, machine)
             if tidy:

@@ -29,6 +29,7 @@ from clan_vm_tasks.vm.agent import Agent, last_answer, session
 AGENT_WAIT = 10.0  # how long copy and ssh wait for an agent that does not answer yet
 POLL = 0.05
 POLL_MAX = 0.5
+QUICK = 0.1  # seconds within which most commands are done: looked at every POLL / 16
 # Standard input larger than one agent message goes to a file in the guest first; this runs
 # the command with that file as its stdin (removed once open) and exits 127 like any shell
 # when the command does not exist.
@@ -135,7 +136,8 @@ def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
 
 def wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
     """The result of guest process PID (running ARGV), waiting up to TIMEOUT for it to exit."""
-    deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = began + timeout
     pause = POLL / 16  # a short command is done in a few ms: look again soon
     while True:
         # The reply carries all captured output once it exited: give it time to arrive.
@@ -148,7 +150,8 @@ def wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
                 "it: it may still run in the guest)"
             )
         time.sleep(pause)
-        pause = min(pause * 2, POLL_MAX)
+        if time.monotonic() - began > QUICK:  # not a quick command: look less and less often
+            pause = min(pause * 2, POLL_MAX)
 
 
 def run(

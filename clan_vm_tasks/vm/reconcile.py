@@ -22,13 +22,18 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store, VMState
 
 if TYPE_CHECKING:
     from clan_vm_tasks.backends.base import Backend
 
 ACTIVE = ("running", "paused")
+
+
+def _now() -> str:
+    from clan_vm_tasks.state import history
+
+    return history.now()
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ def _ended(state: VMState, status: str, step: str | None) -> VMState:
         status=status,
         pid=None,
         pid_start=None,
-        stopped_at=history.now(),
+        stopped_at=_now(),
         stop_step=step,
         tap=None,
     )
@@ -89,7 +94,7 @@ def observe(store: Store, name: str, state: VMState, locked: bool) -> Change | N
         pid=found.pid,
         pid_start=found.pid_start,
         accel=found.accel,
-        started_at=state.started_at or history.now(),
+        started_at=state.started_at or _now(),
         stopped_at=None,
         stop_step=None,
         console_offset=found.console_offset,
@@ -111,6 +116,10 @@ def apply(store: Store, name: str, before: VMState, change: Change) -> VMState:
     store.write_state(name, change.state)
     if change.state.status not in ACTIVE:
         machine.release(before)
+    from clan_vm_tasks.state import (
+        history,
+    )  # lazy: a command that finds all as recorded writes none
+
     history.record(store.history, name, change.action, change.details, change.result)
     return change.state
 

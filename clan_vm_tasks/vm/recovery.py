@@ -20,7 +20,6 @@ from typing import Any
 
 from clan_vm_tasks.errors import ClanVMError
 from clan_vm_tasks.render import Notify, notice
-from clan_vm_tasks.state import history
 from clan_vm_tasks.state.store import Store
 from clan_vm_tasks.state.sweep import sweep
 
@@ -73,7 +72,8 @@ def _hidden_vm_dirs(store: Store) -> bool:
 
 def _finish(store: Store, name: str, action: str, marker: Path) -> None:
     """Record ACTION's event if it took effect and was not recorded (the lock is held)."""
-    from clan_vm_tasks.vm import machines, reconcile  # lazy: usually nothing is pending
+    from clan_vm_tasks.state import history  # lazy: usually nothing is pending
+    from clan_vm_tasks.vm import machines, reconcile
 
     expect: dict[str, Any] = json.loads(marker.read_bytes() or b"{}")
     since = os.stat(marker).st_mtime

@@ -308,7 +308,7 @@ class LibvirtMachine:
 
     # --- its guest agent ------------------------------------------------------------------------
 
-    def agent(self, timeout: float) -> AgentSession:
+    def agent(self, timeout: float, answered: bool = False) -> AgentSession:
         return AgentSession(self.host, self._domain(), timeout)
 
     def agent_port_open(self) -> bool | None:

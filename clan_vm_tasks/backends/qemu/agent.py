@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import socket
 import time
 from pathlib import Path
 from types import TracebackType
@@ -94,6 +93,8 @@ class _Socket:
     """QEMU's listening socket (VMs started by an earlier version)."""
 
     def __init__(self, path: Path, timeout: float) -> None:
+        import socket  # lazy: the FIFOs need none
+
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:

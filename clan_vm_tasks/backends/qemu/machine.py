@@ -8,16 +8,13 @@ QEMU also appends to ``console.log``. Only ``process`` is imported up front:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from clan_vm_tasks import render
 from clan_vm_tasks.backends.base import (
     AccelChoice,
     Ending,
@@ -34,6 +31,7 @@ if TYPE_CHECKING:
     import subprocess
     from pathlib import Path
 
+    from clan_vm_tasks.backends.qemu import serial
     from clan_vm_tasks.backends.qemu.agent import AgentSession
     from clan_vm_tasks.backends.qemu.qmp import Monitor
     from clan_vm_tasks.models import VMConfig
@@ -223,33 +221,7 @@ class QemuMachine:
     def follow(self, offset: int, on_interrupt: Callable[[], None]) -> None:
         child = self._child
         assert child is not None, "follow() needs a foreground launch"
-
-        def on_signal(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt
-
-        shown = render.for_output(sys.stdout.fileno())
-
-        def show(chunk: bytes) -> None:
-            with contextlib.suppress(OSError):  # a terminal that went away reads nothing
-                os.write(sys.stdout.fileno(), shown(chunk))
-
-        # SIGHUP (the terminal closed) stops the VM like SIGTERM and Ctrl-C.
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        try:
-            while child.poll() is None:
-                try:
-                    chunk = console.read_from(self.paths.console_log, offset)
-                    offset += len(chunk)
-                    show(chunk)
-                    time.sleep(0.05)
-                except KeyboardInterrupt:
-                    on_interrupt()
-                    break
-            child.wait()
-            show(console.read_from(self.paths.console_log, offset))
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        console.follow(self.paths.console_log, offset, child, on_interrupt)
 
     # --- observing it ---------------------------------------------------------------------------
 
@@ -405,10 +377,12 @@ class QemuMachine:
 
     # --- its guest agent ------------------------------------------------------------------------
 
-    def agent(self, timeout: float) -> AgentSession:
+    def agent(self, timeout: float, answered: bool = False) -> AgentSession:
         from clan_vm_tasks.backends.qemu.agent import AgentSession
 
-        if self.agent_port_open() is False:  # nothing in the guest listens: no waiting for it
+        # Nothing in the guest listens: no waiting for it. An agent that answered in this run
+        # is taken to be there (asking QMP costs a connection on every session).
+        if not answered and self.agent_port_open() is False:
             raise AgentUnavailable("no agent in the guest has opened its port")
         return AgentSession(self.paths.agent_fifos, self.paths.agent_socket, timeout)
 
@@ -450,7 +424,11 @@ class QemuMachine:
         return console.last_lines(self.paths.console_log, offset, count)
 
     def attach_console(self) -> str:
-        return console.attach(self.paths.serial_socket)
+        from clan_vm_tasks.backends.qemu import serial
 
-    def open_console(self, on_data: Callable[[bytes], None]) -> console.Stream:
-        return console.Stream(self.paths.serial_socket, on_data)
+        return serial.attach(self.paths.serial_socket)
+
+    def open_console(self, on_data: Callable[[bytes], None]) -> serial.Stream:
+        from clan_vm_tasks.backends.qemu import serial
+
+        return serial.Stream(self.paths.serial_socket, on_data)
