@@ -43,11 +43,8 @@ if [ "$3" = d ]; then tmp=$(mktemp -d "$d/$4") || exit 4
 else tmp=$(mktemp "$d/$4") || exit 4; fi
 printf '%s\n%s\n' "$t" "$tmp"
 """
-# The temporary file $1 of $4 bytes becomes $2 with mode $3 (a guest without chmod keeps the
-# agent's).
-FINISH_FILE = r"""got=$(wc -c <"$1") || exit 5
-[ "$got" -eq "$4" ] || { echo "$got of $4 bytes arrived" >&2; exit 5; }
-chmod "$3" "$1" 2>/dev/null; mv -f -T -- "$1" "$2"
+# The temporary file $1 becomes $2 with mode $3 (a guest without chmod keeps the agent's).
+FINISH_FILE = r"""chmod "$3" "$1" 2>/dev/null; mv -f -T -- "$1" "$2"
 """
 
 
@@ -123,11 +120,13 @@ def send(
 ) -> int:
     """Write what FD holds to PATH in the guest (MADE there already); the bytes sent. Through
     the data port where there is one, else through the agent."""
-    streamed = dataport.stream_in(
-        agent, ["dd", f"of={path}", "bs=256k"], fd, deadline, meter.update
-    )
-    if streamed is not None:
-        return streamed
+    with dataport.to_file(agent, path, deadline) as port:
+        if port is not None:
+            while chunk := os.read(fd, dataport.CHUNK):
+                port.write(chunk)
+                meter.update(port.sent)
+                _check_deadline(deadline, meter.what)
+            return port.finish()
     handle = made.holds(agent.open(path, "w"))
     sent = 0
     try:
@@ -167,8 +166,7 @@ def copy_in(
             try:
                 sent = send(agent, made, temporary, fd, deadline, meter)
                 mode = f"{info.st_mode & 0o7777:o}"
-                finish = [temporary, final, mode, str(sent)]
-                _guest_script(agent, FINISH_FILE, finish, f"copy to {final}")
+                _guest_script(agent, FINISH_FILE, [temporary, final, mode], f"copy to {final}")
             finally:
                 meter.done()
     finally:

@@ -10,7 +10,7 @@ What keeps it exact:
   closed before we connect (with no host attached, such a reader reads end of file and ends);
 - the guest command reads to end of file, which it sees once our connection closes: a copy
   killed midway leaves a short temporary file, which the next session removes (``guest_temp``);
-- the command must exit 0, and the caller checks the size of what it wrote.
+- the command must exit 0, and a file written (``to_file``) must have the size sent.
 
 A VM without the port (started by an earlier version, on a libvirt host) or a guest that does
 not open it (no ``/sys/class/virtio-ports``) is told by ``None``: nothing was sent, and the
@@ -19,15 +19,14 @@ caller goes through the agent.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from clan_vm_tasks.backends.agent_wire import printable
 from clan_vm_tasks.backends.base import DATA_PORT, Machine
 from clan_vm_tasks.errors import ClanVMError
-from clan_vm_tasks.vm import guest
 from clan_vm_tasks.vm.agent import Agent
 
 FREE_WAIT = 2.0  # seconds for a reader a killed command left to let go of the port
@@ -43,6 +42,10 @@ REDIRECT = r"""for p in /sys/class/virtio-ports/*; do
 done
 exit 97
 """
+
+
+# "$1" gets what is sent; then its size, on stdout (busybox's dd does not say how much it wrote).
+TO_FILE = ["/bin/sh", "-c", 'dd of="$1" bs=256k || exit; wc -c <"$1"']
 
 
 def _port_free(machine: Machine) -> bool:
@@ -76,44 +79,71 @@ def _failed(agent: Agent, argv: list[str], exit_code: int, stderr: bytes) -> Cla
     return ClanVMError(f"VM '{agent.name}': {why}")
 
 
-def _send(
-    agent: Agent, argv: list[str], pid: int, sock: socket.socket, fd: int, deadline: float
-) -> Iterator[int]:
-    """Send what FD holds to the guest's process PID (running ARGV); the total after each
-    chunk. A process that ends before taking it all fails the copy at once, a guest that
-    takes nothing for STALL seconds fails it then."""
-    total, moved = 0, time.monotonic()
-    sock.settimeout(LOOK)
-    while chunk := os.read(fd, CHUNK):
-        view = memoryview(chunk)
+class Sink:
+    """The data port while guest process PID (running ARGV) reads it as its standard input."""
+
+    def __init__(
+        self, agent: Agent, argv: list[str], pid: int, sock: socket.socket, deadline: float
+    ) -> None:
+        self.agent, self.argv, self.pid, self.deadline = agent, argv, pid, deadline
+        self.sent = 0
+        self._sock = sock
+        self._sock.settimeout(LOOK)
+        self._moved = time.monotonic()
+
+    def write(self, data: bytes) -> None:
+        """Send DATA. A process that ended before taking it all fails the copy at once, a
+        guest that takes nothing for STALL seconds fails it then."""
+        view = memoryview(data)
         while view:
             try:
-                view = view[sock.send(view) :]
-                moved = time.monotonic()
+                view = view[self._sock.send(view) :]
+                self._moved = time.monotonic()
                 continue
             except TimeoutError:
                 pass
             except OSError as error:  # QEMU let go of the connection: the VM ended
-                raise ClanVMError(f"VM '{agent.name}' stopped taking the copy: {error}") from None
-            status = agent.exec_status(pid, 30.0)
-            if status.exited:
-                raise _failed(agent, argv, status.exit_code, status.stderr)
-            now = time.monotonic()
-            if now > deadline or now - moved > STALL:
                 raise ClanVMError(
-                    f"VM '{agent.name}' took none of the copy for {now - moved:.0f}s; "
-                    "nothing was copied"
+                    f"VM '{self.agent.name}' stopped taking the data: {error}"
+                ) from None
+            status = self.agent.exec_status(self.pid, 30.0)
+            if status.exited:
+                raise _failed(self.agent, self.argv, status.exit_code, status.stderr)
+            now = time.monotonic()
+            if now > self.deadline or now - self._moved > STALL:
+                raise ClanVMError(
+                    f"VM '{self.agent.name}' took none of the data for {now - self._moved:.0f}s"
                 )
-        total += len(chunk)
-        yield total
+        self.sent += len(data)
+
+    def finish(self) -> int:
+        """The end of what is sent; once the process has read it and exited 0, the bytes sent.
+        Not close(): QEMU drops what it has not read yet from a socket whose peer is gone,
+        but reads to the end of one shut down."""
+        self._sock.shutdown(socket.SHUT_WR)
+        deadline = min(self.deadline, time.monotonic() + STALL)
+        pause = 0.002
+        while not (status := self.agent.exec_status(self.pid, 30.0)).exited:
+            if time.monotonic() > deadline:
+                raise ClanVMError(
+                    f"{self.argv[0]} in VM '{self.agent.name}' did not finish in time"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        if status.exit_code != 0:
+            raise _failed(self.agent, self.argv, status.exit_code, status.stderr)
+        if self.argv[:3] == TO_FILE:
+            got = status.stdout.strip()
+            if got != str(self.sent).encode():
+                shown = printable(got.decode(errors="replace"), 40)
+                raise ClanVMError(f"VM '{self.agent.name}' received {shown} of {self.sent} bytes")
+        return self.sent
+
+    def close(self) -> None:
+        self._sock.close()  # before finish(): the process reads an end of file, short
 
 
-def stream_in(
-    agent: Agent, argv: list[str], fd: int, deadline: float, sent: Callable[[int], None]
-) -> int | None:
-    """Run ARGV in the guest with what FD holds (to its end) as its standard input, through
-    the data port, and wait for it to exit 0; the bytes sent (SENT is told as they go), or
-    None when the VM or its guest has no data port (nothing was sent)."""
+def _start(agent: Agent, argv: list[str], deadline: float) -> Sink | None:
     machine = agent.machine
     path = None if machine is None else machine.data_socket()
     if machine is None or path is None or not _port_free(machine):
@@ -124,20 +154,33 @@ def stream_in(
         try:
             sock.connect(str(path))
         except OSError:
+            sock.close()
             return None
-        script = ["/bin/sh", "-c", REDIRECT, DATA_PORT, *argv]
-        pid = agent.exec_start(script)
-        if not _reader_ready(agent, machine, pid, deadline):
-            return None
-        total = 0
-        for total in _send(agent, argv, pid, sock, fd, deadline):
-            sent(total)
-        # The end of file the guest command reads to. Not close(): QEMU drops what it has not
-        # read yet from a socket whose peer is gone, but reads to the end of one shut down.
-        sock.shutdown(socket.SHUT_WR)
-        ran = guest.wait(agent, argv, pid, max(1.0, deadline - time.monotonic()))
-    finally:
+        pid = agent.exec_start(["/bin/sh", "-c", REDIRECT, DATA_PORT, *argv])
+        if _reader_ready(agent, machine, pid, deadline):
+            return Sink(agent, argv, pid, sock, deadline)
+    except BaseException:
         sock.close()
-    if ran.exit_code != 0:
-        raise _failed(agent, argv, ran.exit_code, ran.stderr)
-    return total
+        raise
+    sock.close()
+    return None
+
+
+@contextlib.contextmanager
+def opened(agent: Agent, argv: list[str], deadline: float) -> Iterator[Sink | None]:
+    """ARGV started in the guest with the data port as its standard input; None (and nothing
+    started) when the VM or its guest has no data port: the caller goes through the agent."""
+    sink = _start(agent, argv, deadline)
+    try:
+        yield sink
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def to_file(
+    agent: Agent, path: str, deadline: float
+) -> contextlib.AbstractContextManager[Sink | None]:
+    """The guest's ``dd`` writing what is sent to PATH (made there already); ``finish``
+    checks the size it has."""
+    return opened(agent, [*TO_FILE, "sh", path], deadline)

@@ -23,7 +23,7 @@ from clan_vm_tasks.errors import (
     GuestCommandFailed,
 )
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import guest_temp, machines, reconcile
+from clan_vm_tasks.vm import dataport, guest_temp, machines, reconcile
 from clan_vm_tasks.vm.agent import Agent, last_answer, session
 
 AGENT_WAIT = 10.0  # how long copy and ssh wait for an agent that does not answer yet
@@ -125,13 +125,28 @@ def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
                 f"could not make a file in VM '{agent.name}' for the command's input "
                 f"(mktemp exited {made.exit_code})"
             )
-        handle = temporary.holds(agent.open(path, "w"))
-        try:
-            for chunk in chunks:
-                agent.write(handle, chunk)
-        finally:
-            agent.close(handle)
+        _write(agent, temporary, path, chunks)
         return _start(agent, ["/bin/sh", "-c", FROM_SPOOL, path, *argv], None)
+
+
+def _write(
+    agent: Agent, temporary: guest_temp.Temporary, path: str, chunks: Iterator[bytes]
+) -> None:
+    """CHUNKS into the guest file PATH (made there already): through the data port where
+    there is one, else through the agent."""
+    # No deadline but the data port's own: input from a pipe may come slowly.
+    with dataport.to_file(agent, path, float("inf")) as port:
+        if port is not None:
+            for chunk in chunks:
+                port.write(chunk)
+            port.finish()
+            return
+    handle = temporary.holds(agent.open(path, "w"))
+    try:
+        for chunk in chunks:
+            agent.write(handle, chunk)
+    finally:
+        agent.close(handle)
 
 
 def wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:

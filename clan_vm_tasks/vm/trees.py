@@ -24,7 +24,7 @@ from clan_vm_tasks.errors import ClanVMError, InvalidInput
 from clan_vm_tasks.render import Notify, notice
 from clan_vm_tasks.state import partials
 from clan_vm_tasks.state.store import Store
-from clan_vm_tasks.vm import copying, guest, guest_temp
+from clan_vm_tasks.vm import copying, dataport, guest, guest_temp
 from clan_vm_tasks.vm.agent import Agent, session
 from clan_vm_tasks.vm.signals import interruptible
 
@@ -63,23 +63,35 @@ class _Stream:
 
 
 class _ToGuest(_Stream):
-    """A write-only file whose bytes go to an open guest file in chunks."""
+    """A write-only file whose bytes go to the guest in chunks: through the data PORT, or
+    else to the open guest file HANDLE through the agent."""
 
-    def __init__(self, agent: Agent, handle: int, deadline: float, meter: copying.Meter):
-        self.agent, self.handle, self.deadline, self.meter = agent, handle, deadline, meter
+    def __init__(
+        self,
+        agent: Agent,
+        deadline: float,
+        meter: copying.Meter,
+        port: dataport.Sink | None,
+        handle: int | None,
+    ):
+        self.agent, self.deadline, self.meter = agent, deadline, meter
+        self.port, self.handle = port, handle
+        self.chunk = agent.write_chunk if port is None else dataport.CHUNK
         self.buffer = bytearray()
         self.sent = 0
 
     def write(self, data: bytes) -> int:
         self.buffer += data
-        size = self.agent.write_chunk
-        while len(self.buffer) >= size:
-            self._send(bytes(self.buffer[:size]))
-            del self.buffer[:size]
+        while len(self.buffer) >= self.chunk:
+            self._send(bytes(self.buffer[: self.chunk]))
+            del self.buffer[: self.chunk]
         return len(data)
 
     def _send(self, chunk: bytes) -> None:
-        self.agent.write(self.handle, chunk)
+        if self.port is not None:
+            self.port.write(chunk)
+        elif self.handle is not None:
+            self.agent.write(self.handle, chunk)
         self.sent += len(chunk)
         self.meter.update(self.sent)
         copying._check_deadline(self.deadline, self.meter.what)
@@ -88,7 +100,10 @@ class _ToGuest(_Stream):
         if self.buffer:
             self._send(bytes(self.buffer))
             self.buffer.clear()
-        self.agent.flush(self.handle)
+        if self.port is not None:
+            self.port.finish()
+        elif self.handle is not None:
+            self.agent.flush(self.handle)
 
 
 class _FromGuest(_Stream):
@@ -177,14 +192,17 @@ def copy_tree_in(
             final, temporary = copying.place(agent, target, source.name, "d", made.template("copy"))
             meter = copying.Meter(f"{source} to {name}:{final}", None)
             try:
-                handle = made.holds(agent.open(f"{temporary}/archive.tar", "w"))
-                try:
-                    out = _ToGuest(agent, handle, deadline, meter)
-                    with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-                        _pack(tar, top, "", warn)
-                    out.finish()
-                finally:
-                    agent.close(handle)
+                archive = f"{temporary}/archive.tar"
+                with dataport.to_file(agent, archive, deadline) as port:
+                    handle = None if port else made.holds(agent.open(archive, "w"))
+                    try:
+                        out = _ToGuest(agent, deadline, meter, port, handle)
+                        with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+                            _pack(tar, top, "", warn)
+                        out.finish()
+                    finally:
+                        if handle is not None:
+                            agent.close(handle)
                 copying._guest_script(agent, UNPACK, [temporary, final, mode], f"copy to {final}")
             finally:
                 meter.done()
