@@ -35,15 +35,13 @@ OPEN_WAIT = 30.0  # seconds for the guest command to open the port (a busy guest
 LOOK = 0.2  # seconds a send may wait before we look whether the guest command still runs
 CHUNK = 1 << 20
 
-# Run by the guest's shell: "$@" with the data port as its standard input; exit 97 when the
-# guest has no such port.
+# Run by the guest's shell: "$@" with the data port (named $0) as its standard input; it ends
+# without opening it when the guest has no such port.
 REDIRECT = r"""for p in /sys/class/virtio-ports/*; do
   read -r n <"$p/name" 2>/dev/null && [ "$n" = "$0" ] && exec "$@" <"/dev/${p##*/}"
 done
 exit 97
 """
-
-
 # "$1" gets what is sent; then its size, on stdout (busybox's dd does not say how much it wrote).
 TO_FILE = ["/bin/sh", "-c", 'dd of="$1" bs=256k || exit; wc -c <"$1"']
 
@@ -72,7 +70,7 @@ def _reader_ready(agent: Agent, machine: Machine, pid: int, deadline: float) -> 
         pause = min(pause * 2, 0.05)
 
 
-def _failed(agent: Agent, argv: list[str], exit_code: int, stderr: bytes) -> ClanVMError:
+def _failed(agent: Agent, exit_code: int, stderr: bytes) -> ClanVMError:
     # The first line: dd says what went wrong, then its counts.
     lines = stderr.decode(errors="replace").strip().splitlines()
     why = printable(lines[0]) if lines else f"exit code {exit_code}"
@@ -108,7 +106,7 @@ class Sink:
                 ) from None
             status = self.agent.exec_status(self.pid, 30.0)
             if status.exited:
-                raise _failed(self.agent, self.argv, status.exit_code, status.stderr)
+                raise _failed(self.agent, status.exit_code, status.stderr)
             now = time.monotonic()
             if now > self.deadline or now - self._moved > STALL:
                 raise ClanVMError(
@@ -131,7 +129,7 @@ class Sink:
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
         if status.exit_code != 0:
-            raise _failed(self.agent, self.argv, status.exit_code, status.stderr)
+            raise _failed(self.agent, status.exit_code, status.stderr)
         if self.argv[:3] == TO_FILE:
             got = status.stdout.strip()
             if got != str(self.sent).encode():
@@ -169,7 +167,7 @@ def _start(agent: Agent, argv: list[str], deadline: float) -> Sink | None:
 @contextlib.contextmanager
 def opened(agent: Agent, argv: list[str], deadline: float) -> Iterator[Sink | None]:
     """ARGV started in the guest with the data port as its standard input; None (and nothing
-    started) when the VM or its guest has no data port: the caller goes through the agent."""
+    sent) when the VM or its guest has no data port: the caller goes through the agent."""
     sink = _start(agent, argv, deadline)
     try:
         yield sink
