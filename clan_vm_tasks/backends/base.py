@@ -200,8 +200,8 @@ class Machine(Protocol):
     # --- its guest agent
     def agent(self, timeout: float, answered: bool = False) -> AbstractContextManager[GuestAgent]:
         """A session with the guest agent; AgentUnavailable when it does not answer within
-        TIMEOUT (a guest without an agent never makes this hang, unless it ANSWERED in this
-        run: then it is asked without looking whether it is there first)."""
+        TIMEOUT. An agent that has not ANSWERED in this run is looked for first where the
+        hypervisor can tell, so a guest without one is told at once."""
 
     def agent_port_open(self) -> bool | None:
         """Whether an agent in the guest holds its port open, as the hypervisor sees it (a

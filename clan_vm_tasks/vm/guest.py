@@ -105,7 +105,7 @@ def _start(agent: Agent, argv: list[str], stdin: bytes | None) -> int:
 
 
 def _run_quietly(agent: Agent, argv: list[str], timeout: float) -> ExecResult:
-    return wait(agent, argv, _start(agent, argv, None), timeout)
+    return _wait(agent, argv, _start(agent, argv, None), timeout)
 
 
 def _spooled(agent: Agent, argv: list[str], chunks: Iterator[bytes]) -> int:
@@ -149,8 +149,7 @@ def _write(
         agent.close(handle)
 
 
-def wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
-    """The result of guest process PID (running ARGV), waiting up to TIMEOUT for it to exit."""
+def _wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
     began = time.monotonic()
     deadline = began + timeout
     pause = POLL / 16  # a short command is done in a few ms: look again soon
@@ -189,7 +188,7 @@ def run(
                 yield chunk
 
         pid = _spooled(agent, argv, chunks())
-    return wait(agent, argv, pid, timeout)
+    return _wait(agent, argv, pid, timeout)
 
 
 def execute(

@@ -116,9 +116,8 @@ def apply(store: Store, name: str, before: VMState, change: Change) -> VMState:
     store.write_state(name, change.state)
     if change.state.status not in ACTIVE:
         machine.release(before)
-    from clan_vm_tasks.state import (
-        history,
-    )  # lazy: a command that finds all as recorded writes none
+    # Imported here: a command that finds all as recorded writes no history.
+    from clan_vm_tasks.state import history
 
     history.record(store.history, name, change.action, change.details, change.result)
     return change.state

@@ -90,7 +90,8 @@ class _ToGuest(_Stream):
     def _send(self, chunk: bytes) -> None:
         if self.port is not None:
             self.port.write(chunk)
-        elif self.handle is not None:
+        else:
+            assert self.handle is not None  # one of the two ways is open
             self.agent.write(self.handle, chunk)
         self.sent += len(chunk)
         self.meter.update(self.sent)
@@ -102,7 +103,8 @@ class _ToGuest(_Stream):
             self.buffer.clear()
         if self.port is not None:
             self.port.finish()
-        elif self.handle is not None:
+        else:
+            assert self.handle is not None
             self.agent.flush(self.handle)
 
 
