@@ -27,6 +27,9 @@ from clan_vm_tasks.state.store import Store, VMState
 from clan_vm_tasks.vm import guest_temp, machines, reconcile
 
 PING_TIMEOUT = 1.0
+POLL_QUICK = 0.003  # seconds between looks at a command in its first QUICK seconds
+QUICK = 0.1  # seconds within which most commands are done (`true` takes some 20 ms under TCG)
+POLL_MAX = 0.5
 EXEC_OUTPUT_CAP = 16 << 20  # what qemu-ga keeps of each stream of a command
 _INT_MAX = (1 << 63) - 1
 T = TypeVar("T")
@@ -133,6 +136,23 @@ class Agent:
     def exec_status(self, pid: int, timeout: float) -> ExecStatus:
         reply = self.call("guest-exec-status", {"pid": pid}, timeout)
         return self._checked("guest-exec-status", lambda: _exec_status(reply))
+
+    def exited(self, pid: int, deadline: float) -> ExecStatus | None:
+        """The status of guest process PID once it has exited; None while it still runs at
+        DEADLINE. A short command is done in a few ms: it is looked at every ``POLL_QUICK``
+        for its first ``QUICK`` seconds, then less and less often."""
+        began = time.monotonic()
+        pause = POLL_QUICK
+        while True:
+            # The reply carries all captured output once it exited: give it time to arrive.
+            status = self.exec_status(pid, max(30.0, deadline - time.monotonic()))
+            if status.exited:
+                return status
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(pause)
+            if time.monotonic() - began > QUICK:
+                pause = min(pause * 2, POLL_MAX)
 
     def open(self, path: str, mode: str) -> int:
         reply = self.call("guest-file-open", {"path": path, "mode": mode})

@@ -119,15 +119,9 @@ class Sink:
         Not close(): QEMU drops what it has not read yet from a socket whose peer is gone,
         but reads to the end of one shut down."""
         self._sock.shutdown(socket.SHUT_WR)
-        deadline = min(self.deadline, time.monotonic() + STALL)
-        pause = 0.002
-        while not (status := self.agent.exec_status(self.pid, 30.0)).exited:
-            if time.monotonic() > deadline:
-                raise ClanVMError(
-                    f"{self.argv[0]} in VM '{self.agent.name}' did not finish in time"
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
+        status = self.agent.exited(self.pid, min(self.deadline, time.monotonic() + STALL))
+        if status is None:
+            raise ClanVMError(f"VM '{self.agent.name}' did not finish taking the data in time")
         if status.exit_code != 0:
             raise _failed(self.agent, status.exit_code, status.stderr)
         if self.argv[:3] == TO_FILE:

@@ -27,9 +27,6 @@ from clan_vm_tasks.vm import dataport, guest_temp, machines, reconcile
 from clan_vm_tasks.vm.agent import Agent, last_answer, session
 
 AGENT_WAIT = 10.0  # how long copy and ssh wait for an agent that does not answer yet
-POLL = 0.05
-POLL_MAX = 0.5
-QUICK = 0.1  # seconds within which most commands are done: looked at every POLL / 16
 # Standard input larger than one agent message goes to a file in the guest first; this runs
 # the command with that file as its stdin (removed once open) and exits 127 like any shell
 # when the command does not exist.
@@ -150,22 +147,13 @@ def _write(
 
 
 def _wait(agent: Agent, argv: list[str], pid: int, timeout: float) -> ExecResult:
-    began = time.monotonic()
-    deadline = began + timeout
-    pause = POLL / 16  # a short command is done in a few ms: look again soon
-    while True:
-        # The reply carries all captured output once it exited: give it time to arrive.
-        status = agent.exec_status(pid, max(30.0, deadline - time.monotonic()))
-        if status.exited:
-            return ExecResult(status.exit_code, status.stdout, status.stderr, status.truncated)
-        if time.monotonic() >= deadline:
-            raise ClanVMError(
-                f"{argv[0]} did not finish within {timeout:g}s (the guest agent cannot stop "
-                "it: it may still run in the guest)"
-            )
-        time.sleep(pause)
-        if time.monotonic() - began > QUICK:  # not a quick command: look less and less often
-            pause = min(pause * 2, POLL_MAX)
+    status = agent.exited(pid, time.monotonic() + timeout)
+    if status is None:
+        raise ClanVMError(
+            f"{argv[0]} did not finish within {timeout:g}s (the guest agent cannot stop "
+            "it: it may still run in the guest)"
+        )
+    return ExecResult(status.exit_code, status.stdout, status.stderr, status.truncated)
 
 
 def run(
