@@ -3,7 +3,8 @@ fast ``copy`` moves a 10 MB file, next to ``scp`` through the forwarded SSH port
 run, how long ``ssh NAME -- true`` takes the first time (key install, host key, the
 connection) and then (through that connection), next to plain ``ssh`` with the same key,
 and what ``exec NAME -- true`` costs next to ``ssh`` over a connection kept open
-(ControlMaster) (the Debian guest; the example guest has no sshd).
+(ControlMaster), handed to the command server as by default and without it (the Debian
+guest; the example guest has no sshd).
 
     .venv/bin/python bench/guest.py [--rounds N] [--skip-debian]
 
@@ -136,15 +137,23 @@ def exec_against_ssh(env: dict[str, str], name: str, work: Path, rounds: int) ->
             time.sleep(0.2)
         ssh = ["ssh", *options, "root@127.0.0.1", "true"]
         exec_ = [CLI, "exec", name, "--", "true"]
-        timed(ssh, env), timed(exec_, env)  # warm-up
-        results: dict[str, list[float]] = {"exec": [], "ssh": []}
+        alone = {**env, "CLAN_VM_SERVER": "off"}  # exec that loads the package itself
+        timed(ssh, env), timed(exec_, env)  # warm-up; starts the command server
+        time.sleep(2)
+        results: dict[str, list[float]] = {"exec": [], "alone": [], "ssh": []}
         for _ in range(rounds * 5):
             results["exec"].append(timed(exec_, env))
+            results["alone"].append(timed(exec_, alone))
             results["ssh"].append(timed(ssh, env))
         ours, theirs, ratio = paired(results, "exec", "ssh")
         print(
             f"(d) exec {name} -- true: {ours * 1000:.0f} ms; ssh over a reused connection "
             f"{theirs * 1000:.0f} ms; ratio {ratio:.2f} (target <= 1.0; median of {rounds * 5})"
+        )
+        ours, theirs, ratio = paired(results, "alone", "ssh")
+        print(
+            f"    without the command server (CLAN_VM_SERVER=off): {ours * 1000:.0f} ms; "
+            f"ratio {ratio:.2f}"
         )
     finally:
         master.terminate()

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -168,3 +169,24 @@ def as_nobody(*argv: str) -> None:
     if probe.returncode != 0:
         pytest.skip(f"another user cannot run programs here: {probe.stderr.strip()}")
     subprocess.run([*NOBODY, *argv], check=True)
+
+
+def end_command_servers() -> None:
+    """End the command servers this checkout's commands started (``cli.handoff``): a
+    test run leaves no process behind. (Another installation's servers are left alone.)"""
+    venv = str(Path(sys.executable).parent.parent)
+    for sock in Path(f"/tmp/clan-vm-{os.getuid()}").glob("cmd-*.sock"):
+        try:
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.connect(str(sock))
+                peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            pid = int.from_bytes(peer[:4], sys.byteorder)
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(venv.encode()):
+                os.kill(pid, signal.SIGTERM)
+        except OSError:
+            continue
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller, once every worker ended
+        end_command_servers()

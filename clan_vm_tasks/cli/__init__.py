@@ -61,15 +61,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def entry() -> None:
-    """The installed command: ``main``, then out without the interpreter's teardown, which
-    collects every object of every module (some 9 ms, on every command). Nothing of ours
-    waits for it: no atexit handlers, every file is closed where it is written. A command
-    that left a thread to be joined (the web page's actions) ends the ordinary way."""
-    try:
-        main()
-        code: str | int | None = 0
-    except SystemExit as done:
-        code = done.code
+    """The installed command: ``main`` (or, for ``exec``, the command server's worker: see
+    ``cli.handoff``), then out without the interpreter's teardown, which collects every
+    object of every module (some 9 ms, on every command). Nothing of ours waits for it: no
+    atexit handlers, every file is closed where it is written. A command that left a thread
+    to be joined (the web page's actions) ends the ordinary way."""
+    from clan_vm_tasks.cli import handoff
+
+    start_server = False
+    if handoff.wanted(sys.argv[1:]):
+        handed, start_server = handoff.run(sys.argv)
+        if handed is not None:
+            os._exit(handed)
+    code = _code(sys.argv)
+    if start_server:
+        handoff.start_server()
     threading = sys.modules.get("threading")
     if threading is not None and any(
         not thread.daemon
@@ -77,15 +83,32 @@ def entry() -> None:
         if thread is not threading.main_thread()
     ):
         sys.exit(code)
+    os._exit(_flushed(code))
+
+
+def outcome(argv: list[str]) -> int:
+    """Run the command ARGV (as sys.argv): its exit code, what it printed flushed."""
+    return _flushed(_code(argv))
+
+
+def _code(argv: list[str]) -> str | int | None:
+    try:
+        main(argv)
+    except SystemExit as done:
+        return done.code
+    return 0
+
+
+def _flushed(code: str | int | None) -> int:
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # closed, or None when fd 1 was
             code = code or 1
-    os._exit(code or 0)
+    return code or 0
 
 
 def _run(given: list[str], words: list[str]) -> None:

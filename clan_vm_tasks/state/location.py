@@ -26,3 +26,10 @@ def state_dir(from_settings: str | None = None) -> str:
     home = os.path.expanduser("~")
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
     return os.path.join(base, "clan-vm")
+
+
+def runtime_root() -> str:
+    """Where sockets live: unix socket paths are limited to 108 bytes. Fixed, not taken from
+    $XDG_RUNTIME_DIR: a command run from cron or another login must find the sockets of a VM
+    started elsewhere (like tmux's /tmp/tmux-UID)."""
+    return f"/tmp/clan-vm-{os.getuid()}"

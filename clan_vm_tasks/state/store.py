@@ -41,7 +41,7 @@ from typing import Any
 
 from clan_vm_tasks.errors import ClanVMError, UnknownVM
 from clan_vm_tasks.names import check_name, sha256
-from clan_vm_tasks.state import files
+from clan_vm_tasks.state import files, location
 
 LOCK_TIMEOUT = 120.0
 RECORDED = ("running", "stopped", "paused", "crashed", "starting")
@@ -108,10 +108,8 @@ _FIELD_TYPES: dict[str, type] = {
 
 
 def runtime_root() -> Path:
-    """Where sockets live. Fixed, not taken from $XDG_RUNTIME_DIR: a command run from cron
-    or another login must find the sockets of a VM started elsewhere (like tmux's /tmp/tmux-UID).
-    """
-    return Path("/tmp") / f"clan-vm-{os.getuid()}"
+    """Where sockets live (``location.runtime_root``)."""
+    return Path(location.runtime_root())
 
 
 def owner_id(state_dir: Path) -> str:

@@ -61,6 +61,9 @@ class Runner:
         base["CLAN_VM_CONFIG"] = "/nonexistent"
         base.pop("CLAN_VM_ACCEL", None)
         base.pop("CLAN_VM_DEBUG", None)
+        # A kill point is one of the command's own system calls: it runs in this process,
+        # not in a worker of the command server (``cli.handoff``), which strace cannot see.
+        base["CLAN_VM_SERVER"] = "off"
         if pythonpath is not None:
             base["PYTHONPATH"] = str(pythonpath)
         self.env = base
