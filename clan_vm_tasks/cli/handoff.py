@@ -174,13 +174,15 @@ def _wait(replies: _Replies, pid: int) -> int:
 
 def start_server() -> None:
     """Start a server for the next command, in a session of its own, holding none of our
-    files open (a reader of our output must not wait for it)."""
+    files open (a reader of our output must not wait for it). It imports from where we do:
+    our import path, which a wrapper script may have set (nixpkgs' do), not the working
+    directory (-P)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path[1:])}
+    argv = [sys.executable, "-P", "-m", "clan_vm_tasks.cli.server"]
     try:
         devnull = os.open(os.devnull, os.O_RDWR)
         actions = [(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in STREAMS]
-        # -P: the caller's working directory is not searched for modules
-        argv = [sys.executable, "-P", "-m", "clan_vm_tasks.cli.server"]
-        os.posix_spawn(sys.executable, argv, os.environ, file_actions=actions, setsid=True)
+        os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
         os.close(devnull)
     except OSError:
         pass

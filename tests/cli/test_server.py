@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -246,17 +247,37 @@ def test_a_killed_server_leaves_its_commands_to_finish(booted: CLI) -> None:
     assert served(booted)[1] != server
 
 
+class Wrapped(CLI):
+    def __init__(self, state_dir: Path, script: Path) -> None:
+        super().__init__(state_dir)
+        self.script = script
+
+    def command(self, entry: str = "clan-vm-manager") -> list[str]:
+        return [str(self.script)]
+
+
 def test_a_changed_package_is_not_served_old_code(booted: CLI, tmp_path: Path) -> None:
+    """A copy of the package, run by a script that puts it on its own import path (as
+    nixpkgs' wrappers do), gets a server of its own, which imports from there too."""
     copy = tmp_path / "src"
     shutil.copytree(
         ROOT / "clan_vm_tasks", copy / "clan_vm_tasks", ignore=shutil.ignore_patterns("__pycache__")
     )
-    env = {"PYTHONPATH": str(copy)}
-    sock, server = served(booted, **env)
-    assert sock != served(booted)[0]  # a server of its own
+    script = tmp_path / "bin" / "clan-vm-manager"
+    script.parent.mkdir()
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.path.insert(1, {str(copy)!r})\n"
+        "from clan_vm_tasks.cli import entry\nentry()\n"
+    )
+    script.chmod(0o755)
+    wrapped = Wrapped(booted.state_dir, script)
+    # Handed at all: a server that imported the installed package instead would listen on
+    # that one's socket, and this command would find none on its own.
+    sock, server = served(wrapped)
+    assert sock != served(booted)[0]
     with open(copy / "clan_vm_tasks" / "cli" / "parse.py", "a") as f:
         f.write("# changed\n")
-    result, reached = traced(booted, "exec", "talk", "--", "echo", "fresh", **env)
+    result, reached = traced(wrapped, "exec", "talk", "--", "echo", "fresh")
     assert result.out == "fresh\n"
     assert reached.handed() == [sock] and reached.agent()  # told it is stale; ran it itself
     assert until(lambda: not Path(f"/proc/{server}").exists(), 5)
