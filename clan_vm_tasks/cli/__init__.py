@@ -70,7 +70,10 @@ def entry() -> None:
 
     start_server = False
     if handoff.wanted(sys.argv[1:]):
-        handed, start_server = handoff.run(sys.argv)
+        try:
+            handed, start_server = handoff.run(sys.argv)
+        except KeyboardInterrupt:  # ^C before a worker took the command: it never ran
+            os._exit(130)
         if handed is not None:
             os._exit(handed)
     code = _code(sys.argv)

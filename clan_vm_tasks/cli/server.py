@@ -2,15 +2,19 @@
 command handed to it (``cli.handoff``) in a forked worker.
 
 The worker is the command as it would have run in its client: the client's arguments,
-environment, working directory, umask and standard streams (received as file descriptors),
-through the same ``cli`` code. It tells the client its pid (for signals) and then its exit
-code; if the client goes away first (killed), the worker kills itself, as the command would
-have been. The server only imports, listens and forks: no command's state lives in it.
+environment, working directory, umask and standard streams (the last two received as file
+descriptors), through the same ``cli`` code. It tells the client its pid (for signals), runs
+the command once the client says go, then tells its exit code; if the client goes away first
+(killed), the worker kills itself, as the command would have been. The server only imports,
+listens and forks: no command's state lives in it.
 
-One server per user and installation (``handoff.identity``), on a socket in the user's
-private runtime directory; it takes only connections of its own user, and ends after
-``handoff.IDLE`` seconds without a command, or when the package's files change (the next
-command then runs in its client and starts a new one).
+One server per user, installation and context (``handoff.identity``), on a socket in the
+user's private runtime directory. It serves only ``handoff.SERVED`` commands of clients of
+its own user that run where it runs: the same namespaces, cgroup, limits, groups and
+privileges (a sandboxed client is never served from outside its sandbox, nor the other way
+round; a client elsewhere has a server of its own). It ends after ``handoff.IDLE`` seconds without a
+command, or at the first command after a file of a module it loaded changed (that command
+runs in its client, which starts a new server).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import clan_vm_tasks
 from clan_vm_tasks import cli, names
@@ -45,11 +51,19 @@ PRELOAD = (
     "clan_vm_tasks.state.partials",
 )
 MAX_REQUEST = 4 << 20  # bytes: arguments and environment
-REQUEST_WAIT = 5.0  # seconds a client may take to send its request
+REQUEST_WAIT = 5.0  # seconds a client may take to send its whole request
 
 
 class Refused(Exception):
-    """A request this server does not run (the client runs the command itself)."""
+    """A request this server does not take."""
+
+
+class Request(NamedTuple):
+    ident: bytes
+    umask: int
+    streams: list[int]  # which of 0, 1, 2 the client had open, in the order sent
+    argv: list[str]
+    env: dict[str, str]
 
 
 def _sources() -> list[tuple[str, int, int]]:
@@ -69,45 +83,67 @@ def _sources() -> list[tuple[str, int, int]]:
     return found
 
 
-def _receive(conn: socket.socket) -> tuple[list[bytes], list[int]]:
-    """A request's fields and the file descriptors that came with it."""
+def _receive(conn: socket.socket) -> tuple[Request, list[int]]:
+    """A request of our own user, and the descriptors that came with it (its working
+    directory, then its streams); the whole of it within REQUEST_WAIT."""
+    deadline = time.monotonic() + REQUEST_WAIT
     conn.settimeout(REQUEST_WAIT)
-    peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    if int.from_bytes(peer[4:8], sys.byteorder) != os.getuid():
+    if handoff.peer(conn)[1] != os.getuid():
         raise Refused("another user")
-    data, ancillary, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 3))
+    data, ancillary, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
     try:
-        if len(data) < 4 or int.from_bytes(data[:4], "big") > MAX_REQUEST:
-            raise Refused("malformed")
+        for fd in fds:
+            os.set_inheritable(fd, False)
         size = int.from_bytes(data[:4], "big")
+        if len(data) < 4 or size > MAX_REQUEST:
+            raise Refused("malformed")
         body = data[4:]
         while len(body) < size:
+            conn.settimeout(max(0.001, deadline - time.monotonic()))
             chunk = conn.recv(min(1 << 20, size - len(body)))
             if not chunk:
                 raise Refused("cut short")
             body += chunk
+        return _parse(body.split(handoff.FIELD), len(fds)), fds
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-    return body.split(handoff.FIELD), fds
+
+
+def _parse(fields: list[bytes], fds: int) -> Request:
+    ident, umask, streams, count = fields[:4]
+    given = [int(fd) for fd in streams.split()]
+    argv = [os.fsdecode(word) for word in fields[4 : 4 + int(count)]]
+    env = [os.fsdecode(entry).partition("=") for entry in fields[4 + int(count) :]]
+    if fds != 1 + len(given) or not set(given) <= set(handoff.STREAMS) or len(argv) < 2:
+        raise Refused("malformed")
+    return Request(ident, int(umask), given, argv, {key: value for key, _, value in env})
 
 
 class Server:
-    def __init__(self, ident: str, listener: socket.socket, lock: int) -> None:
-        self.ident = ident
+    def __init__(self, ident: str, listener: socket.socket, lock: int, started: int) -> None:
+        self.ident = os.fsencode(ident)
         self.listener = listener
         self.lock = lock
+        self.pid = os.getpid()
+        self.context = handoff.context("self")
         self.sources = _sources()
+        if any(mtime > started for _, mtime, _ in self.sources):
+            self.sources = []  # changed while it was loaded: stale from the start
 
     def serve(self) -> None:
         while select.select([self.listener], [], [], handoff.IDLE)[0]:
-            conn, _ = self.listener.accept()
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # out of descriptors, say: a moment for them to close
+                time.sleep(0.1)
+                continue
             try:
                 if not self.take(conn):
                     return
@@ -115,29 +151,36 @@ class Server:
                 conn.close()
 
     def take(self, conn: socket.socket) -> bool:
-        """Run one request in a worker; False when this server should end."""
+        """Answer one request (a worker runs it, or the client is told to); False when this
+        server should end."""
         try:
-            fields, fds = _receive(conn)
-        except (Refused, OSError, ValueError):
+            request, fds = _receive(conn)
+        except Exception:
             return True
         try:
-            current = fields[0].decode() == self.ident
-            fresh = _sources() == self.sources
-            if not (current and fresh):
+            if request.ident != self.ident or _sources() != self.sources:
                 with contextlib.suppress(OSError):
                     conn.sendall(b"stale\n")
-                return fresh  # a client of another installation: serve on
-            with contextlib.suppress(OSError):  # no fork: the client runs it itself
-                if os.fork() == 0:
-                    _work(self, conn, fields[1:], fds)
+                return request.ident != self.ident  # a client of another installation
+            where = handoff.context(handoff.peer(conn)[0])
+            if request.argv[1] not in handoff.SERVED or where != self.context:
+                conn.sendall(b"decline\n")
+                return True
+            if os.fork() == 0:
+                try:
+                    _work(self, conn, request, fds)
+                finally:
+                    os._exit(1)
+            return True
+        except Exception:  # the client runs it itself
             return True
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _work(server: Server, conn: socket.socket, fields: list[bytes], fds: list[int]) -> None:
-    """The worker: become the client's command, run it, report; never returns."""
+def _work(server: Server, conn: socket.socket, request: Request, fds: list[int]) -> None:
+    """The worker: become the client's command, run it once told to, report; never returns."""
     code = 1
     try:
         server.listener.close()
@@ -146,59 +189,57 @@ def _work(server: Server, conn: socket.socket, fields: list[bytes], fds: list[in
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            argv = _become(fields, fds)
+            _become(request, fds)
         except Exception:  # nothing of the command has run: its client runs it itself
             conn.sendall(b"decline\n")
-            os._exit(0)
-        conn.settimeout(None)
+            return
         conn.sendall(b"pid %d\n" % os.getpid())
+        conn.settimeout(handoff.REPLY_WAIT)
+        if conn.recv(3) != b"go\n":  # the client gave up, and runs it itself
+            return
+        conn.settimeout(None)
         threading.Thread(target=_die_with_client, args=(conn,), daemon=True).start()
-        code = cli.outcome(argv)
-        conn.sendall(b"exit %d\n" % code)
+        code = cli.outcome(request.argv)
+        conn.sendall(b"exit %d\n" % (code & 0xFF))
     finally:
         os._exit(code)
 
 
-def _become(fields: list[bytes], fds: list[int]) -> list[str]:
-    """Take on the client's streams, directory, umask and environment; its argv."""
-    cwd, umask, streams, count = (os.fsdecode(f) for f in fields[:4])
-    given = [int(fd) for fd in streams.split()]
-    if len(given) != len(fds) or not set(given) <= set(handoff.STREAMS):
-        raise ValueError("streams")
-    argv = [os.fsdecode(word) for word in fields[4 : 4 + int(count)]]
-    if not argv:
-        raise ValueError("argv")
-    env = [os.fsdecode(entry).partition("=") for entry in fields[4 + int(count) :]]
-    os.chdir(cwd)
-    os.umask(int(umask))
+def _become(request: Request, fds: list[int]) -> None:
+    """Take on the client's directory, umask, streams, environment and arguments."""
+    os.fchdir(fds[0])
+    os.umask(request.umask)
     for target in handoff.STREAMS:
-        if target in given:
-            os.dup2(fds[given.index(target)], target)
+        if target in request.streams:
+            os.dup2(fds[1 + request.streams.index(target)], target)
         else:
             os.close(target)
-    _reopen_streams(given)
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+    _reopen_streams(request.streams)
     os.environ.clear()
-    os.environ.update({key: value for key, _, value in env})
-    return argv
+    os.environ.update(request.env)
+    time.tzset()
+    sys.argv = request.argv
 
 
 def _reopen_streams(given: list[int]) -> None:
-    """Python's standard streams over the new descriptors, buffered as it would have chosen
-    (a terminal by lines)."""
+    """Python's standard streams over the new descriptors, as it would have made them (the
+    encodings are the client's: ``handoff.identity``; a terminal by lines)."""
     for fd, name in zip(handoff.STREAMS, ("stdin", "stdout", "stderr"), strict=True):
         old = getattr(sys, name)
-        if fd not in given:
-            setattr(sys, name, None)
-            continue
-        errors = "backslashreplace" if fd == 2 else (old.errors if old else "strict")
-        stream = open(  # noqa: SIM115 - lives as long as the process
-            fd,
-            "r" if fd == 0 else "w",
-            encoding=old.encoding if old else None,
-            errors=errors,
-            buffering=1 if fd == 2 or (fd == 1 and os.isatty(fd)) else -1,
-            closefd=False,
-        )
+        stream = None
+        if fd in given:
+            stream = open(  # noqa: SIM115 - lives as long as the process
+                fd,
+                "r" if fd == 0 else "w",
+                encoding=old.encoding,
+                errors=old.errors,
+                newline="\n",
+                buffering=1 if fd == 2 or (fd == 1 and os.isatty(fd)) else -1,
+                closefd=False,
+            )
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
 
@@ -210,11 +251,8 @@ def _die_with_client(conn: socket.socket) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _ended(_signum: int, _frame: object) -> None:
-    raise SystemExit(0)  # its socket is removed on the way out
-
-
 def main() -> None:
+    started = time.time_ns()
     os.chdir("/")
     os.closerange(3, 1 << 16)  # what our starter's caller passed it is not ours to hold
     ident = handoff.identity()
@@ -224,23 +262,31 @@ def main() -> None:
     lock = files.try_lock(lock_path)
     if lock is None:
         return  # another server of this installation runs
-    for name in PRELOAD:
-        importlib.import_module(name)
-    names.sha256(b"")  # loads its hash module
-    gc.freeze()  # a worker's collections then leave the server's objects (and pages) alone
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a killed server's
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
-    listener.listen(64)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are not waited for
-    signal.signal(signal.SIGTERM, _ended)
+    listener.listen(64)  # clients wait in the backlog while the rest loads
+    server_pid = os.getpid()
+
+    def ended(_signum: int, _frame: object) -> None:
+        if os.getpid() == server_pid:  # not a worker just forked
+            raise SystemExit(0)  # its socket is removed on the way out
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, ended)
     try:
-        Server(ident, listener, lock).serve()
+        for name in PRELOAD:
+            importlib.import_module(name)
+        names.sha256(b"")  # loads its hash module
+        gc.freeze()  # a worker's collections then leave the server's objects (and pages) alone
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are not waited for
+        Server(ident, listener, lock, started).serve()
     finally:
-        for made in (path, lock_path):  # the lock last: whoever takes it next makes both
-            with contextlib.suppress(FileNotFoundError):
-                made.unlink()
+        if os.getpid() == server_pid:
+            for made in (path, lock_path):  # the lock last: whoever takes it next makes both
+                with contextlib.suppress(FileNotFoundError):
+                    made.unlink()
 
 
 if __name__ == "__main__":

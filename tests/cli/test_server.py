@@ -5,9 +5,11 @@ code, and a socket in a directory someone else controls is never used."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -20,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from clan_vm_tasks.cli import handoff
 from tests.conftest import CLI, READY, Guest, Result, kill_leftover_qemu
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("command-server")]
@@ -53,7 +54,9 @@ class Reached(list[str]):
         return any(path.endswith("/agent.in") for path in self)
 
 
-def traced(cli: CLI, *args: str, stdin: str | None = None, **env: str) -> tuple[Result, Reached]:
+def traced(
+    cli: CLI, *args: str, stdin: str | None = None, files: int | None = None, **env: str
+) -> tuple[Result, Reached]:
     """The command's result, and what its own process reached (strace without -f: a server
     it starts is not traced)."""
     log = cli.state_dir.parent / f"connects-{time.monotonic_ns()}"
@@ -65,6 +68,10 @@ def traced(cli: CLI, *args: str, stdin: str | None = None, **env: str) -> tuple[
         env={**cli.env, **env},
         timeout=120,
         check=False,
+        # FILES: another limit on open files, so another context (``handoff.context``)
+        preexec_fn=functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, (files, files))
+        if files
+        else None,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr), Reached(
         REACHED.findall(log.read_text())
@@ -83,11 +90,11 @@ def server_pid(path: str) -> int | None:
     return pid
 
 
-def served(cli: CLI, **env: str) -> tuple[str, int]:
+def served(cli: CLI, files: int | None = None, **env: str) -> tuple[str, int]:
     """Run an exec until one is handed to a server: its socket and pid."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        result, reached = traced(cli, "exec", "talk", "--", "true", **env)
+        result, reached = traced(cli, "exec", "talk", "--", "true", files=files, **env)
         assert result.code == 0, result.err
         if not reached.agent():
             (sock,) = reached.handed()
@@ -118,6 +125,10 @@ def worker(server: int, output: int) -> int | None:
 
 def running(server: int, output: int) -> Callable[[], bool]:
     return lambda: worker(server, output) is not None
+
+
+def stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("T")
 
 
 def until(condition: Callable[[], bool], seconds: float = 10) -> bool:
@@ -169,8 +180,8 @@ def test_the_worker_loads_nothing(booted: CLI, tmp_path: Path) -> None:
         ["strace", "-f", "-qq", "-p", str(server), "-o", str(log), "-e", "trace=openat"]
     )
     try:
-        assert until(lambda: log.exists() and log.stat().st_size >= 0, 5)
-        time.sleep(1)  # attached
+        attached = f"TracerPid:\t{tracer.pid}\n"
+        assert until(lambda: attached in Path(f"/proc/{server}/status").read_text())
         assert booted.ok("exec", "talk", "--", "echo", "traced").out == "traced\n"
     finally:
         tracer.terminate()  # detaches
@@ -283,15 +294,69 @@ def test_a_changed_package_is_not_served_old_code(booted: CLI, tmp_path: Path) -
     assert until(lambda: not Path(f"/proc/{server}").exists(), 5)
 
 
-def test_a_directory_someone_else_controls_is_not_used(tmp_path: Path) -> None:
-    mine = tmp_path / "mine"
-    mine.mkdir(mode=0o700)
-    assert handoff.private(str(mine))
-    mine.chmod(0o755)
-    assert not handoff.private(str(mine))
-    mine.chmod(0o700)
-    link = tmp_path / "link"
-    link.symlink_to(mine)
-    assert not handoff.private(str(link))
-    os.chown(mine, 65534, 65534)
-    assert not handoff.private(str(mine))
+def test_a_client_elsewhere_gets_a_server_of_its_own(booted: CLI) -> None:
+    """Other limits (or another cgroup, namespace, privileges): never served from here."""
+    sock, server = served(booted)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    theirs, other = served(booted, files=soft // 2)
+    assert (theirs, other) != (sock, server)
+    assert traced(booted, "exec", "talk", "--", "echo", "x", files=soft // 2)[1].handed() == [
+        theirs
+    ]
+
+
+def test_a_bad_request_does_not_end_the_server(booted: CLI) -> None:
+    sock, server = served(booted)
+    for request in (
+        b"\xff\xff\xff\xff",  # too long
+        b"\x00\x00\x00\x10\xffnot\x00utf-8\x00\x00",  # cut short, and not the fields
+        b"\x00\x00\x00\x05\xff\x00\x001x",  # malformed, no descriptors
+    ):
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(sock)
+            conn.sendall(request)
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(10)
+            assert conn.recv(64) in (b"", b"stale\n")
+    assert served(booted) == (sock, server)
+
+
+def test_a_closed_output_is_closed_for_the_worker_too(booted: CLI) -> None:
+    served(booted)
+    outcomes = []
+    for mode in ("off", "on"):
+        closed = subprocess.run(
+            ["bash", "-c", 'exec "$@" >&-', "-", *booted.command(), "exec", "talk", "--", "echo"],
+            env={**booted.env, "CLAN_VM_SERVER": mode},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        outcomes.append(
+            (closed.returncode, closed.err if hasattr(closed, "err") else closed.stderr)
+        )
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_stopped_client_stops_its_worker(booted: CLI) -> None:
+    """^Z (SIGTSTP) stops the command with its client; the shell's SIGCONT lets both go on."""
+    _, server = served(booted)
+    proc = subprocess.Popen(
+        [*booted.command(), "exec", "talk", "--", "sh", "-c", "sleep 3; echo done"],
+        env=booted.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert until(running(server, proc.stdout.fileno())), "no worker ran the exec"
+    found = worker(server, proc.stdout.fileno())
+    assert found is not None
+    proc.send_signal(signal.SIGTSTP)
+    assert until(lambda: stopped(proc.pid) and stopped(found))
+    time.sleep(4)  # the guest's command ends; its worker cannot take the answer yet
+    assert stopped(found) and proc.poll() is None
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (0, "done\n", "")
