@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from clan_vm_tasks.cli import handoff
 from examples import guest as example_guest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,8 +180,7 @@ def end_command_servers() -> None:
         try:
             with socket.socket(socket.AF_UNIX) as conn:
                 conn.connect(str(sock))
-                peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            pid = int.from_bytes(peer[:4], sys.byteorder)
+                pid = handoff.peer(conn)[0]
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(venv.encode()):
                 os.kill(pid, signal.SIGTERM)
         except OSError:

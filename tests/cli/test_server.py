@@ -13,7 +13,6 @@ import resource
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from clan_vm_tasks.cli import handoff
 from tests.conftest import CLI, READY, Guest, Result, kill_leftover_qemu
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("command-server")]
@@ -85,9 +85,7 @@ def server_pid(path: str) -> int | None:
             conn.connect(path)
         except OSError:
             return None
-        peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid: int = struct.unpack("3i", peer)[0]
-    return pid
+        return handoff.peer(conn)[0]
 
 
 def served(cli: CLI, files: int | None = None, **env: str) -> tuple[str, int]:
@@ -125,6 +123,21 @@ def worker(server: int, output: int) -> int | None:
 
 def running(server: int, output: int) -> Callable[[], bool]:
     return lambda: worker(server, output) is not None
+
+
+def started(cli: CLI, server: int | None, *argv: str, **env: str) -> subprocess.Popen[str]:
+    """``exec talk -- ARGV`` in the background; with SERVER, once a worker of it runs it."""
+    proc = subprocess.Popen(
+        [*cli.command(), "exec", "talk", "--", *argv],
+        env={**cli.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if server is not None:
+        assert until(running(server, proc.stdout.fileno())), "no worker ran the exec"
+    return proc
 
 
 def stopped(pid: int) -> bool:
@@ -222,16 +235,7 @@ def test_a_signal_to_the_client_reaches_the_command(booted: CLI, signum: int) ->
     _, server = served(booted)
     outcomes = []
     for mode in ("off", "on"):
-        proc = subprocess.Popen(
-            [*booted.command(), "exec", "talk", "--", "sleep", "30"],
-            env={**booted.env, "CLAN_VM_SERVER": mode},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        if mode == "on":
-            assert until(running(server, proc.stdout.fileno())), "no worker ran the exec"
+        proc = started(booted, server if mode == "on" else None, "sleep", "30", CLAN_VM_SERVER=mode)
         time.sleep(2)  # the command runs in the guest
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
@@ -241,15 +245,7 @@ def test_a_signal_to_the_client_reaches_the_command(booted: CLI, signum: int) ->
 
 def test_a_killed_server_leaves_its_commands_to_finish(booted: CLI) -> None:
     _, server = served(booted)
-    proc = subprocess.Popen(
-        [*booted.command(), "exec", "talk", "--", "sh", "-c", "sleep 2; echo done"],
-        env=booted.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert until(running(server, proc.stdout.fileno())), "no worker ran the exec"
+    proc = started(booted, server, "sh", "-c", "sleep 2; echo done")
     os.kill(server, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out, err) == (0, "done\n", "")
@@ -342,15 +338,8 @@ def test_a_closed_output_is_closed_for_the_worker_too(booted: CLI) -> None:
 def test_a_stopped_client_stops_its_worker(booted: CLI) -> None:
     """^Z (SIGTSTP) stops the command with its client; the shell's SIGCONT lets both go on."""
     _, server = served(booted)
-    proc = subprocess.Popen(
-        [*booted.command(), "exec", "talk", "--", "sh", "-c", "sleep 3; echo done"],
-        env=booted.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = started(booted, server, "sh", "-c", "sleep 3; echo done")
     assert proc.stdout is not None
-    assert until(running(server, proc.stdout.fileno())), "no worker ran the exec"
     found = worker(server, proc.stdout.fileno())
     assert found is not None
     proc.send_signal(signal.SIGTSTP)
