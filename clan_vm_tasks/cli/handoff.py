@@ -220,10 +220,15 @@ def _forward(signals: list[int], pid: int) -> list[int]:
             os.kill(pid, signal.SIGSTOP if signum == signal.SIGTSTP else signum)
         except ProcessLookupError:
             return  # it has ended
-        if signum == signal.SIGTSTP:  # and we stop too, until the shell's SIGCONT
+        if signum == signal.SIGTSTP:  # and we stop too, until the shell's SIGCONT...
             signal.signal(signal.SIGTSTP, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTSTP)
             signal.signal(signal.SIGTSTP, forward)
+            # ...or not at all, in a process group without a shell (orphaned): nor does it
+            import contextlib
+
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     for signum in signals:
         signal.signal(signum, forward)

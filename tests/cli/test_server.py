@@ -125,14 +125,20 @@ def running(server: int, output: int) -> Callable[[], bool]:
     return lambda: worker(server, output) is not None
 
 
-def started(cli: CLI, server: int | None, *argv: str, **env: str) -> subprocess.Popen[str]:
-    """``exec talk -- ARGV`` in the background; with SERVER, once a worker of it runs it."""
+def started(
+    cli: CLI, server: int | None, *argv: str, orphaned: bool = False, **env: str
+) -> subprocess.Popen[str]:
+    """``exec talk -- ARGV`` in the background, in a process group of its own as a shell's
+    job is (so ^Z can stop it), or ORPHANED (a session of its own, where ^Z stops nothing);
+    with SERVER, once a worker of it runs it."""
     proc = subprocess.Popen(
         [*cli.command(), "exec", "talk", "--", *argv],
         env={**cli.env, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        process_group=None if orphaned else 0,
+        start_new_session=orphaned,
     )
     assert proc.stdout is not None
     if server is not None:
@@ -348,4 +354,16 @@ def test_a_stopped_client_stops_its_worker(booted: CLI) -> None:
     assert stopped(found) and proc.poll() is None
     proc.send_signal(signal.SIGCONT)
     out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (0, "done\n", "")
+
+
+def test_a_client_that_cannot_stop_leaves_its_worker_running(booted: CLI) -> None:
+    """Without a shell (an orphaned process group) ^Z stops no command: nor its worker."""
+    _, server = served(booted)
+    proc = started(booted, server, "sh", "-c", "sleep 2; echo done", orphaned=True)
+    assert proc.stdout is not None
+    found = worker(server, proc.stdout.fileno())
+    assert found is not None
+    proc.send_signal(signal.SIGTSTP)
+    out, err = proc.communicate(timeout=30)  # not held up: nobody sends a SIGCONT
     assert (proc.returncode, out, err) == (0, "done\n", "")
