@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from clan_vm_tasks.cli import handoff
 from examples import guest as example_guest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,17 +171,16 @@ def as_nobody(*argv: str) -> None:
 
 
 def end_command_servers() -> None:
-    """End the command servers this checkout's commands started (``cli.handoff``): a
-    test run leaves no process behind. (Another installation's servers are left alone.)"""
-    venv = str(Path(sys.executable).parent.parent)
-    for sock in Path(f"/tmp/clan-vm-{os.getuid()}").glob("cmd-*.sock"):
+    """End the command servers this checkout's commands started (``cli.handoff``), those
+    still starting too: a test run leaves no process behind. (Another installation's servers
+    are left alone.)"""
+    venv = str(Path(sys.executable).parent.parent) + "/"
+    for entry in Path("/proc").iterdir():
         try:
-            with socket.socket(socket.AF_UNIX) as conn:
-                conn.connect(str(sock))
-                pid = handoff.peer(conn)[0]
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(venv.encode()):
-                os.kill(pid, signal.SIGTERM)
-        except OSError:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv[0].startswith(venv.encode()) and b"clan_vm_tasks.cli.server" in argv:
+                os.kill(int(entry.name), signal.SIGTERM)
+        except (OSError, ValueError):
             continue
 
 
