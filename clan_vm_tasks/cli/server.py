@@ -99,8 +99,8 @@ def _receive(conn: socket.socket) -> tuple[Request, list[int]]:
     try:
         for fd in fds:
             os.set_inheritable(fd, False)
-        size = int.from_bytes(data[:4], "big")
-        if len(data) < 4 or size > MAX_REQUEST:
+        size = int.from_bytes(data[:4], "big") if len(data) >= 4 else -1
+        if not 0 <= size <= MAX_REQUEST:
             raise Refused("malformed")
         body = data[4:]
         while len(body) < size:
@@ -131,7 +131,6 @@ class Server:
         self.ident = os.fsencode(ident)
         self.listener = listener
         self.lock = lock
-        self.pid = os.getpid()
         self.context = handoff.context("self")
         self.sources = _sources()
         if any(mtime > started for _, mtime, _ in self.sources):
