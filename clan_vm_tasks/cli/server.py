@@ -45,6 +45,9 @@ PRELOAD = (
     "clan_vm_tasks.vm.guest",
     "clan_vm_tasks.backends.qemu.machine",
     "clan_vm_tasks.backends.qemu.agent",
+    "clan_vm_tasks.backends.qemu.qmp",  # a VM whose agent has not answered in this boot
+    "clan_vm_tasks.backends.agent_wire",
+    "clan_vm_tasks.state.history",  # a VM found ended
     "clan_vm_tasks.clan.opening",
     "clan_vm_tasks.vm.recovery",
     "clan_vm_tasks.state.sweep",

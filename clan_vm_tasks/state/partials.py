@@ -93,8 +93,12 @@ def _record(record: Path, data: dict[str, object]) -> int:
 
 
 def _rewrite(fd: int, data: dict[str, object]) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(data).encode(), 0)
+    """The record's new content in place of the old, so that at every instant it begins with
+    one whole JSON document (a writer killed between a truncation and the write would leave
+    an empty record, and its partial nobody's): written over the old, then cut to length."""
+    new = json.dumps(data).encode()
+    os.pwrite(fd, new, 0)
+    os.ftruncate(fd, len(new))
     os.fsync(fd)
 
 
@@ -144,7 +148,8 @@ def sweep(state_root: Path) -> None:
         if fd is None:
             continue  # its writer is still at work
         try:
-            data = json.loads(os.read(fd, 1 << 16) or b"{}")
+            # The first document: what a shorter rewrite has not cut yet follows it.
+            data = json.JSONDecoder().raw_decode(os.read(fd, 1 << 16).decode() or "{}")[0]
             _remove_left(data if isinstance(data, dict) else {})
             os.unlink(records / entry)
         except (OSError, ValueError):

@@ -142,12 +142,14 @@ POINTS = [
     EXEC_STATUS,
     replace(EXEC_STATUS, signal="SIGINT"),
     # copy out: its partial file half written (killed, and interrupted: removed by itself),
-    # its record not yet in place, the rename into place
+    # its record not yet in place, its record being rewritten, the rename into place
     KillPoint("copy-out", ("write",), "middle", match=PARTIAL, label="writing-partial"),
     KillPoint(
         "copy-out", ("write",), "middle", match=PARTIAL, signal="SIGTERM", label="writing-partial"
     ),
     KillPoint("copy-out", RENAMES, match=r"partials/\d+\.\w+\.new", label="record-partial"),
+    # the record of the partial rewritten with what was made (its first write after the partial)
+    KillPoint("copy-out", ("pwrite64",), after=PARTIAL, label="rewrite-record"),
     KillPoint("copy-out", RENAMES, match=PARTIAL + r'", "copied\.bin"', label="rename-into-place"),
     # copy in: its temporary file in the guest recorded on the host but not yet made; half
     # sent through the data port (killed, and interrupted: removed by itself); all of it sent
