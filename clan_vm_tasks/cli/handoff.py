@@ -33,8 +33,9 @@ SWITCH = "CLAN_VM_SERVER"
 STREAMS = (0, 1, 2)
 FIELD = b"\0"  # separates a request's fields: no argument, variable or path holds a NUL
 # What reaches this process and would have reached the command (a terminal's ^C reaches only
-# this process group). ^Z stops the worker too; SIGCONT lets it go on.
-FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGCONT", "SIGTSTP")
+# this process group). Not ^Z: a worker stopped with its client could not see the client
+# killed while stopped, and would hold the VM's agent; it goes on, its client waits stopped.
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
 ENDED = "error: the command's worker (pid {pid}) ended without an exit status\n"
 # Where a process runs, beyond its uid: a server serves only clients that share all of it.
 NAMESPACES = ("mnt", "pid", "net", "user", "ipc", "uts", "cgroup")
@@ -217,18 +218,9 @@ def _forward(signals: list[int], pid: int) -> list[int]:
     def forward(signum: int, _frame: object) -> None:
         forwarded.append(signum)
         try:
-            os.kill(pid, signal.SIGSTOP if signum == signal.SIGTSTP else signum)
+            os.kill(pid, signum)
         except ProcessLookupError:
             return  # it has ended
-        if signum == signal.SIGTSTP:  # and we stop too, until the shell's SIGCONT...
-            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTSTP)
-            signal.signal(signal.SIGTSTP, forward)
-            # ...or not at all, in a process group without a shell (orphaned): nor does it
-            import contextlib
-
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
 
     for signum in signals:
         signal.signal(signum, forward)
@@ -245,10 +237,9 @@ def _wait(replies: _Replies, pid: int, forwarded: list[int]) -> int:
         return int(last[5:])
     import signal
 
-    ending = [s for s in forwarded if s not in (signal.SIGCONT, signal.SIGTSTP)]
-    if ending:
-        signal.signal(ending[-1], signal.SIG_DFL)
-        os.kill(os.getpid(), ending[-1])
+    if forwarded:
+        signal.signal(forwarded[-1], signal.SIG_DFL)
+        os.kill(os.getpid(), forwarded[-1])
     sys.stderr.write(ENDED.format(pid=pid))
     return 1
 
